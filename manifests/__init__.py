@@ -1,0 +1,1 @@
+"""The data contracts: the labelled input table and the generated-dataset manifest."""

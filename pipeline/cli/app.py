@@ -1,0 +1,56 @@
+"""The shared Typer application and the option helpers every command uses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from pipeline.config import Config, ConfigError, load_config
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+app = typer.Typer(
+    name="fersynth",
+    help="Synthetic facial-expression datasets from a decoupling GAN.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Make, import and inspect labelled face datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (defaults if omitted).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one field, e.g. --set train.batch_size=16 (repeatable)."),
+]
+
+T = TypeVar("T")
+
+# Errors that are the user's input, not our bug: shown as one clear line, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, FileExistsError, ValueError)
+
+
+def load(config: Path | None, sets: list[str] | None) -> Config:
+    return guarded(lambda: load_config(config, sets or []))
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run `fn`, turning input errors into a red message and exit code 2 instead of a traceback."""
+    try:
+        return fn()
+    except USER_ERRORS as exc:
+        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(code=2) from None
+
+
+def echo_kv(title: str, rows: dict[str, Any]) -> None:
+    console.print(f"[bold]{title}[/]")
+    for k, v in rows.items():
+        console.print(f"  {k}: {v}", highlight=False)

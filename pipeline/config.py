@@ -1,0 +1,246 @@
+"""Typed, validated configuration shared by every stage.
+
+One YAML file holds every section; CLI flags override single fields with dotted paths
+(`--set train.batch_size=16`). Every value is checked at load time, and a bad one fails with the
+field's dotted name and the reason, before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.expressions import EXPRESSIONS
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _power_of_two(v: int, lo: int = 16) -> int:
+    if v < lo or v & (v - 1):
+        raise ValueError(f"must be a power of two >= {lo}, got {v}")
+    return v
+
+
+class ProceduralConfig(_Section):
+    """The embedded procedural face dataset (`fersynth data make`)."""
+
+    seed: int = 0
+    n_identities: int = Field(200, ge=3, le=1_000_000)
+    expressions: list[str] = Field(default_factory=lambda: list(EXPRESSIONS))
+    # Intensities rendered for every non-neutral expression; neutral is always intensity 0.
+    intensities: list[float] = Field(default_factory=lambda: [0.5, 1.0])
+    samples_per_cell: int = Field(1, ge=1, le=1000, description="nuisance draws per (identity, expression, intensity)")
+    resolution: int = 64
+    nuisance_strength: float = Field(1.0, ge=0.0, le=2.0)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+    _res = field_validator("resolution")(lambda cls, v: _power_of_two(v))
+
+    @field_validator("expressions")
+    @classmethod
+    def _known_expressions(cls, v: list[str]) -> list[str]:
+        bad = [e for e in v if e not in EXPRESSIONS]
+        if bad:
+            raise ValueError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
+        if not v:
+            raise ValueError("at least one expression is needed")
+        return v
+
+    @field_validator("intensities")
+    @classmethod
+    def _intensities_in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < x <= 1.0 for x in v):
+            raise ValueError(f"intensities must be non-empty and in (0, 1], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _splits_leave_train(self) -> ProceduralConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% of identities for training")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the labelled training data lives (a folder made by `fersynth data make` or an adapter)."""
+
+    root: Path = Path("data/procedural-64")
+    resolution: int = 64
+    cache_dir: Path | None = Field(None, description="tensor cache folder; default <root>/.cache")
+
+    _res = field_validator("resolution")(lambda cls, v: _power_of_two(v))
+
+
+class ModelConfig(_Section):
+    backbone: Literal["resnet50", "resnet18", "small"] = "resnet50"
+    backbone_weights: Path | None = Field(None, description="local torchvision state_dict for the backbone")
+    id_dim: int = Field(128, ge=4, le=2048)
+    exp_dim: int = Field(32, ge=2, le=1024)
+    mapping_layers: int = Field(4, ge=1, le=16)
+    gen_channels: int = Field(256, ge=8, le=1024, description="channels at 4x4; halves with resolution")
+    gen_min_channels: int = Field(32, ge=4, le=1024)
+    disc_channels: int = Field(256, ge=8, le=1024)
+    max_resolution: int = 64
+    num_classes: int = Field(7, ge=2, le=7)
+
+    _res = field_validator("max_resolution")(lambda cls, v: _power_of_two(v, lo=8))
+
+
+class StageConfig(_Section):
+    resolution: int
+    steps: int = Field(ge=1)
+    fade_steps: int = Field(0, ge=0)
+
+    _res = field_validator("resolution")(lambda cls, v: _power_of_two(v, lo=4))
+
+
+class LossWeights(_Section):
+    adv: float = Field(1.0, ge=0)
+    r1: float = Field(1.0, ge=0, description="R1 gamma")
+    recon: float = Field(10.0, ge=0)
+    latent: float = Field(1.0, ge=0)
+    swap_cls: float = Field(1.0, ge=0)
+    identity: float = Field(1.0, ge=0)
+    cycle: float = Field(5.0, ge=0)
+    aux_cls: float = Field(1.0, ge=0)
+    swap_truth: float = Field(0.0, ge=0, description="paired swap loss against ground truth (procedural only)")
+
+
+class TrainConfig(_Section):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=2, le=4096)
+    lr: float = Field(2e-3, gt=0, le=1.0)
+    betas: tuple[float, float] = (0.0, 0.99)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [
+            StageConfig(resolution=8, steps=500, fade_steps=0),
+            StageConfig(resolution=16, steps=1000, fade_steps=500),
+            StageConfig(resolution=32, steps=1500, fade_steps=750),
+            StageConfig(resolution=64, steps=2000, fade_steps=1000),
+        ]
+    )
+    loss: LossWeights = Field(default_factory=LossWeights)
+    judge_steps: int = Field(600, ge=1, description="steps to train the expression classifier / identity embedder")
+    checkpoint_every: int = Field(200, ge=1)
+    sample_every: int = Field(500, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=256)
+    out_dir: Path = Path("runs/default")
+
+    @model_validator(mode="after")
+    def _stages_increase(self) -> TrainConfig:
+        res = [s.resolution for s in self.stages]
+        if not res:
+            raise ValueError("stages: at least one stage is needed")
+        if res != sorted(set(res)):
+            raise ValueError(f"stages: resolutions must strictly increase, got {res}")
+        for i, s in enumerate(self.stages):
+            if s.fade_steps > s.steps:
+                raise ValueError(f"stages.{i}.fade_steps ({s.fade_steps}) exceeds stages.{i}.steps ({s.steps})")
+        return self
+
+
+class QualityConfig(_Section):
+    """Quality checks and gates (filled in by the quality-gates work)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class GenerateConfig(_Section):
+    """Dataset generation sweeps (filled in by the generation work)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class Config(_Section):
+    procedural: ProceduralConfig = Field(default_factory=ProceduralConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    @model_validator(mode="after")
+    def _model_covers_stages(self) -> Config:
+        top = self.train.stages[-1].resolution
+        if top > self.model.max_resolution:
+            raise ValueError(f"train.stages ends at {top} px but model.max_resolution is {self.model.max_resolution}")
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.field=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r} has an empty field name")
+    # YAML parsing gives numbers, booleans, lists ([1, 2]) and null the way a config file would.
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {exc}") from exc
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source += " + overrides"
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """JSON-safe dict of a config (paths as strings), for checkpoints and dataset cards."""
+    return cfg.model_dump(mode="json")
