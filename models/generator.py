@@ -1,0 +1,132 @@
+"""Progressive generator conditioned on the identity and expression codes.
+
+ProGAN-style growth (4x4 upwards, one block per doubling, a toRGB at every resolution, fade-in of a
+new block) with the code ``w = [w_id, w_exp]`` injected StyleALAE-like by AdaIN after every conv, so
+both codes steer the image at every scale. The 4x4 start is a linear projection of the code (rather
+than a learned constant) so the coarse layout can depend on the code too.
+
+Output has no final activation (as in ProGAN): tanh saturates and slows early training; images are
+nominally in [-1, 1] and clamping for rendering is the pipeline's job. No per-pixel noise is added,
+so the same codes always render the same image (the pipeline relies on determinism).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.layers import (
+    AdaIN,
+    EqualConv2d,
+    EqualLinear,
+    check_alpha,
+    check_resolution,
+    progressive_channels,
+    progressive_resolutions,
+)
+
+
+class _StyledConv(nn.Module):
+    """conv3x3 -> LeakyReLU(0.2) -> AdaIN(w)."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int) -> None:
+        super().__init__()
+        self.conv = EqualConv2d(in_channels, out_channels, 3, padding=1)
+        self.adain = AdaIN(out_channels, w_dim)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        return self.adain(F.leaky_relu(self.conv(x), 0.2), w)
+
+
+class _InputBlock(nn.Module):
+    """Code -> 4x4 feature map: linear projection, LeakyReLU, AdaIN, then one styled conv3x3."""
+
+    def __init__(self, channels: int, w_dim: int) -> None:
+        super().__init__()
+        self.channels = channels
+        # ProGAN's gain for the dense 4x4 projection: sqrt(2)/4, i.e. He gain spread over 16 pixels.
+        self.project = EqualLinear(w_dim, channels * 16, gain=2**0.5 / 4)
+        self.adain = AdaIN(channels, w_dim)
+        self.conv = _StyledConv(channels, channels, w_dim)
+
+    def forward(self, w: Tensor) -> Tensor:
+        x = self.project(w).view(w.shape[0], self.channels, 4, 4)
+        x = self.adain(F.leaky_relu(x, 0.2), w)
+        return self.conv(x, w)
+
+
+class _UpBlock(nn.Module):
+    """Nearest 2x upsample, then two styled conv3x3 layers."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int) -> None:
+        super().__init__()
+        self.conv1 = _StyledConv(in_channels, out_channels, w_dim)
+        self.conv2 = _StyledConv(out_channels, out_channels, w_dim)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv2(self.conv1(x, w), w)
+
+
+class Generator(nn.Module):
+    """(w_id, w_exp) -> image at any supported resolution, with ProGAN fade-in.
+
+    Args:
+        id_dim, exp_dim: sizes of the two codes (concatenated into the conditioning vector).
+        max_resolution: largest output size (power of two >= 4); resolutions are 4..max_resolution.
+        channels: feature channels up to 16x16; halved per doubling above that.
+        min_channels: floor for the halving.
+    """
+
+    def __init__(
+        self,
+        id_dim: int = 128,
+        exp_dim: int = 32,
+        max_resolution: int = 64,
+        channels: int = 256,
+        min_channels: int = 32,
+    ) -> None:
+        super().__init__()
+        self.id_dim = id_dim
+        self.exp_dim = exp_dim
+        self.max_resolution = max_resolution
+        self._resolutions = progressive_resolutions(max_resolution)
+        w_dim = id_dim + exp_dim
+        chans = [progressive_channels(r, channels, min_channels) for r in self._resolutions]
+        self.channels = chans
+        self.input = _InputBlock(chans[0], w_dim)
+        # blocks[i] takes resolutions[i] features to resolutions[i + 1].
+        self.blocks = nn.ModuleList(_UpBlock(chans[i], chans[i + 1], w_dim) for i in range(len(chans) - 1))
+        # Images come out of a linear 1x1 conv (gain 1, ProGAN's toRGB).
+        self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Supported output resolutions, ascending (4, 8, ..., max_resolution)."""
+        return list(self._resolutions)
+
+    def forward(self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0) -> Tensor:
+        """Render (N, 3, resolution, resolution) images.
+
+        With ``alpha < 1`` the newest block is faded in:
+        ``lerp(upsample(toRGB_prev(features_prev)), toRGB_cur(features_cur), alpha)``; at alpha=0 the
+        output equals the previous resolution's output, nearest-upsampled, exactly.
+        """
+        stage = check_resolution(resolution, self._resolutions)
+        alpha = check_alpha(alpha)
+        if w_id.dim() != 2 or w_id.shape[1] != self.id_dim:
+            raise ValueError(f"w_id must be (N, {self.id_dim}), got shape {tuple(w_id.shape)}")
+        if w_exp.dim() != 2 or w_exp.shape[1] != self.exp_dim or w_exp.shape[0] != w_id.shape[0]:
+            raise ValueError(f"w_exp must be ({w_id.shape[0]}, {self.exp_dim}), got shape {tuple(w_exp.shape)}")
+        w = torch.cat([w_id, w_exp], dim=1)
+        x = self.input(w)
+        prev = x
+        for block in self.blocks[:stage]:
+            prev = x
+            x = block(x, w)
+        rgb = self.to_rgb[stage](x)
+        if stage > 0 and alpha < 1.0:
+            skip = F.interpolate(self.to_rgb[stage - 1](prev), scale_factor=2, mode="nearest")
+            rgb = torch.lerp(skip, rgb, alpha)
+        return rgb
