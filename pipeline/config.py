@@ -91,6 +91,9 @@ class ModelConfig(_Section):
     disc_channels: int = Field(256, ge=8, le=1024)
     max_resolution: int = 64
     num_classes: int = Field(7, ge=2, le=7)
+    feedback_channels: int = Field(64, ge=8, le=1024)
+    judge_channels: int = Field(32, ge=8, le=512)
+    judge_embed_dim: int = Field(128, ge=8, le=1024)
 
     _res = field_validator("max_resolution")(lambda cls, v: _power_of_two(v, lo=8))
 
@@ -120,6 +123,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=2, le=4096)
     lr: float = Field(2e-3, gt=0, le=1.0)
+    encoder_lr: float = Field(2e-4, gt=0, le=1.0, description="Adam lr of the encoder (its backbone is not equalised)")
     betas: tuple[float, float] = (0.0, 0.99)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     stages: list[StageConfig] = Field(
@@ -151,9 +155,42 @@ class TrainConfig(_Section):
 
 
 class QualityConfig(_Section):
-    """Quality checks and gates (filled in by the quality-gates work)."""
+    """Quality checks and gates (`pipeline.quality`).
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    Thresholds are starting points; `pipeline.quality.gates.calibrate_*` derives them from real data
+    (FaceNet cosine thresholds differ between published sources, so copy none blindly).
+    """
+
+    identity_backend: Literal["auto", "facenet", "embedder"] = Field(
+        "auto", description="auto: the project's identity embedder for procedural data, FaceNet for photos"
+    )
+    # Photos: FaceNet cosine. 0.5 sits between same-person (>0.9) and different-person (<0.25) scores
+    # seen on the offline test photos, and near the L2 1.04 ~ cosine 0.46 operating point.
+    identity_threshold: float = Field(0.5, ge=-1.0, le=1.0, description="min FaceNet cosine to the source identity")
+    embedder_identity_threshold: float = Field(
+        0.5, ge=-1.0, le=1.0, description="min cosine for the project's identity embedder (procedural data)"
+    )
+    face_detection: bool = Field(True, description="MTCNN-crop photos before FaceNet; False for aligned crops")
+    expression_threshold: float = Field(0.5, ge=0.0, le=1.0, description="min classifier probability of the target")
+    ssim_floor: float = Field(0.5, ge=-1.0, le=1.0, description="min per-image SSIM and min dataset mean SSIM")
+    fid_ceiling: float = Field(50.0, gt=0.0, description="max FID vs held-out real images (only with enough images)")
+    kid_ceiling: float = Field(0.05, gt=0.0, description="max KID mean vs held-out real images")
+    pass_rate_floor: float = Field(0.8, ge=0.0, le=1.0, description="min fraction of renders passing every check")
+    class_balance_tolerance: float = Field(1.5, ge=1.0, description="max ratio of largest to smallest class count")
+    min_fid_images: int = Field(2048, ge=2, description="below this many images per set FID is reported, KID gates")
+    kid_subset_size: int = Field(1000, ge=2, description="clamped to the smaller set size at run time")
+    kid_subsets: int = Field(100, ge=1)
+    facenet_weights: Path | None = Field(
+        None, description="local FaceNet state_dict (else env FERSYNTH_FACENET_WEIGHTS, else download)"
+    )
+    fid_weights: Path | None = Field(
+        None, description="local FID Inception TorchScript (else env FERSYNTH_FID_WEIGHTS, else torchmetrics default)"
+    )
+    fid_torch_fidelity_weights: Path | None = Field(
+        None, description="local torch-fidelity Inception weights for torchmetrics' default extractor"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=1, le=4096)
 
 
 class GenerateConfig(_Section):

@@ -1,0 +1,92 @@
+"""Prefect flow `train`: data prep -> judges -> one task per resolution stage -> evaluation -> report.
+
+Thin orchestration over pipeline.train: tasks pass the config and paths, never models. Each stage
+task rebuilds the trainer from the run folder's last checkpoint, so a killed flow run resumes
+at the step it reached when started again with the same config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.cache import load_tensors
+from prefect import flow, task
+
+from flows import artifacts
+from pipeline.config import Config, config_to_dict, load_config
+
+
+def _cfg(cfg_dict: dict[str, Any]) -> Config:
+    return Config.model_validate(cfg_dict)
+
+
+@task(name="prepare-data", cache_result_in_memory=False)
+def prepare_data(cfg_dict: dict[str, Any]) -> int:
+    cfg = _cfg(cfg_dict)
+    images, _ = load_tensors(Path(cfg.data.root), cfg.model.max_resolution, cfg.data.cache_dir)
+    return int(images.shape[0])
+
+
+@task(name="train-judges", cache_result_in_memory=False)
+def judges_task(cfg_dict: dict[str, Any]) -> dict[str, float]:
+    from pipeline.train.loop import Trainer
+
+    return Trainer(_cfg(cfg_dict)).run_judges()
+
+
+@task(name="train-stage", task_run_name="stage-{resolution}px", cache_result_in_memory=False)
+def stage_task(cfg_dict: dict[str, Any], stage_idx: int, resolution: int) -> dict[str, Any]:
+    from pipeline.train.loop import Trainer
+
+    trainer = Trainer(_cfg(cfg_dict))
+    if trainer.stage_idx > stage_idx:  # finished in an earlier (interrupted) flow run
+        return trainer.stage_metrics[stage_idx]
+    summary = trainer.run_stage()
+    grid = trainer.sample_grid(trainer.out / "samples" / f"stage-{resolution:04d}.png")
+    artifacts.table(f"train-stage-{resolution}", [summary], f"metrics of the {resolution} px stage")
+    artifacts.png(f"train-samples-{resolution}", grid, f"samples after the {resolution} px stage")
+    return summary
+
+
+@task(name="evaluate", cache_result_in_memory=False)
+def evaluate_task(checkpoint: str) -> dict[str, Any]:
+    from pipeline.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(Path(checkpoint))
+    artifacts.table("train-evaluation", [result["metrics"]], "ground-truth swap evaluation on test identities")
+    if result.get("grid"):
+        artifacts.png("train-swap-grid", Path(result["grid"]), "swap grid on test identities")
+    return result["metrics"]
+
+
+@task(name="report", cache_result_in_memory=False)
+def report_task(cfg_dict: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
+    from pipeline.train.loop import Trainer
+    from pipeline.train.report import write_training_report
+
+    trainer = Trainer(_cfg(cfg_dict))
+    extra: dict[str, Any] = {"checkpoint": trainer.ckpt_dir / "final.pt"}
+    if evaluation:
+        extra.update({f"eval {k}": v for k, v in evaluation.items()})
+    path = write_training_report(trainer.out, trainer.stage_metrics, trainer.history, extra)
+    artifacts.markdown_file("train-report", path, "training report")
+    return str(path)
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    config: str | None = None, overrides: list[str] | None = None, out_dir: str | None = None, evaluate: bool = True
+) -> dict[str, Any]:
+    cfg = load_config(config, overrides or [])
+    if out_dir:
+        cfg.train.out_dir = Path(out_dir)
+    cfg_dict = config_to_dict(cfg)
+    n = prepare_data(cfg_dict)
+    print(f"training images (all splits): {n}")
+    judges_task(cfg_dict)
+    stages = [stage_task(cfg_dict, i, s.resolution) for i, s in enumerate(cfg.train.stages)]
+    checkpoint = str(Path(cfg.train.out_dir) / "checkpoints" / "final.pt")
+    evaluation = evaluate_task(checkpoint) if evaluate else None
+    report = report_task(cfg_dict, evaluation)
+    return {"checkpoint": checkpoint, "report": report, "stages": stages, "evaluation": evaluation}

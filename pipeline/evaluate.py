@@ -1,0 +1,277 @@
+"""Ground-truth evaluation of a checkpoint on held-out identities.
+
+For every test identity, every source image (neutral and each expression at full intensity) is
+re-rendered with every target expression code. The procedural data has the exact true image of
+that identity, in that session (same pose, light, background), with the target expression, so
+each swap is scored against truth: SSIM/PSNR, plus expression accuracy and identity top-1 from
+judges trained here with their own seed (never the networks the GAN was optimised against).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import Config, config_to_dict, load_config
+from pipeline.io_utils import atomic_write_json, atomic_write_text
+from pipeline.quality.ssim import psnr_batch, ssim_batch
+from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+from pipeline.train.codes import expression_target
+from pipeline.train.data import TrainData, load_split
+from pipeline.train.grids import compose_grid, save_png, to_uint8
+from pipeline.train.judges import judge_accuracy, train_judges
+from pipeline.train.networks import Networks, build_networks, pick_device
+
+EVAL_SEED_OFFSET = 1000
+
+
+def load_trained(
+    checkpoint: Path, overrides: list[str] | None = None, device: torch.device | None = None
+) -> tuple[Config, Networks, dict[str, Any]]:
+    """Rebuild the networks a checkpoint was trained with and load them (strictly)."""
+    ckpt = load_checkpoint(checkpoint)
+    raw = json.loads(ckpt["config"])
+    cfg = Config.model_validate(raw)
+    if overrides:
+        cfg = load_config(None, [*_flatten(raw), *overrides])
+    if not ckpt.get("codes"):
+        raise CheckpointError(f"{checkpoint}: training has not finished (no target codes); use checkpoints/final.pt")
+    names = json.loads(ckpt["identity_names"])
+    nets = build_networks(cfg, len(names))
+    try:
+        for k, m in nets.modules().items():
+            m.load_state_dict(ckpt["nets"][k])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{checkpoint}: weights do not fit the model its config describes: {exc}") from exc
+    nets.to(device or pick_device(cfg.train.device))
+    for m in nets.modules().values():
+        m.eval().requires_grad_(False)
+    return cfg, nets, ckpt
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flatten(v, key + ".")
+        else:
+            out.append(f"{key}={json.dumps(v)}")
+    return out
+
+
+def _eval_judges(
+    cfg: Config, train: TrainData, n_ids: int, device: torch.device, cache: Path, progress
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from models import ExpressionClassifier, IdentityEmbedder
+
+    m = cfg.model
+    clf = ExpressionClassifier(m.num_classes, input_size=m.max_resolution, channels=m.judge_channels).to(device)
+    emb = IdentityEmbedder(
+        n_ids, embed_dim=m.judge_embed_dim, input_size=m.max_resolution, channels=m.judge_channels
+    ).to(device)
+    key = f"{cfg.train.seed + EVAL_SEED_OFFSET}:{cfg.train.judge_steps}:{len(train.frame)}"
+    if cache.is_file():
+        saved = torch.load(cache, map_location="cpu", weights_only=True)
+        if saved.get("key") == key:
+            clf.load_state_dict(saved["classifier"])
+            emb.load_state_dict(saved["embedder"])
+            return clf.eval().requires_grad_(False), emb.eval().requires_grad_(False)
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        if progress:
+            progress("eval judges", step + 1, cfg.train.judge_steps, metrics)
+
+    train_judges(clf, emb, train, cfg.train.judge_steps, 128, device, cfg.train.seed + EVAL_SEED_OFFSET, report)
+    torch.save({"key": key, "classifier": clf.state_dict(), "embedder": emb.state_dict()}, cache)
+    return clf, emb
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    checkpoint: Path,
+    out_dir: Path | None = None,
+    data_root: Path | None = None,
+    split: str = "test",
+    overrides: list[str] | None = None,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    checkpoint = Path(checkpoint)
+    cfg, nets, ckpt = load_trained(checkpoint, overrides)
+    device = next(nets.generator.parameters()).device
+    root = Path(data_root or cfg.data.root)
+    full = cfg.model.max_resolution
+    out = Path(out_dir or checkpoint.parent.parent / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_split(root, full, "train", cfg.data.cache_dir)
+    test = load_split(root, full, split, cfg.data.cache_dir)
+    n_cls = cfg.model.num_classes
+    if int(test.labels.max()) >= n_cls:
+        raise ValueError(
+            f"{root}: split {split!r} has expression classes the model does not know (model.num_classes={n_cls})"
+        )
+    with torch.enable_grad():
+        clf, emb = _eval_judges(cfg, train, len(train.identity_names), device, out / "eval_judges.pt", progress)
+
+    codes = {k: v.to(device) for k, v in ckpt["codes"].items()}
+    targets = expression_target(codes, torch.arange(n_cls, device=device), torch.ones(n_cls, device=device))
+
+    # Sources: per identity and session, the neutral image and each expression at its top intensity.
+    top = {c: int(test.intensity_code[test.labels == c].max()) for c in range(n_cls) if (test.labels == c).any()}
+    src_rows = [i for i in range(test.n) if top.get(int(test.labels[i])) == int(test.intensity_code[i])]
+    src = torch.tensor(src_rows)
+
+    # Identity prototypes: mean eval-embedding of each test identity's real images.
+    real_emb = _embed_all(emb, test, torch.arange(test.n), full, device, batch_size)
+    protos = torch.zeros(len(test.identity_names), real_emb.shape[1], device=device)
+    protos.index_add_(0, test.identity.to(device), real_emb)
+    protos = torch.nn.functional.normalize(protos, dim=1)
+
+    rec_ssim, sw_ssim, sw_psnr, correct, id_hit, id_cos, spread_fake, spread_true = [], [], [], [], [], [], [], []
+    renders_u8: dict[tuple[int, int], np.ndarray] = {}
+    for start in range(0, len(src), batch_size):
+        rows = src[start : start + batch_size]
+        x = test.batch(rows, full, 1.0, device)
+        w_id, w_exp = nets.encoder(x)
+        rec = nets.generator_ema(w_id, w_exp, full, 1.0)
+        rec_ssim.append(ssim_batch(to_uint8(rec), to_uint8(x), data_range=255))
+        n = len(rows)
+        ids = w_id.repeat_interleave(n_cls, 0)
+        exps = targets.repeat(n, 1)
+        fake = nets.generator_ema(ids, exps, full, 1.0).clamp(-1, 1)
+        tgt = torch.arange(n_cls).repeat(n)
+        src_rep = rows.repeat_interleave(n_cls)
+        pred = clf(fake).argmax(1).cpu()
+        correct.append((pred == tgt).numpy())
+        e = emb.embed(fake)
+        sims = e @ protos.T
+        own = test.identity[src_rep].to(device)
+        id_hit.append((sims.argmax(1) == own).cpu().numpy())
+        id_cos.append(sims.gather(1, own[:, None]).squeeze(1).cpu().numpy())
+        fake_u8 = to_uint8(fake)
+        for j, (r, t) in enumerate(zip(src_rep.tolist(), tgt.tolist(), strict=True)):
+            if len(renders_u8) < 2000:
+                renders_u8[(r, t)] = fake_u8[j]
+        truth_rows = torch.tensor(
+            [
+                test.truth_key.get((int(test.identity[r]), int(test.session[r]), t, top.get(t, 100)), -1)
+                for r, t in zip(src_rep.tolist(), tgt.tolist(), strict=True)
+            ]
+        )
+        have = truth_rows >= 0
+        if have.any():
+            truth_u8 = to_uint8(test.batch(truth_rows[have], full, 1.0, device))
+            sw_ssim.append(ssim_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
+            sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
+            if have.all():
+                # Collapse check: how much renders of one source differ across targets vs the truth.
+                f = fake.reshape(n, n_cls, -1)
+                tr = test.batch(truth_rows, full, 1.0, device).reshape(n, n_cls, -1)
+                spread_fake.append(f.std(1).mean(1).cpu().numpy())
+                spread_true.append(tr.std(1).mean(1).cpu().numpy())
+        if progress:
+            progress("evaluate", min(start + batch_size, len(src)), len(src), {})
+
+    cat = np.concatenate
+    metrics: dict[str, Any] = {
+        "n_test_identities": len(test.identity_names),
+        "n_swaps": int(sum(len(c) for c in correct)),
+        "expr_acc": float(cat(correct).mean()),
+        "id_top1": float(cat(id_hit).mean()),
+        "id_cosine": float(cat(id_cos).mean()),
+        "recon_ssim": float(cat(rec_ssim).mean()),
+        "judge_expr_acc_real": judge_accuracy(clf, test, device),
+        "judge_id_top1_real": float((((real_emb @ protos.T).argmax(1)).cpu() == test.identity).float().mean()),
+    }
+    if sw_ssim:
+        metrics["ssim_truth"] = float(cat(sw_ssim).mean())
+        metrics["psnr_truth"] = float(np.mean(np.minimum(cat(sw_psnr), 100.0)))
+    per_class = cat(correct).reshape(-1, n_cls).mean(0)
+    metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(_names(n_cls), per_class, strict=True)})
+    warnings = []
+    if spread_fake:
+        ratio = float(cat(spread_fake).mean() / max(cat(spread_true).mean(), 1e-8))
+        metrics["expression_spread_ratio"] = ratio
+        if ratio < 0.25:
+            warnings.append(
+                f"expression collapse: renders of one source vary {ratio:.2f}x as much as the truth across target expressions"
+            )
+    if metrics["expr_acc"] < 1.5 / n_cls:
+        warnings.append(
+            f"expression collapse: judge accuracy of swaps {metrics['expr_acc']:.2f} is near chance ({1 / n_cls:.2f})"
+        )
+
+    grid = _swap_grid(test, src_rows, renders_u8, top, n_cls, full, device, out / "swap_grid.png")
+    result = {
+        "checkpoint": str(checkpoint),
+        "step": int(ckpt["global_step"]),
+        "data": str(root),
+        "split": split,
+        "metrics": metrics,
+        "warnings": warnings,
+        "grid": str(grid),
+        "config": config_to_dict(cfg),
+    }
+    atomic_write_json(out / "eval.json", result)
+    report = out / "eval.md"
+    atomic_write_text(report, _markdown(result))
+    result["report"] = str(report)
+    return result
+
+
+def _names(n: int) -> list[str]:
+    from pipeline.expressions import EXPRESSIONS
+
+    return list(EXPRESSIONS[:n])
+
+
+def _embed_all(emb, data: TrainData, idx: torch.Tensor, full: int, device, bs: int) -> torch.Tensor:
+    return torch.cat([emb.embed(data.batch(idx[s : s + bs], full, 1.0, device)) for s in range(0, len(idx), bs)])
+
+
+def _swap_grid(test: TrainData, src_rows, renders, top, n_cls, full, device, path: Path, n_ids: int = 6) -> Path:
+    """Per identity two rows: renders from its neutral image, then the true images."""
+    rows, labels = [], []
+    seen = set()
+    for r in src_rows:
+        ident = int(test.identity[r])
+        if int(test.labels[r]) != 0 or ident in seen or len(seen) >= n_ids:
+            continue
+        seen.add(ident)
+        src_img = to_uint8(test.batch(torch.tensor([r]), full, 1.0, device))[0]
+        rows.append([src_img] + [renders.get((r, t), np.zeros((full, full, 3), np.uint8)) for t in range(n_cls)])
+        truth = []
+        for t in range(n_cls):
+            k = test.truth_key.get((ident, int(test.session[r]), t, top.get(t, 100)), -1)
+            truth.append(
+                to_uint8(test.batch(torch.tensor([k]), full, 1.0, device))[0]
+                if k >= 0
+                else np.full((full, full, 3), 255, np.uint8)
+            )
+        rows.append([src_img, *truth])
+        name = test.identity_names[ident]
+        labels += [f"{name}", "truth"]
+    return save_png(compose_grid(rows, ["source", *_names(n_cls)], labels), path)
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    m = result["metrics"]
+    lines = [
+        f"# Evaluation of `{result['checkpoint']}` (step {result['step']})",
+        "",
+        f"Data: `{result['data']}`, split `{result['split']}`.",
+        "",
+    ]
+    lines += ["| metric | value |", "|---|---|"] + [
+        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items()
+    ]
+    if result["warnings"]:
+        lines += ["", "## Warnings", *[f"- {w}" for w in result["warnings"]]]
+    lines += ["", "![swap grid](swap_grid.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training of the decoupling GAN: judges, progressive stages, checkpoints, target codes."""

@@ -1,0 +1,77 @@
+"""Train the expression classifier and the identity embedder on the real training split.
+
+They serve twice: frozen, as loss terms while the GAN trains (expression of swapped renders,
+identity preservation), and as judges when renders are scored. Evaluation trains its own pair
+with another seed so that the GAN is never graded by the very networks it was optimised against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.train.data import TrainData
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Small shifts and brightness/contrast jitter: judges must not key on exact pixels."""
+    n = x.shape[0]
+    shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
+    x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(2, 3))
+    gain = 1.0 + 0.15 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
+    bias = 0.1 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
+    return (x * gain.to(x.device) + bias.to(x.device)).clamp(-1, 1)
+
+
+def train_judges(
+    classifier: nn.Module,
+    embedder: nn.Module,
+    data: TrainData,
+    steps: int,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Fit both judges jointly (same batches); returns final training accuracies."""
+    gen = torch.Generator().manual_seed(seed)
+    classifier.train().to(device)
+    embedder.train().to(device)
+    opt = torch.optim.Adam([*classifier.parameters(), *embedder.parameters()], lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
+    res = data.images.shape[-1]
+    acc_e = acc_i = 0.0
+    for step in range(steps):
+        idx = torch.randint(0, data.n, (batch_size,), generator=gen)
+        x = augment(data.batch(idx, res, 1.0, device), gen)
+        y = data.labels[idx].to(device)
+        ident = data.identity[idx].to(device)
+        logits_e = classifier(x)
+        logits_i = embedder(x, labels=ident)  # CosFace margin while training
+        loss = F.cross_entropy(logits_e, y) + F.cross_entropy(logits_i, ident)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        # Exponential averages of batch accuracy, for the progress line only.
+        acc_e = 0.9 * acc_e + 0.1 * (logits_e.argmax(1) == y).float().mean().item()
+        acc_i = 0.9 * acc_i + 0.1 * (logits_i.argmax(1) == ident).float().mean().item()
+        if on_step is not None:
+            on_step(step, {"judge_loss": loss.item(), "expr_acc": acc_e, "id_acc": acc_i})
+    classifier.eval().requires_grad_(False)
+    embedder.eval().requires_grad_(False)
+    return {"expr_train_acc": acc_e, "id_train_acc": acc_i}
+
+
+@torch.no_grad()
+def judge_accuracy(classifier: nn.Module, data: TrainData, device: torch.device, batch_size: int = 256) -> float:
+    res = data.images.shape[-1]
+    correct = 0
+    for start in range(0, data.n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, data.n))
+        pred = classifier(data.batch(idx, res, 1.0, device)).argmax(1).cpu()
+        correct += int((pred == data.labels[idx]).sum())
+    return correct / max(data.n, 1)

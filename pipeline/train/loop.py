@@ -1,0 +1,426 @@
+"""The training loop: judges first, then one progressive stage at a time, resumable at any step.
+
+`Trainer` holds the whole state. Every `checkpoint_every` steps (and at the end of each stage) it
+writes `checkpoints/last.pt` atomically; a new `Trainer` on the same output folder resumes from
+it and continues the same schedule: same stage, step, fade-in alpha, optimiser moments, EMA and
+random-number state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Config, config_to_dict
+from pipeline.train import losses as L
+from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.train.codes import fit_target_codes
+from pipeline.train.data import TrainData, dataset_key, load_split
+from pipeline.train.judges import judge_accuracy, train_judges
+from pipeline.train.networks import Networks, build_networks, pick_device, update_ema
+
+LAST = "last.pt"
+FINAL = "final.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN/inf; the message names the step and the loss. The last good checkpoint stays."""
+
+
+@dataclass
+class StepInfo:
+    phase: str  # "judges" or "stage-<res>"
+    step: int
+    total: int
+    metrics: dict[str, float]
+
+
+ProgressFn = Callable[[StepInfo], None]
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: Path | None = None, progress: ProgressFn | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir or cfg.train.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.progress = progress
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = pick_device(cfg.train.device)
+        self.data = load_split(cfg.data.root, cfg.model.max_resolution, "train", cfg.data.cache_dir)
+        present = int(self.data.labels.max()) + 1
+        n_cls = len(set(self.data.labels.tolist()))
+        if n_cls < cfg.model.num_classes or present > cfg.model.num_classes:
+            raise ValueError(
+                f"{cfg.data.root}: training split has {n_cls} expression classes but model.num_classes is "
+                f"{cfg.model.num_classes}"
+            )
+        self.data_key = dataset_key(cfg.data.root)
+        torch.manual_seed(cfg.train.seed)  # network initialisation is part of the run's determinism
+        self.nets = build_networks(cfg, len(self.data.identity_names), self._backbone_state()).to(self.device)
+        n = self.nets
+        t = cfg.train
+        self.opt_g = torch.optim.Adam(
+            [
+                {"params": n.generator.parameters(), "lr": t.lr},
+                {"params": n.feedback.parameters(), "lr": t.lr},
+                {"params": n.encoder.parameters(), "lr": t.encoder_lr},
+            ],
+            betas=t.betas,
+        )
+        self.opt_d = torch.optim.Adam(n.discriminator.parameters(), lr=t.lr, betas=t.betas)
+        self.gen = torch.Generator().manual_seed(t.seed)
+        self.stage_idx = 0
+        self.stage_step = 0
+        self.global_step = 0
+        self.judges_done = False
+        self.history: list[dict[str, float]] = []
+        self.stage_metrics: list[dict[str, Any]] = []
+        self.codes: dict[str, torch.Tensor] | None = None
+        self._resume_if_possible()
+
+    # ----------------------------------------------------------------- state
+    def _backbone_state(self) -> dict | None:
+        path = self.cfg.model.backbone_weights
+        if path is None:
+            return None
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model.backbone_weights: file not found: {path}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        return {
+            "config": json.dumps(config_to_dict(self.cfg), sort_keys=True),
+            "data_key": self.data_key,
+            "identity_names": json.dumps(self.data.identity_names),
+            "nets": {k: m.state_dict() for k, m in self.nets.modules().items()},
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "stage_idx": self.stage_idx,
+            "stage_step": self.stage_step,
+            "global_step": self.global_step,
+            "alpha": self.alpha(),
+            "resolution": self.stage.resolution
+            if self.stage_idx < len(self.cfg.train.stages)
+            else self.cfg.model.max_resolution,
+            "judges_done": self.judges_done,
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": cuda_rng,
+            "rng_sampler": self.gen.get_state(),
+            "history": json.dumps(self.history),
+            "stage_metrics": json.dumps(self.stage_metrics),
+            "codes": self.codes or {},
+        }
+
+    def save(self, name: str = LAST) -> Path:
+        return save_checkpoint(self.ckpt_dir / name, self.state_dict())
+
+    def _resume_if_possible(self) -> None:
+        path = self.ckpt_dir / LAST
+        if not path.exists():
+            return
+        ckpt = load_checkpoint(path, map_location="cpu")
+        saved_cfg = json.loads(ckpt["config"])
+        mine = config_to_dict(self.cfg)
+        for section in ("model", "train", "data"):
+            a = {
+                k: v
+                for k, v in saved_cfg[section].items()
+                if k not in ("out_dir", "device", "num_threads", "cache_dir")
+            }
+            b = {k: v for k, v in mine[section].items() if k not in ("out_dir", "device", "num_threads", "cache_dir")}
+            if a != b:
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                raise CheckpointError(
+                    f"{path}: run was started with a different {section} config ({', '.join(f'{section}.{k}' for k in diff)}); "
+                    "use a new train.out_dir or the original config"
+                )
+        if ckpt["data_key"] != self.data_key:
+            raise CheckpointError(f"{path}: run was started on different training data (content key differs)")
+        for k, m in self.nets.modules().items():
+            m.load_state_dict(ckpt["nets"][k])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.stage_idx = int(ckpt["stage_idx"])
+        self.stage_step = int(ckpt["stage_step"])
+        self.global_step = int(ckpt["global_step"])
+        self.judges_done = bool(ckpt["judges_done"])
+        torch.set_rng_state(ckpt["rng_torch"])
+        if ckpt["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        self.gen.set_state(ckpt["rng_sampler"])
+        self.history = json.loads(ckpt["history"])
+        self.stage_metrics = json.loads(ckpt["stage_metrics"])
+        self.codes = ckpt["codes"] or None
+        if self.judges_done:
+            self.nets.classifier.eval().requires_grad_(False)
+            self.nets.embedder.eval().requires_grad_(False)
+        self.resumed_from = (self.stage_idx, self.stage_step, self.global_step)
+
+    # ------------------------------------------------------------ schedule
+    @property
+    def stage(self):
+        return self.cfg.train.stages[min(self.stage_idx, len(self.cfg.train.stages) - 1)]
+
+    @property
+    def finished(self) -> bool:
+        return self.stage_idx >= len(self.cfg.train.stages)
+
+    def alpha(self) -> float:
+        if self.finished:
+            return 1.0
+        s = self.stage
+        if self.stage_idx == 0 or s.fade_steps == 0:
+            return 1.0
+        return min(1.0, self.stage_step / s.fade_steps)
+
+    # ------------------------------------------------------------- training
+    def run_judges(self) -> dict[str, float]:
+        if self.judges_done:
+            return {}
+        t = self.cfg.train
+
+        def report(step: int, m: dict[str, float]) -> None:
+            if self.progress:
+                self.progress(StepInfo("judges", step + 1, t.judge_steps, m))
+
+        stats = train_judges(
+            self.nets.classifier,
+            self.nets.embedder,
+            self.data,
+            t.judge_steps,
+            min(t.batch_size * 2, 128),
+            self.device,
+            t.seed + 1,
+            report,
+        )
+        self.judges_done = True
+        self.save()
+        return stats
+
+    def run_stage(self) -> dict[str, Any]:
+        """Train the current stage to its end (from wherever it was left) and return its metrics."""
+        if not self.judges_done:
+            self.run_judges()
+        if self.finished:
+            return {}
+        stage = self.stage
+        sums: dict[str, float] = defaultdict(float)
+        count = 0
+        started = time.perf_counter()
+        while self.stage_step < stage.steps:
+            m = self.train_step(stage.resolution, self.alpha())
+            self.stage_step += 1
+            self.global_step += 1
+            for k, v in m.items():
+                sums[k] += v
+            count += 1
+            if self.global_step % 25 == 0:
+                self.history.append({"step": self.global_step, "resolution": stage.resolution, **m})
+            if self.progress:
+                self.progress(StepInfo(f"stage-{stage.resolution}", self.stage_step, stage.steps, m))
+            if self.stage_step % self.cfg.train.checkpoint_every == 0 and self.stage_step < stage.steps:
+                self.save()
+        summary: dict[str, Any] = {"resolution": stage.resolution, "steps": stage.steps}
+        summary.update({k: v / max(count, 1) for k, v in sums.items()})
+        summary["seconds"] = time.perf_counter() - started
+        summary.update(self.quick_eval(stage.resolution))
+        self.stage_metrics.append(summary)
+        self.stage_idx += 1
+        self.stage_step = 0
+        if self.finished:
+            self.codes = fit_target_codes(self.nets.encoder, self.data, self.cfg.model.num_classes, self.device)
+        self.save()
+        self.save(f"stage-{stage.resolution:04d}.pt")
+        if self.finished:
+            self.save(FINAL)
+        return summary
+
+    def train(self) -> Path:
+        self.run_judges()
+        while not self.finished:
+            self.run_stage()
+        return self.ckpt_dir / FINAL
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path, n_identities: int = 6) -> Path:
+        """Identities x expressions grid with the EMA generator at the current (or last) stage."""
+        from pipeline.train.codes import expression_target
+        from pipeline.train.grids import expression_grid, save_png
+
+        full = self.cfg.model.max_resolution
+        res = (
+            self.cfg.train.stages[min(self.stage_idx, len(self.cfg.train.stages)) - 1].resolution
+            if self.stage_idx
+            else self.stage.resolution
+        )
+        try:
+            data = load_split(self.cfg.data.root, full, "val", self.cfg.data.cache_dir)
+        except ValueError:
+            data = self.data
+        # One image per identity, preferring neutral ones, so the grid shows real swaps.
+        order = torch.argsort(data.labels, stable=True)
+        seen: dict[int, int] = {}
+        for i in order.tolist():
+            seen.setdefault(int(data.identity[i]), i)
+        idx = torch.tensor(list(seen.values())[:n_identities])
+        src = data.batch(idx, full, 1.0, self.device)
+        self.nets.encoder.eval()
+        w_id, _ = self.nets.encoder(src)
+        if self.codes:
+            k = self.cfg.model.num_classes
+            exp = expression_target(
+                {k2: v.to(self.device) for k2, v in self.codes.items()},
+                torch.arange(k, device=self.device),
+                torch.ones(k, device=self.device),
+            )
+        else:
+            exp = reference_expression_codes(self.nets, self.data, self.device, full)
+        names = [data.identity_names[int(data.identity[i])] for i in idx]
+        return save_png(expression_grid(self.nets.generator_ema, src, w_id, exp, res, names), path)
+
+    def _check_finite(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+        out = {}
+        for k, v in metrics.items():
+            val = float(v.detach())
+            if not math.isfinite(val):
+                raise TrainingDiverged(
+                    f"step {self.global_step + 1} (stage {self.stage.resolution} px): loss {k} is {val}; "
+                    f"last good checkpoint kept at {self.ckpt_dir / LAST}"
+                )
+            out[k] = val
+        return out
+
+    def train_step(self, res: int, alpha: float) -> dict[str, float]:
+        n, t, w = self.nets, self.cfg.train, self.cfg.train.loss
+        dev = self.device
+        b = t.batch_size
+        idx = torch.randint(0, self.data.n, (b,), generator=self.gen)
+        perm = torch.randperm(b, generator=self.gen)
+        donor = idx[perm]
+        y = self.data.labels[idx].to(dev)
+        y_sw = y[perm.to(dev)]
+        x_full = self.data.batch(idx, self.cfg.model.max_resolution, 1.0, dev)
+        x = self.data.batch(idx, res, alpha, dev)
+
+        n.encoder.train()
+        n.generator.train()
+        w_id, w_exp = n.encoder(x_full)
+        w_exp_sw = w_exp[perm.to(dev)]
+        fake_rec = n.generator(w_id, w_exp, res, alpha)
+        fake_sw = n.generator(w_id, w_exp_sw, res, alpha)
+
+        # ---- discriminator
+        n.discriminator.requires_grad_(True)
+        r1_every = 4
+        do_r1 = w.r1 > 0 and self.global_step % r1_every == 0
+        x_d = x.detach().requires_grad_(do_r1)
+        d_real, cls_real = n.discriminator(x_d, res, alpha)
+        d_fake, _ = n.discriminator(torch.cat([fake_rec, fake_sw]).detach(), res, alpha)
+        loss_d = L.d_logistic(d_real, d_fake) + w.aux_cls * F.cross_entropy(cls_real, y)
+        terms_d = {"d_adv": loss_d}
+        if do_r1:
+            r1 = L.r1_penalty(d_real, x_d)
+            loss_d = loss_d + 0.5 * w.r1 * r1_every * r1
+            terms_d["r1"] = r1
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # ---- generator, encoder, feedback
+        n.discriminator.requires_grad_(False)
+        d_fake_g, cls_fake = n.discriminator(torch.cat([fake_rec, fake_sw]), res, alpha)
+        terms: dict[str, torch.Tensor] = {}
+        terms["g_adv"] = L.g_nonsaturating(d_fake_g)
+        terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([y, y_sw]))
+        terms["recon"] = F.l1_loss(fake_rec, x)
+        up_sw = _to_full(fake_sw, self.cfg.model.max_resolution)
+        terms["swap_cls"] = F.cross_entropy(n.classifier(up_sw), y_sw)
+        terms["identity"] = L.identity_loss(n.embedder, up_sw, x_full)
+        fb_sw = n.feedback(fake_sw)
+        fb_rec = n.feedback(fake_rec)
+        terms["latent"] = L.latent_recovery(fb_sw, w_id, w_exp_sw) + L.latent_recovery(fb_rec, w_id, w_exp)
+        # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
+        cyc = n.generator(fb_sw[0], w_exp, res, alpha)
+        terms["cycle"] = F.l1_loss(cyc, x)
+        loss = (
+            w.adv * (terms["g_adv"] + terms["g_cls"])
+            + w.recon * terms["recon"]
+            + w.swap_cls * terms["swap_cls"]
+            + w.identity * terms["identity"]
+            + w.latent * terms["latent"]
+            + w.cycle * terms["cycle"]
+        )
+        if w.swap_truth > 0 and self.data.truth_key:
+            rows = self.data.truth_rows(idx, donor)
+            valid = rows >= 0
+            if valid.any():
+                truth = self.data.batch(rows[valid], res, alpha, dev)
+                terms["swap_truth"] = F.l1_loss(fake_sw[valid.to(dev)], truth)
+                loss = loss + w.swap_truth * terms["swap_truth"]
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        update_ema(n.generator_ema, n.generator, t.ema_decay)
+        metrics = self._check_finite({**terms_d, **terms, "loss_g": loss})
+        with torch.no_grad():
+            metrics["swap_acc"] = float((n.classifier(up_sw).argmax(1) == y_sw).float().mean())
+        return metrics
+
+    @torch.no_grad()
+    def quick_eval(self, res: int) -> dict[str, float]:
+        """Cheap per-stage check on validation identities with the EMA generator."""
+        try:
+            val = load_split(self.cfg.data.root, self.cfg.model.max_resolution, "val", self.cfg.data.cache_dir)
+        except ValueError:
+            return {}
+        return swap_check(self.nets, val, res, self.device, self.cfg.model.max_resolution)
+
+
+def _to_full(x: torch.Tensor, full: int) -> torch.Tensor:
+    return x if x.shape[-1] == full else F.interpolate(x, size=(full, full), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def swap_check(
+    nets: Networks, data: TrainData, res: int, device: torch.device, full: int, n: int = 64
+) -> dict[str, float]:
+    """Reconstruction L1 and swap expression accuracy (training judge) on up to n images."""
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(data.n, generator=g)[: min(n, data.n)]
+    perm = torch.randperm(len(idx), generator=g)
+    x_full = data.batch(idx, full, 1.0, device)
+    nets.encoder.eval()
+    w_id, w_exp = nets.encoder(x_full)
+    rec = nets.generator_ema(w_id, w_exp, res, 1.0)
+    sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0)
+    y_sw = data.labels[idx][perm].to(device)
+    acc = (nets.classifier(_to_full(sw, full)).argmax(1) == y_sw).float().mean()
+    recon = F.l1_loss(rec, data.batch(idx, res, 1.0, device))
+    return {"val_recon_l1": float(recon), "val_swap_acc_train_judge": float(acc)}
+
+
+def judge_val_accuracy(nets: Networks, data: TrainData, device: torch.device) -> float:
+    return judge_accuracy(nets.classifier, data, device)
+
+
+@torch.no_grad()
+def reference_expression_codes(nets: Networks, data: TrainData, device: torch.device, full: int) -> torch.Tensor:
+    """w_exp of one training image per class at its highest intensity (targets before codes exist)."""
+    rows = []
+    for c in range(int(data.labels.max()) + 1):
+        mask = data.labels == c
+        top = data.intensity_code[mask].max()
+        rows.append(int(torch.nonzero(mask & (data.intensity_code == top))[0]))
+    nets.encoder.eval()
+    return nets.encoder(data.batch(torch.tensor(rows), full, 1.0, device))[1]

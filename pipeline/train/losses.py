@@ -1,0 +1,34 @@
+"""Loss terms of the decoupling GAN; each returns a scalar tensor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def d_logistic(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic discriminator loss (StyleGAN/ALAE)."""
+    return F.softplus(d_fake).mean() + F.softplus(-d_real).mean()
+
+
+def g_nonsaturating(d_fake: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-d_fake).mean()
+
+
+def r1_penalty(d_real: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
+    """Squared gradient norm of D at real images (Mescheder et al. 2018)."""
+    (grad,) = torch.autograd.grad(d_real.sum(), x_real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def identity_loss(embedder: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between the frozen identity embeddings of a render and of its source image."""
+    with torch.no_grad():
+        target = embedder.embed(real)
+    return (1.0 - (embedder.embed(fake) * target).sum(1)).mean()
+
+
+def latent_recovery(pred: tuple[torch.Tensor, torch.Tensor], w_id: torch.Tensor, w_exp: torch.Tensor) -> torch.Tensor:
+    """Feedback network must give back the codes an image was rendered from (targets detached)."""
+    return F.mse_loss(pred[0], w_id.detach()) + F.mse_loss(pred[1], w_exp.detach())

@@ -1,0 +1,75 @@
+"""Build the torch modules from the config and keep them together (with optimisers and EMA)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models import Discriminator, Encoder, ExpressionClassifier, FeedbackNetwork, Generator, IdentityEmbedder
+from pipeline.config import Config
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is available")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Networks:
+    encoder: Encoder
+    generator: Generator
+    generator_ema: Generator
+    discriminator: Discriminator
+    feedback: FeedbackNetwork
+    classifier: ExpressionClassifier
+    embedder: IdentityEmbedder
+
+    def to(self, device: torch.device) -> Networks:
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {
+            "encoder": self.encoder,
+            "generator": self.generator,
+            "generator_ema": self.generator_ema,
+            "discriminator": self.discriminator,
+            "feedback": self.feedback,
+            "classifier": self.classifier,
+            "embedder": self.embedder,
+        }
+
+
+def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None = None) -> Networks:
+    m = cfg.model
+    res = m.max_resolution
+    encoder = Encoder(
+        backbone=m.backbone,
+        id_dim=m.id_dim,
+        exp_dim=m.exp_dim,
+        mapping_layers=m.mapping_layers,
+        input_size=res,
+        backbone_state=backbone_state,
+    )
+    generator = Generator(m.id_dim, m.exp_dim, res, m.gen_channels, m.gen_min_channels)
+    generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)
+    feedback = FeedbackNetwork(m.id_dim, m.exp_dim, input_size=res, channels=m.feedback_channels)
+    classifier = ExpressionClassifier(m.num_classes, input_size=res, channels=m.judge_channels)
+    embedder = IdentityEmbedder(num_identities, embed_dim=m.judge_embed_dim, input_size=res, channels=m.judge_channels)
+    return Networks(encoder, generator, generator_ema, discriminator, feedback, classifier, embedder)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+        p_ema.lerp_(p, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)

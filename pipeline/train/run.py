@@ -1,0 +1,40 @@
+"""Train end to end without Prefect (the CLI and plain Python use this)."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.train.loop import ProgressFn, Trainer
+from pipeline.train.report import write_training_report
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_training(cfg: Config, progress: ProgressFn | None = None, out_dir: Path | None = None) -> dict[str, Any]:
+    started = time.perf_counter()
+    trainer = Trainer(cfg, out_dir, progress)
+    trainer.run_judges()
+    while not trainer.finished:
+        summary = trainer.run_stage()
+        trainer.sample_grid(trainer.out / "samples" / f"stage-{summary['resolution']:04d}.png")
+    final = trainer.ckpt_dir / "final.pt"
+    if not final.exists():  # finished earlier; make sure the final checkpoint is there
+        trainer.save("final.pt")
+    report = write_training_report(
+        trainer.out,
+        trainer.stage_metrics,
+        trainer.history,
+        {
+            "checkpoint": final,
+            "device": trainer.device,
+            "wall seconds (this invocation)": round(time.perf_counter() - started, 1),
+            "peak RSS MB": round(peak_rss_mb()),
+        },
+    )
+    return {"checkpoint": str(final), "report": str(report), "stages": trainer.stage_metrics}

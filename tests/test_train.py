@@ -1,0 +1,108 @@
+"""Training: runs end to end, resumes exactly, fails loudly on bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import Config, load_config
+from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+from pipeline.train.loop import Trainer, TrainingDiverged
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from pipeline.procedural.dataset import make_dataset
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    make_dataset(cfg.procedural, root, workers=1)
+    return root
+
+
+def tiny_cfg(data: Path, out: Path, *extra: str) -> Config:
+    return load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"train.out_dir={out}", *extra])
+
+
+class Stop(Exception):
+    pass
+
+
+def test_training_runs_and_resumes_exactly(tiny_data: Path, tmp_path: Path) -> None:
+    ref = Trainer(tiny_cfg(tiny_data, tmp_path / "ref"))
+    final = ref.train()
+    ckpt = load_checkpoint(final)
+    assert ckpt["codes"]["exp_centroids"].shape == (7, 8)
+    assert ckpt["stage_idx"] == 3 and ckpt["global_step"] == 22
+
+    # Kill a second run mid-way through the 8 px stage, between two checkpoints.
+    def killer(info) -> None:
+        if info.phase == "stage-8" and info.step == 7:
+            raise Stop
+
+    cfg = tiny_cfg(tiny_data, tmp_path / "run")
+    with pytest.raises(Stop):
+        Trainer(cfg, progress=killer).train()
+    resumed = Trainer(cfg)
+    # The last checkpoint of the 8 px stage was at its step 5: resume there, not from zero.
+    assert (resumed.stage_idx, resumed.stage_step, resumed.global_step) == (1, 5, 11)
+    assert resumed.alpha() == 1.0 and resumed.judges_done
+    final2 = resumed.train()
+    a = load_checkpoint(final)["nets"]["generator_ema"]
+    b = load_checkpoint(final2)["nets"]["generator_ema"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=f"resumed run differs from uninterrupted run at {k}")
+
+
+def test_resume_with_other_config_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.stages=[{resolution: 4, steps: 5}]", "model.max_resolution=16")
+    Trainer(cfg).train()
+    other = tiny_cfg(tiny_data, tmp_path / "run", "train.stages=[{resolution: 4, steps: 5}]", "model.id_dim=32")
+    with pytest.raises(CheckpointError, match=r"model\.id_dim"):
+        Trainer(other)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.stages=[{resolution: 4, steps: 5}]")
+    final = Trainer(cfg).train()
+    last = final.parent / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        Trainer(cfg)
+    last.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(last)):
+        load_checkpoint(last)
+
+
+def test_nan_loss_stops_naming_step_and_loss_and_keeps_checkpoint(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_cfg(tiny_data, tmp_path / "run")
+    trainer = Trainer(cfg)
+    trainer.run_judges()
+    import pipeline.train.loop as loop
+
+    monkeypatch.setattr(loop.L, "identity_loss", lambda *a: torch.tensor(float("nan")))
+    with pytest.raises(TrainingDiverged, match=r"step 1 .*loss identity is nan"):
+        trainer.run_stage()
+    assert load_checkpoint(trainer.ckpt_dir / "last.pt")["judges_done"]
+
+
+def test_dataset_with_too_few_classes_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from manifests.labels import read_labels, write_labels
+
+    root = tmp_path / "fewer"
+    shutil.copytree(tiny_data, root)
+    frame, meta = read_labels(root)
+    frame = frame[frame["expression"].isin(["neutral", "happy", "sad"])]
+    write_labels(root, pd.DataFrame(frame), meta)
+    with pytest.raises(ValueError, match=r"3 expression classes but model\.num_classes is 7"):
+        Trainer(tiny_cfg(root, tmp_path / "run"))
