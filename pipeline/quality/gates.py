@@ -1,0 +1,231 @@
+"""Per-image flags, dataset-level gates, and the calibration of their thresholds from real data.
+
+Rules that hold everywhere here: a NaN score never passes (its gate fails with note "nan"), an
+empty dataset is an error rather than a vacuous pass, and every failed gate can name its value and
+threshold (`GateReport.failed_message`), which becomes the flow's failure reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import QualityConfig
+
+Op = Literal[">=", "<="]
+
+# Per-image columns this module reads (written by the flow from the checks' outputs).
+COL_IDENTITY = "identity_cosine"
+COL_FACE = "face_found"
+COL_P_TARGET = "expression_p_target"
+COL_PRED = "expression_pred"
+COL_TARGET = "expression_idx"
+COL_SSIM = "ssim"
+COL_LABEL = "expression"
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrate_identity_threshold(
+    same_scores: np.ndarray | list[float], diff_scores: np.ndarray | list[float]
+) -> tuple[float, float]:
+    """(threshold, EER) at the equal-error point of same-identity vs different-identity cosines.
+
+    A pair is accepted when score >= threshold. FRR(t) = share of same pairs below t, FAR(t) =
+    share of different pairs at or above t. Candidate thresholds are the midpoints between
+    consecutive distinct scores (plus one below and one above all), so a perfectly separable set
+    gets the midpoint of its gap and EER 0. The chosen t minimises |FAR - FRR|, ties broken by the
+    smaller FAR + FRR; EER is reported as (FAR + FRR) / 2 there.
+    """
+    same = np.asarray(same_scores, dtype=np.float64).ravel()
+    diff = np.asarray(diff_scores, dtype=np.float64).ravel()
+    if same.size == 0 or diff.size == 0:
+        raise ValueError(f"calibration needs same and different pairs, got {same.size} and {diff.size}")
+    if not (np.isfinite(same).all() and np.isfinite(diff).all()):
+        raise ValueError("calibration scores contain NaN or infinite values")
+    u = np.unique(np.concatenate([same, diff]))
+    cand = np.concatenate([[u[0] - 1e-6], (u[:-1] + u[1:]) / 2.0, [u[-1] + 1e-6]])
+    s_sorted, d_sorted = np.sort(same), np.sort(diff)
+    frr = np.searchsorted(s_sorted, cand, side="left") / same.size  # same < t
+    far = 1.0 - np.searchsorted(d_sorted, cand, side="left") / diff.size  # diff >= t
+    gap = np.abs(far - frr)
+    best = np.flatnonzero(gap == gap.min())
+    i = best[np.argmin((far + frr)[best])]
+    return float(cand[i]), float((far[i] + frr[i]) / 2.0)
+
+
+def calibrate_expression_threshold(
+    val_p_target: np.ndarray | list[float], val_correct: np.ndarray | list[bool], keep: float = 0.95
+) -> float:
+    """Min target probability such that `keep` of the real validation images the classifier gets right pass.
+
+    Rule: t = the largest value such that at least `keep` of the correctly classified real validation
+    images have p_target >= t (the lower (1 - keep) quantile).
+    The render check (argmax == target and p_target >= t) then rejects at most 1 - keep of renders
+    that the classifier finds as convincing as correctly recognised real faces. (A precision rule
+    would be degenerate: p_target >= 0.5 already implies argmax == target, so precision is 1 there.)
+    """
+    p = np.asarray(val_p_target, dtype=np.float64).ravel()
+    ok = np.asarray(val_correct, dtype=bool).ravel()
+    if p.shape != ok.shape:
+        raise ValueError(f"val_p_target has {p.size} values but val_correct has {ok.size}")
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    good = p[ok & np.isfinite(p)]
+    if good.size == 0:
+        raise ValueError("no correctly classified validation images to calibrate on")
+    # Largest t that still keeps >= keep of them: drop at most floor(n * (1 - keep)) lowest scores
+    # (the epsilon guards 1 - 0.9 = 0.0999... from flooring 1.0 down to 0).
+    drop = int(np.floor(good.size * (1.0 - keep) + 1e-9))
+    return float(np.sort(good)[drop])
+
+
+# --------------------------------------------------------------------------- per-image flags
+
+
+def per_image_flags(
+    df: pd.DataFrame, cfg: QualityConfig, identity_backend: Literal["facenet", "embedder"] = "facenet"
+) -> pd.DataFrame:
+    """Add identity_pass, expression_pass, ssim_pass (if an ssim column exists) and all_pass.
+
+    Reads identity_cosine, face_found (optional, default True), expression_p_target and
+    expression_pred + expression_idx (optional: without them only the probability is checked).
+    NaN scores fail. Returns a copy.
+    """
+    if df.empty:
+        raise ValueError("per-image table is empty: nothing to check")
+    out = df.copy()
+    id_thr = cfg.identity_threshold if identity_backend == "facenet" else cfg.embedder_identity_threshold
+    face = out[COL_FACE].astype(bool) if COL_FACE in out else pd.Series(True, index=out.index)
+    cos = out[COL_IDENTITY].astype(float)
+    out["identity_pass"] = face & cos.notna() & (cos >= id_thr)
+    p = out[COL_P_TARGET].astype(float)
+    expr = p.notna() & (p >= cfg.expression_threshold)
+    if COL_PRED in out and COL_TARGET in out:
+        expr &= out[COL_PRED] == out[COL_TARGET]
+    out["expression_pass"] = expr
+    flags = ["identity_pass", "expression_pass"]
+    if COL_SSIM in out:
+        s = out[COL_SSIM].astype(float)
+        # NaN SSIM means "no reference image" (a swap of a real photo has no ground truth): the flag
+        # is NA (not applicable) there, not True. The dataset gate on mean SSIM still fails when
+        # every row is NaN, so a broken SSIM step cannot pass unseen.
+        out["ssim_pass"] = pd.array(np.where(s.isna(), None, s >= cfg.ssim_floor), dtype="boolean")
+    out["all_pass"] = out[flags].all(axis=1)
+    if "ssim_pass" in out:
+        out["all_pass"] &= out["ssim_pass"].fillna(True).astype(bool)
+    return out
+
+
+# --------------------------------------------------------------------------- dataset gates
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    value: float
+    threshold: float
+    op: Op
+    passed: bool
+    note: str = ""
+    enforced: bool = True  # False: reported only (e.g. FID on too few images; KID decides there)
+
+
+@dataclass
+class GateReport:
+    gates: list[Gate] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates if g.enforced)
+
+    @property
+    def failed(self) -> list[Gate]:
+        return [g for g in self.gates if g.enforced and not g.passed]
+
+    def failed_message(self) -> str:
+        """One line per failed gate with value, operator and threshold; '' when all passed."""
+        parts = []
+        for g in self.failed:
+            v = "NaN" if math.isnan(g.value) else f"{g.value:.4g}"
+            note = f" ({g.note})" if g.note else ""
+            parts.append(f"{g.name} = {v}, required {g.op} {g.threshold:.4g}{note}")
+        return "; ".join(parts)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(g) for g in self.gates])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for manifest metadata and dataset cards (NaN/inf become None)."""
+
+        def clean(x: Any) -> Any:
+            return None if isinstance(x, float) and not math.isfinite(x) else x
+
+        return {"passed": self.passed, "gates": [{k: clean(v) for k, v in asdict(g).items()} for g in self.gates]}
+
+
+def make_gate(name: str, value: float | None, threshold: float, op: Op, note: str = "", enforced: bool = True) -> Gate:
+    """A gate whose NaN/missing value fails with note 'nan' rather than comparing False silently."""
+    v = math.nan if value is None else float(value)
+    if math.isnan(v):
+        return Gate(name, v, threshold, op, False, "nan" if not note else f"nan; {note}", enforced)
+    ok = v >= threshold if op == ">=" else v <= threshold
+    return Gate(name, v, threshold, op, bool(ok), note, enforced)
+
+
+def class_balance_ratio(labels: pd.Series, expected: list[Any] | None = None) -> float:
+    """max/min count over the expected classes (a missing class counts 0 -> inf)."""
+    counts = labels.value_counts()
+    classes = expected if expected is not None else list(counts.index)
+    if not classes:
+        return math.inf
+    c = np.array([counts.get(k, 0) for k in classes], dtype=np.float64)
+    return math.inf if c.min() == 0 else float(c.max() / c.min())
+
+
+def evaluate_gates(per_image_df: pd.DataFrame, dataset_metrics: Mapping[str, Any], cfg: QualityConfig) -> GateReport:
+    """Dataset-level publish/reject decision.
+
+    per_image_df: rows with the flags from `per_image_flags` (all_pass, identity_pass,
+    expression_pass, optional ssim/ssim_pass) and the target label column `expression`.
+    dataset_metrics: keys fid, kid_mean, n_real, n_fake (from `compute_fid_kid`); missing keys
+    give NaN, so a skipped FID/KID fails its gate instead of passing unseen.
+
+    Gates: pass_rate (all_pass share), identity/expression pass rates, mean SSIM (when present),
+    KID, FID (enforced only with >= min_fid_images on both sides, else reported), class balance
+    of the passing renders over every class that was rendered (what a consumer keeping only
+    passing images gets).
+    """
+    if per_image_df.empty:
+        raise ValueError("per-image table is empty: a dataset with no images cannot pass the gates")
+    missing = [c for c in ("all_pass", "identity_pass", "expression_pass") if c not in per_image_df]
+    if missing:
+        raise KeyError(f"per-image table lacks {missing}; run per_image_flags first")
+    df = per_image_df
+    gates = [
+        make_gate("pass_rate", df["all_pass"].mean(), cfg.pass_rate_floor, ">="),
+        make_gate("identity_pass_rate", df["identity_pass"].mean(), cfg.pass_rate_floor, ">="),
+        make_gate("expression_pass_rate", df["expression_pass"].mean(), cfg.pass_rate_floor, ">="),
+    ]
+    if COL_SSIM in df:
+        # mean over rows that have a reference; all-NaN -> NaN -> the gate fails with "nan".
+        gates.append(make_gate("ssim_mean", df[COL_SSIM].astype(float).mean(), cfg.ssim_floor, ">="))
+    n_real = dataset_metrics.get("n_real")
+    n_fake = dataset_metrics.get("n_fake")
+    n_min = min(n_real or 0, n_fake or 0)
+    gates.append(make_gate("kid_mean", dataset_metrics.get("kid_mean"), cfg.kid_ceiling, "<="))
+    reliable = n_min >= cfg.min_fid_images
+    fid_note = "" if reliable else f"informational: {n_min} < {cfg.min_fid_images} images per set; KID gate decides"
+    gates.append(make_gate("fid", dataset_metrics.get("fid"), cfg.fid_ceiling, "<=", fid_note, enforced=reliable))
+    if COL_LABEL in df:
+        expected = sorted(df[COL_LABEL].dropna().unique().tolist(), key=str)
+        ratio = class_balance_ratio(df.loc[df["all_pass"].astype(bool), COL_LABEL], expected)
+        note = "a class has no passing render" if math.isinf(ratio) else ""
+        gates.append(make_gate("class_balance", ratio, cfg.class_balance_tolerance, "<=", note))
+    return GateReport(gates)

@@ -1,0 +1,154 @@
+"""Calibration, per-image flags, dataset gates and the written report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.stats import norm
+
+from pipeline.config import ConfigError, QualityConfig, load_config
+from pipeline.quality.gates import (
+    calibrate_expression_threshold,
+    calibrate_identity_threshold,
+    evaluate_gates,
+    per_image_flags,
+)
+from pipeline.quality.report import write_quality_report
+
+
+def test_identity_eer_on_known_distributions() -> None:
+    rng = np.random.default_rng(0)
+    # same ~ N(0.7, 0.1), diff ~ N(0.3, 0.1): EER at the midpoint 0.5, EER = Phi(-2) = 0.0228.
+    same, diff = rng.normal(0.7, 0.1, 20000), rng.normal(0.3, 0.1, 20000)
+    thr, eer = calibrate_identity_threshold(same, diff)
+    assert thr == pytest.approx(0.5, abs=0.01)
+    assert eer == pytest.approx(norm.cdf(-2.0), abs=0.003)
+    # unequal spreads: EER where (0.8 - t)/0.05 = (t - 0.2)/0.15 -> t = 0.65, EER = Phi(-3)
+    thr, eer = calibrate_identity_threshold(rng.normal(0.8, 0.05, 20000), rng.normal(0.2, 0.15, 20000))
+    assert thr == pytest.approx(0.65, abs=0.01) and eer == pytest.approx(norm.cdf(-3.0), abs=0.002)
+    # separable: threshold in the gap, EER 0
+    thr, eer = calibrate_identity_threshold([0.9, 0.95], [0.1, 0.3])
+    assert eer == 0.0 and 0.3 < thr < 0.9
+    with pytest.raises(ValueError, match="same and different"):
+        calibrate_identity_threshold([], [0.1])
+    with pytest.raises(ValueError, match="NaN"):
+        calibrate_identity_threshold([0.9, np.nan], [0.1])
+
+
+def test_expression_threshold_rule() -> None:
+    p = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2])
+    correct = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0], dtype=bool)
+    t = calibrate_expression_threshold(p, correct, keep=0.9)
+    kept = (p[correct] >= t).mean()
+    assert kept >= 0.9 and t == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="no correctly classified"):
+        calibrate_expression_threshold([0.1], [False])
+
+
+def _scored(n_per: int = 10, labels: tuple[str, ...] = ("happy", "sad", "anger")) -> pd.DataFrame:
+    rows = []
+    for k, lab in enumerate(labels):
+        for i in range(n_per):
+            rows.append(
+                {
+                    "expression": lab,
+                    "expression_idx": k,
+                    "expression_pred": k,
+                    "expression_p_target": 0.9,
+                    "identity_cosine": 0.8,
+                    "face_found": True,
+                    "ssim": 0.7 if i % 2 else np.nan,  # half the rows have a ground truth
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+GOOD = {"fid": 20.0, "kid_mean": 0.01, "n_real": 3000, "n_fake": 3000}
+
+
+def test_per_image_flags_and_passing_dataset() -> None:
+    cfg = QualityConfig()
+    df = _scored()
+    bad = [0, 11, 23, 3]  # one failure per reason, spread over the classes to keep them balanced
+    df.loc[bad[0], "identity_cosine"] = np.nan
+    df.loc[bad[1], "face_found"] = False
+    df.loc[bad[2], "expression_pred"] = 1
+    df.loc[bad[3], "ssim"] = 0.1
+    flags = per_image_flags(df, cfg)
+    assert not flags.loc[bad, "all_pass"].any() and flags["all_pass"].sum() == len(df) - 4
+    assert pd.isna(flags.loc[4, "ssim_pass"]) and bool(flags.loc[4, "all_pass"])  # no reference: not judged
+    rep = evaluate_gates(flags, GOOD, cfg)
+    assert rep.passed, rep.failed_message()
+    assert {g.name for g in rep.gates} >= {"pass_rate", "kid_mean", "fid", "class_balance", "ssim_mean"}
+
+
+def test_gate_failures_name_value_and_threshold() -> None:
+    cfg = QualityConfig(fid_ceiling=30.0)
+    df = per_image_flags(_scored(), cfg)
+    df.loc[df["expression"] == "anger", "all_pass"] = False  # a class vanishes among passing renders
+    rep = evaluate_gates(df, {"fid": 45.0, "kid_mean": float("nan"), "n_real": 4000, "n_fake": 4000}, cfg)
+    msg = rep.failed_message()
+    assert not rep.passed
+    assert "fid = 45, required <= 30" in msg
+    assert "kid_mean = NaN" in msg and "(nan)" in msg
+    assert "class_balance = inf" in msg and "pass_rate = 0.6667, required >= 0.8" in msg
+    assert rep.to_dict()["gates"][0]["name"] == "pass_rate"
+
+
+def test_small_sets_fid_informational_and_empty_error() -> None:
+    cfg = QualityConfig()
+    df = per_image_flags(_scored(), cfg)
+    rep = evaluate_gates(df, {"fid": 500.0, "kid_mean": 0.01, "n_real": 100, "n_fake": 30}, cfg)
+    fid_gate = next(g for g in rep.gates if g.name == "fid")
+    assert not fid_gate.enforced and not fid_gate.passed and "KID gate decides" in fid_gate.note
+    assert rep.passed  # KID decides on small sets
+    assert evaluate_gates(df, {"kid_mean": 0.2, "n_real": 100, "n_fake": 30}, cfg).passed is False
+    missing = evaluate_gates(df, {}, cfg)  # FID/KID never computed: never a silent pass
+    assert not missing.passed and "kid_mean = NaN" in missing.failed_message()
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_gates(df.iloc[:0], GOOD, cfg)
+    with pytest.raises(ValueError, match="empty"):
+        per_image_flags(df.iloc[:0], cfg)
+
+
+def test_quality_config_fields() -> None:
+    cfg = load_config(overrides=["quality.identity_threshold=0.6", "quality.identity_backend=facenet"])
+    assert cfg.quality.identity_threshold == 0.6 and cfg.quality.min_fid_images == 2048
+    with pytest.raises(ConfigError, match=r"quality\.unknown"):
+        load_config(overrides=["quality.unknown=1"])
+    with pytest.raises(ConfigError, match=r"quality\.identity_backend"):
+        load_config(overrides=["quality.identity_backend=arcface"])
+
+
+def test_report_written(tmp_path: Path) -> None:
+    cfg = QualityConfig()
+    rng = np.random.default_rng(0)
+    df = _scored(n_per=8)
+    df["identity_cosine"] = rng.uniform(0.2, 1.0, len(df))
+    df["expression_p_target"] = rng.uniform(0.1, 1.0, len(df))
+    df.loc[5, "identity_cosine"] = np.nan  # a no-face render ranks worst
+    df = per_image_flags(df, cfg)
+    rep = evaluate_gates(df, {"fid": 80.0, "kid_mean": 0.02, "n_real": 24, "n_fake": 24}, cfg)
+    # Renders whose colour encodes their score, so the grids are easy to eyeball.
+    score = np.nan_to_num((df["identity_cosine"] + df["expression_p_target"]).to_numpy() / 2, nan=0.0)
+    imgs = np.zeros((len(df), 32, 32, 3), dtype=np.uint8)
+    imgs[..., 1] = (score * 255).astype(np.uint8)[:, None, None]
+    imgs[..., 0] = 255 - imgs[..., 1]
+    per_expr = pd.DataFrame(
+        {"label": ["anger", "happy", "sad"], "n_real": 8, "n_fake": 8, "fid": [90.0, 70.0, math.nan],
+         "kid_mean": [0.02, 0.01, math.nan], "kid_std": 0.001, "fid_reliable": False, "note": ""}
+    )  # fmt: skip
+    paths = write_quality_report(tmp_path, rep, df, per_expr, images=imgs, cfg=cfg, n_grid=8)
+    assert set(paths) == {"identity_hist", "expression_hist", "best_grid", "worst_grid", "report"}
+    assert all(p.is_file() and p.parent == tmp_path / "quality_report" for p in paths.values())
+    md = paths["report"].read_text()
+    assert "REJECTED" in md and "pass_rate" in md and "| anger |" in md and "![Worst renders](worst.png)" in md
+    for key in ("identity_hist", "best_grid"):
+        with Image.open(paths[key]) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    assert not list((tmp_path / "quality_report").glob(".tmp-*"))
