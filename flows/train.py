@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.cache import load_tensors
 from prefect import flow, task
 
 from flows import artifacts
+from pipeline.cache import load_tensors
 from pipeline.config import Config, config_to_dict, load_config
 
 

@@ -19,15 +19,16 @@ import torch
 
 from pipeline.config import Config, config_to_dict, load_config
 from pipeline.io_utils import atomic_write_json, atomic_write_text
+from pipeline.judging import load_eval_judges
 from pipeline.quality.ssim import psnr_batch, ssim_batch
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 from pipeline.train.codes import expression_target
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import compose_grid, save_png, to_uint8
-from pipeline.train.judges import judge_accuracy, train_judges
+from pipeline.train.judges import judge_accuracy
 from pipeline.train.networks import Networks, build_networks, pick_device
 
-EVAL_SEED_OFFSET = 1000
+RENDER_NETS = ("encoder", "generator_ema")
 
 
 def load_trained(
@@ -44,8 +45,12 @@ def load_trained(
     names = json.loads(ckpt["identity_names"])
     nets = build_networks(cfg, len(names))
     try:
+        # Release checkpoints (fersynth export) carry only what rendering needs.
         for k, m in nets.modules().items():
-            m.load_state_dict(ckpt["nets"][k])
+            if k in ckpt["nets"]:
+                m.load_state_dict(ckpt["nets"][k])
+            elif k in RENDER_NETS:
+                raise KeyError(f"network {k!r} missing")
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{checkpoint}: weights do not fit the model its config describes: {exc}") from exc
     nets.to(device or pick_device(cfg.train.device))
@@ -65,33 +70,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def _eval_judges(
-    cfg: Config, train: TrainData, n_ids: int, device: torch.device, cache: Path, progress
-) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from models import ExpressionClassifier, IdentityEmbedder
-
-    m = cfg.model
-    clf = ExpressionClassifier(m.num_classes, input_size=m.max_resolution, channels=m.judge_channels).to(device)
-    emb = IdentityEmbedder(
-        n_ids, embed_dim=m.judge_embed_dim, input_size=m.max_resolution, channels=m.judge_channels
-    ).to(device)
-    key = f"{cfg.train.seed + EVAL_SEED_OFFSET}:{cfg.train.judge_steps}:{len(train.frame)}"
-    if cache.is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        if saved.get("key") == key:
-            clf.load_state_dict(saved["classifier"])
-            emb.load_state_dict(saved["embedder"])
-            return clf.eval().requires_grad_(False), emb.eval().requires_grad_(False)
-
-    def report(step: int, metrics: dict[str, float]) -> None:
-        if progress:
-            progress("eval judges", step + 1, cfg.train.judge_steps, metrics)
-
-    train_judges(clf, emb, train, cfg.train.judge_steps, 128, device, cfg.train.seed + EVAL_SEED_OFFSET, report)
-    torch.save({"key": key, "classifier": clf.state_dict(), "embedder": emb.state_dict()}, cache)
-    return clf, emb
-
-
 @torch.no_grad()
 def evaluate_checkpoint(
     checkpoint: Path,
@@ -109,15 +87,13 @@ def evaluate_checkpoint(
     full = cfg.model.max_resolution
     out = Path(out_dir or checkpoint.parent.parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    train = load_split(root, full, "train", cfg.data.cache_dir)
     test = load_split(root, full, split, cfg.data.cache_dir)
     n_cls = cfg.model.num_classes
     if int(test.labels.max()) >= n_cls:
         raise ValueError(
             f"{root}: split {split!r} has expression classes the model does not know (model.num_classes={n_cls})"
         )
-    with torch.enable_grad():
-        clf, emb = _eval_judges(cfg, train, len(train.identity_names), device, out / "eval_judges.pt", progress)
+    clf, emb = load_eval_judges(cfg, ckpt, device)
 
     codes = {k: v.to(device) for k, v in ckpt["codes"].items()}
     targets = expression_target(codes, torch.arange(n_cls, device=device), torch.ones(n_cls, device=device))

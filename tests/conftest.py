@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = Path(os.environ.get("FERSYNTH_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
@@ -14,7 +13,6 @@ FACENET_WEIGHTS = WEIGHTS_DIR / "facenet_inception_resnet_v1_vggface2.pt"
 FID_WEIGHTS = WEIGHTS_DIR / "fid_inception_v3_torchscript.pt"
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -86,6 +86,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.stage_metrics: list[dict[str, Any]] = []
         self.codes: dict[str, torch.Tensor] | None = None
+        self.eval_judges: dict[str, Any] | None = None
         self._resume_if_possible()
 
     # ----------------------------------------------------------------- state
@@ -120,6 +121,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "stage_metrics": json.dumps(self.stage_metrics),
             "codes": self.codes or {},
+            "eval_judges": self.eval_judges or {},
         }
 
     def save(self, name: str = LAST) -> Path:
@@ -162,6 +164,7 @@ class Trainer:
         self.history = json.loads(ckpt["history"])
         self.stage_metrics = json.loads(ckpt["stage_metrics"])
         self.codes = ckpt["codes"] or None
+        self.eval_judges = ckpt.get("eval_judges") or None
         if self.judges_done:
             self.nets.classifier.eval().requires_grad_(False)
             self.nets.embedder.eval().requires_grad_(False)
@@ -239,12 +242,25 @@ class Trainer:
         self.stage_idx += 1
         self.stage_step = 0
         if self.finished:
-            self.codes = fit_target_codes(self.nets.encoder, self.data, self.cfg.model.num_classes, self.device)
+            self.finalize()
         self.save()
         self.save(f"stage-{stage.resolution:04d}.pt")
         if self.finished:
             self.save(FINAL)
         return summary
+
+    def finalize(self) -> None:
+        """After the last stage: target codes, and the independent judges used for scoring."""
+        from pipeline.judging import train_eval_judges
+
+        self.codes = fit_target_codes(self.nets.encoder, self.data, self.cfg.model.num_classes, self.device)
+        if not self.eval_judges:
+
+            def report(step: int, m: dict[str, float]) -> None:
+                if self.progress:
+                    self.progress(StepInfo("eval judges", step + 1, self.cfg.train.judge_steps, m))
+
+            self.eval_judges = train_eval_judges(self.cfg, self.data, self.device, report)
 
     def train(self) -> Path:
         self.run_judges()
@@ -371,7 +387,10 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
-        update_ema(n.generator_ema, n.generator, t.ema_decay)
+        # EMA warm-up per stage: a fixed 0.999 would average in the untrained layers that every
+        # new resolution adds for ~1000 steps; ramping the decay follows them quickly at first.
+        decay = min(t.ema_decay, (1.0 + self.stage_step) / (10.0 + self.stage_step))
+        update_ema(n.generator_ema, n.generator, decay)
         metrics = self._check_finite({**terms_d, **terms, "loss_g": loss})
         with torch.no_grad():
             metrics["swap_acc"] = float((n.classifier(up_sw).argmax(1) == y_sw).float().mean())

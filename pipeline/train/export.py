@@ -1,0 +1,43 @@
+"""Slim release checkpoints: what rendering and scoring need, without optimisers or discriminator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+KEEP_NETS = ("encoder", "generator_ema", "classifier", "embedder")
+KEEP_KEYS = (
+    "config",
+    "data_key",
+    "identity_names",
+    "stage_idx",
+    "stage_step",
+    "global_step",
+    "alpha",
+    "resolution",
+    "judges_done",
+    "codes",
+    "eval_judges",
+    "stage_metrics",
+)
+
+
+def export_release(src: Path, dst: Path, half: bool = False) -> Path:
+    """Write a render-only checkpoint; `half` stores floating tensors as float16 (loaded back as float32)."""
+    ckpt = load_checkpoint(src)
+    if not ckpt.get("codes") or not ckpt.get("eval_judges"):
+        raise CheckpointError(f"{src}: training has not finished (no target codes / judges); export final.pt")
+
+    def conv(sd: dict) -> dict:
+        return {k: (v.half() if half and v.is_floating_point() else v) for k, v in sd.items()}
+
+    out = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
+    out["nets"] = {k: conv(ckpt["nets"][k]) for k in KEEP_NETS}
+    out["eval_judges"] = {
+        **ckpt["eval_judges"],
+        "classifier": conv(ckpt["eval_judges"]["classifier"]),
+        "embedder": conv(ckpt["eval_judges"]["embedder"]),
+    }
+    out["release_of"] = str(Path(src).name)
+    return save_checkpoint(Path(dst), out)
