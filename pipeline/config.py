@@ -86,6 +86,7 @@ class ModelConfig(_Section):
     id_dim: int = Field(128, ge=4, le=2048)
     exp_dim: int = Field(32, ge=2, le=1024)
     mapping_layers: int = Field(4, ge=1, le=16)
+    mapping_lr_mul: float = Field(0.1, gt=0, le=1.0, description="equalised-lr multiplier of the mapping MLP")
     gen_channels: int = Field(256, ge=8, le=1024, description="channels at 4x4; halves with resolution")
     gen_min_channels: int = Field(32, ge=4, le=1024)
     disc_channels: int = Field(256, ge=8, le=1024)
@@ -102,6 +103,9 @@ class StageConfig(_Section):
     resolution: int
     steps: int = Field(ge=1)
     fade_steps: int = Field(0, ge=0)
+    batch_size: int | None = Field(
+        None, ge=2, le=4096, description="overrides train.batch_size (low resolutions are cheap)"
+    )
 
     _res = field_validator("resolution")(lambda cls, v: _power_of_two(v, lo=4))
 
@@ -194,9 +198,71 @@ class QualityConfig(_Section):
 
 
 class GenerateConfig(_Section):
-    """Dataset generation sweeps (filled in by the generation work)."""
+    """Dataset generation (`fersynth generate`): the identity x expression sweep, sharding, FID and runners.
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    Everything that changes which pixels are rendered (identities, expressions, intensities, repeats,
+    seed, jitter) goes into the plan key and so into every sample id; the rest (batching, device,
+    runner, FID caps) only changes how fast or how thoroughly the same images are made and checked.
+    """
+
+    name: str | None = Field(None, description="dataset folder name under --out (default: fersynth-<plan key>)")
+    identity_sources: list[Literal["real", "novel", "file"]] = Field(
+        default_factory=lambda: ["real"],
+        description="real: identities of generate.real_split; novel: sampled w_id; file: ids listed in identity_file",
+    )
+    real_split: Literal["train", "val", "test"] = Field("train", description="split whose identities are encoded")
+    max_real_identities: int | None = Field(None, ge=1, description="cap on real identities (first by id)")
+    n_novel: int = Field(0, ge=0, le=1_000_000, description="novel identities sampled from the fitted w_id Gaussian")
+    identity_file: Path | None = Field(None, description="text file: one identity id of the data per line")
+    expressions: list[str] = Field(default_factory=lambda: list(EXPRESSIONS))
+    # Neutral is always rendered at intensity 0, as often as the other classes (balanced by construction).
+    intensities: list[float] = Field(default_factory=lambda: [1.0])
+    repeats: int = Field(1, ge=1, le=10_000, description="renders per (identity, expression, intensity)")
+    seed: int = Field(0, ge=0, description="novel identities, per-sample jitter seeds and FID subsets")
+    exp_jitter: float = Field(
+        0.1, ge=0.0, le=2.0, description="w_exp noise of repeats > 0, in units of the per-dim spread of class centroids"
+    )
+    id_jitter: float = Field(
+        0.0, ge=0.0, le=2.0, description="w_id noise of repeats > 0, in units of the fitted w_id std"
+    )
+    shard_size: int = Field(1000, ge=1, le=1_000_000, description="images per manifest shard (one task per shard)")
+    batch_size: int = Field(64, ge=1, le=4096, description="render/check batch size")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    fid_split: Literal["train", "val", "test"] = Field("test", description="held-out real images FID/KID compare to")
+    fid_max_images: int = Field(2000, ge=2, description="cap on images per side for FID/KID (Inception is slow on CPU)")
+    report_max_images: int = Field(2000, ge=1, description="renders loaded for the report's best/worst grids")
+    grid_identities: int = Field(6, ge=1, le=64, description="rows of the sample grid (identities x expressions)")
+    task_runner: Literal["threads", "dask"] = Field("threads", description="Prefect task runner of the generate flow")
+    max_workers: int = Field(1, ge=1, le=256, description="shard tasks at once (threads) / local Dask workers")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (else a local one)")
+
+    @field_validator("expressions")
+    @classmethod
+    def _known_expressions(cls, v: list[str]) -> list[str]:
+        bad = [e for e in v if e not in EXPRESSIONS]
+        if bad:
+            raise ValueError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
+        if not v:
+            raise ValueError("at least one expression is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"expressions repeat: {v}")
+        return v
+
+    @field_validator("intensities")
+    @classmethod
+    def _intensities_in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < x <= 1.0 for x in v):
+            raise ValueError(f"intensities must be non-empty and in (0, 1], got {v}")
+        if len({round(x, 4) for x in v}) != len(v):
+            raise ValueError(f"intensities repeat: {v}")
+        return v
+
+    @field_validator("identity_sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"identity_sources must be a non-empty list without repeats, got {v}")
+        return v
 
 
 class Config(_Section):

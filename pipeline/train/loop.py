@@ -320,7 +320,7 @@ class Trainer:
     def train_step(self, res: int, alpha: float) -> dict[str, float]:
         n, t, w = self.nets, self.cfg.train, self.cfg.train.loss
         dev = self.device
-        b = t.batch_size
+        b = self.stage.batch_size or t.batch_size
         idx = torch.randint(0, self.data.n, (b,), generator=self.gen)
         perm = torch.randperm(b, generator=self.gen)
         donor = idx[perm]

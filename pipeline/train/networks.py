@@ -57,6 +57,7 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         mapping_layers=m.mapping_layers,
         input_size=res,
         backbone_state=backbone_state,
+        mapping_lr_mul=m.mapping_lr_mul,
     )
     generator = Generator(m.id_dim, m.exp_dim, res, m.gen_channels, m.gen_min_channels)
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)

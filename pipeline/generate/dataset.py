@@ -1,0 +1,574 @@
+"""Generate a dataset end to end: plan -> shards -> FID/KID + gates -> card/report -> publish or reject.
+
+Folders (OUT is what the user passes as --out):
+
+    OUT/.staging/<name>/   where a dataset is rendered, resumed and judged; a rejected one stays here,
+                           with its quality report and a REJECTED file naming the failed gates
+    OUT/<name>/            a published dataset: moved here in one os.replace once every gate passed
+
+Publishing never shows a half dataset: the folder appears under its final name complete, with
+`_SUCCESS`. A folder under the final name that holds another dataset is refused unless `overwrite`,
+and even then it is only replaced after the new dataset has passed its gates.
+
+The steps are plain functions (`prepare`, `render_shard`, `finish`, `publish`) so that the Prefect
+flow (flows/generate.py) maps the same code over shards; `generate_dataset` runs them in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from manifests.card import CARD_MD, package_versions
+from manifests.writer import finalize, read_shards_table
+from pipeline.config import Config, config_to_dict, load_config
+from pipeline.expressions import EXPRESSIONS
+from pipeline.generate.plan import (
+    NOVEL_SOURCE,
+    PlanError,
+    PlannedIdentity,
+    SweepPlan,
+    build_plan,
+    load_plan,
+    make_render_key,
+    novel_identity_codes,
+    plan_key_of,
+    read_identity_file,
+    real_identity_codes,
+    save_plan,
+    update_plan_meta,
+)
+from pipeline.generate.shards import render_shard, resolve_device, why_render
+from pipeline.io_utils import atomic_write_json
+from pipeline.quality.gates import GateReport, evaluate_gates
+from pipeline.train.grids import compose_grid, save_png
+
+STAGING_DIR = ".staging"
+REJECTED_MARKER = "REJECTED"
+# Report and grid live under a "__" name: Hugging Face `datasets` skips such folders when it looks
+# for images, so the report's figures never turn up as extra (unlabelled) dataset images.
+REPORT_DIR = "__quality_report"
+GRID_FILE = "sample_grid.png"
+
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]
+
+
+class GenerateError(RuntimeError):
+    """Generation could not run to a verdict (the message says what to fix)."""
+
+
+@dataclass
+class Prepared:
+    name: str
+    staging: Path
+    final: Path
+    plan_key: str
+    n_items: int
+    n_shards: int
+    published: bool  # the final folder already holds this very dataset: nothing to do
+
+
+@dataclass
+class GenerateResult:
+    status: str  # published | rejected
+    name: str
+    dataset_dir: Path  # the published folder, or the staging folder of a rejected dataset
+    staging_dir: Path
+    run_id: str
+    plan_key: str
+    n_images: int
+    n_shards: int
+    shards_rendered: int = 0
+    shards_skipped: int = 0
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    failed_message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+    grid: Path | None = None
+    card: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def published(self) -> bool:
+        return self.status == "published"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def resolve_config(
+    cfg: Config | None, checkpoint: Path, overrides: list[str] | None = None
+) -> tuple[Config, dict[str, Any]]:
+    """The config to generate with and the loaded checkpoint.
+
+    Without `cfg` the checkpoint's own config is used (plus `overrides`): the model and data always
+    match then. With `cfg`, its model section must equal the checkpoint's (CheckpointError names the
+    fields that differ) and its data must be the data the checkpoint was trained on.
+    """
+    from pipeline.evaluate import _flatten
+    from pipeline.train.checkpoint import check_compatible, load_checkpoint
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    if cfg is None:
+        cfg = load_config(None, [*_flatten(json.loads(ckpt["config"])), *(overrides or [])])
+    elif overrides:
+        cfg = load_config(None, [*_flatten(config_to_dict(cfg)), *overrides])
+    check_compatible(ckpt, config_to_dict(cfg.model), Path(checkpoint))
+    return cfg, ckpt
+
+
+def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
+    from pipeline.train.data import dataset_key
+
+    root = Path(cfg.data.root)
+    if not (root / "labels.parquet").is_file():
+        raise FileNotFoundError(
+            f"data.root {root}: no labelled dataset (labels.parquet); generation needs the training data for real "
+            "identities, ground truth and FID (make it with `fersynth data make` or `fersynth demo`)"
+        )
+    key = dataset_key(root)
+    if ckpt.get("data_key") and ckpt["data_key"] != key:
+        raise ValueError(
+            f"data.root {root} is not the data the checkpoint was trained on (content key {key[:12]} != "
+            f"{ckpt['data_key'][:12]}); point data.root at the training data"
+        )
+    return key
+
+
+def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | None = None) -> SweepPlan:
+    """Resolve identities (encoding real ones with the checkpoint's encoder) and expand the sweep."""
+    from manifests.labels import read_labels
+    from pipeline.cache import load_tensors
+    from pipeline.evaluate import load_trained
+    from pipeline.train.checkpoint import checkpoint_sha256
+
+    gen = cfg.generate
+    data_key = _check_data(cfg, ckpt)
+    res = cfg.model.max_resolution
+    sha = checkpoint_sha256(checkpoint)
+    labels, _ = read_labels(Path(cfg.data.root))
+    split_of = dict(zip(labels["identity"], labels["split"], strict=True))
+
+    wanted: list[str] = []
+    if "real" in gen.identity_sources:
+        names = sorted(labels.loc[labels["split"] == gen.real_split, "identity"].unique())
+        wanted += names[: gen.max_real_identities] if gen.max_real_identities else names
+    if "file" in gen.identity_sources:
+        if gen.identity_file is None:
+            raise PlanError("generate.identity_sources has 'file' but generate.identity_file is not set")
+        listed = read_identity_file(gen.identity_file)
+        unknown = [i for i in listed if i not in split_of]
+        if unknown:
+            raise PlanError(f"{gen.identity_file}: identity id(s) not in {cfg.data.root}: {unknown[:10]}")
+        wanted += [i for i in listed if i not in wanted]
+
+    identities: list[PlannedIdentity] = []
+    rows: list[np.ndarray] = []
+    if wanted:
+        device = resolve_device(gen.device)
+        _, nets, _ = load_trained(Path(checkpoint), device=device)
+        images, frame = load_tensors(Path(cfg.data.root), res, cfg.data.cache_dir)
+        sel = np.flatnonzero(frame["identity"].isin(wanted).to_numpy())
+        codes = real_identity_codes(
+            nets.encoder, images[torch.as_tensor(sel)], frame["identity"].iloc[sel].tolist(), device, gen.batch_size
+        )
+        for ident in wanted:
+            identities.append(PlannedIdentity(ident, f"real:{split_of[ident]}", split_of[ident], len(rows)))
+            rows.append(codes[ident])
+    if "novel" in gen.identity_sources:
+        if gen.n_novel == 0:
+            raise PlanError("generate.identity_sources has 'novel' but generate.n_novel is 0")
+        for ident, code in novel_identity_codes(ckpt["codes"], gen.n_novel, gen.seed).items():
+            identities.append(PlannedIdentity(ident, NOVEL_SOURCE, None, len(rows)))
+            rows.append(code)
+    codes_arr = np.stack(rows).astype(np.float32) if rows else np.zeros((0, cfg.model.id_dim), np.float32)
+    render_key = make_render_key(gen, sha, data_key, res)
+    meta = {
+        "name": name,
+        "checkpoint": {"path": str(Path(checkpoint).resolve()), "sha256": sha, "step": int(ckpt["global_step"])},
+        "data": {"root": str(Path(cfg.data.root).resolve()), "key": data_key},
+        "config": config_to_dict(cfg),
+    }
+    return build_plan(gen, identities, codes_arr, render_key, meta)
+
+
+def prepare(
+    cfg: Config | None,
+    checkpoint: Path,
+    out: Path,
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+) -> Prepared:
+    """Plan the sweep and set up (or resume) its staging folder; never touches a published dataset."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    cfg, ckpt = resolve_config(cfg, checkpoint, overrides)
+    plan = make_plan(cfg, checkpoint, ckpt)
+    name = name or cfg.generate.name or f"fersynth-{plan.key[:10]}"
+    if "/" in name or name.startswith((".", "_")) or not name.strip():
+        raise ValueError(f"dataset name {name!r} must be a plain folder name (no '/', not hidden)")
+    plan.meta["name"] = name
+    staging, final = out / STAGING_DIR / name, out / name
+
+    if final.exists():
+        if plan_key_of(final) == plan.key and (final / "_SUCCESS").is_file() and _judged_alike(final, cfg):
+            return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=True)
+        if not overwrite:
+            raise FileExistsError(
+                f"{final} already holds another dataset (or this one judged with other thresholds, or files that are not "
+                "a dataset); choose another name/--out "
+                "or pass --overwrite (it is replaced only once the new dataset passes its gates)"
+            )
+    if staging.exists():
+        old = plan_key_of(staging)
+        if old != plan.key and any(staging.iterdir()):
+            if not overwrite:
+                raise FileExistsError(
+                    f"{staging} holds an unfinished or rejected dataset of another plan"
+                    f" ({'key ' + old[:10] if old else 'no plan.json'}); pass --overwrite to discard it"
+                )
+            shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    if plan_key_of(staging) != plan.key:
+        save_plan(plan, staging)
+    else:
+        update_plan_meta(staging, plan.meta)
+    return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=False)
+
+
+def _judged_alike(final: Path, cfg: Config) -> bool:
+    """The published dataset was judged with the thresholds asked for now (else it must be redone)."""
+    from manifests.reader import read_dataset_meta
+
+    try:
+        return read_dataset_meta(final).get("thresholds") == config_to_dict(cfg.quality)
+    except ValueError:
+        return False
+
+
+def pending_shards(staging: Path, plan: SweepPlan | None = None) -> list[int]:
+    plan = plan or load_plan(staging)
+    return [i for i in range(plan.n_shards) if why_render(staging, plan, i) is not None]
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def _decode(root: Path, names: list[str]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(Image.open(root / n).convert("RGB")) for n in names])).permute(
+        0, 3, 1, 2
+    )
+
+
+def _subset(n: int, cap: int, seed: int) -> np.ndarray:
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:cap])
+
+
+def fid_metrics(cfg: Config, root: Path, df: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """FID/KID of renders vs held-out real images, overall and per expression (capped, seeded subsets).
+
+    A failure here (no weights, too few images) is recorded as NaN metrics with a note: the KID gate
+    then fails visibly instead of the whole run dying after the rendering is done.
+    """
+    from pipeline.cache import load_tensors
+    from pipeline.quality.fid import (
+        extract_features,
+        fid_kid_from_features,
+        load_fid_extractor,
+        per_group_fid_kid,
+    )
+
+    gen, q = cfg.generate, cfg.quality
+    try:
+        images, frame = load_tensors(Path(cfg.data.root), cfg.model.max_resolution, cfg.data.cache_dir)
+        real_rows = np.flatnonzero((frame["split"] == gen.fid_split).to_numpy())
+        real_rows = real_rows[_subset(len(real_rows), gen.fid_max_images, gen.seed)]
+        real = images[torch.as_tensor(real_rows)]
+        real_labels = frame["expression"].iloc[real_rows].to_numpy()
+        fake_df = df.sort_values("sample_id").reset_index(drop=True)
+        fake_df = fake_df.iloc[_subset(len(fake_df), gen.fid_max_images, gen.seed + 1)]
+        if len(real) < 2 or len(fake_df) < 2:
+            raise ValueError(
+                f"FID/KID need >= 2 images per set, got {len(real)} real ({gen.fid_split}) and {len(fake_df)} renders"
+            )
+        fake = _decode(root, fake_df["file_name"].tolist())
+        dev = resolve_device(q.device)
+        extractor = load_fid_extractor(q.fid_weights, q.fid_torch_fidelity_weights, dev)
+        fr = extract_features(extractor, real, q.batch_size, dev)
+        ff = extract_features(extractor, fake, q.batch_size, dev)
+        m = fid_kid_from_features(fr, ff, q.kid_subset_size, q.kid_subsets, q.min_fid_images, seed=gen.seed, warn=False)
+        per = per_group_fid_kid(
+            fr, real_labels, ff, fake_df["expression"].to_numpy(), q.kid_subset_size, q.kid_subsets, q.min_fid_images
+        )
+        m["fid_split"] = gen.fid_split
+        m["fid_per_expression"] = json.loads(per.to_json(orient="records"))
+        return m, per
+    except Exception as exc:  # reported through the gates, see docstring
+        return {
+            "fid": math.nan,
+            "kid_mean": math.nan,
+            "n_real": 0,
+            "n_fake": 0,
+            "fid_error": f"{type(exc).__name__}: {exc}",
+        }, None
+
+
+def sample_grid(root: Path, df: pd.DataFrame, plan: SweepPlan, n_ids: int, path: Path) -> Path:
+    """Identities x expressions (highest intensity, repeat 0) from the rendered files."""
+    exprs = [e for e in EXPRESSIONS if e in set(df["expression"])]
+    top = df.groupby("expression")["intensity"].max().to_dict()
+    ids = list(dict.fromkeys(i.identity_id for i in plan.identities))[:n_ids]
+    blank = None
+    rows = []
+    for ident in ids:
+        row = []
+        for e in exprs:
+            hit = df[(df["identity_id"] == ident) & (df["expression"] == e) & np.isclose(df["intensity"], top[e])]
+            hit = hit.sort_values("sample_id")
+            if len(hit):
+                row.append(np.asarray(Image.open(root / hit.iloc[0]["file_name"]).convert("RGB")))
+            else:
+                if blank is None:
+                    w = int(df["width"].iloc[0])
+                    blank = np.full((w, w, 3), 255, np.uint8)
+                row.append(blank)
+        rows.append(row)
+    return save_png(compose_grid(rows, exprs, ids), path)
+
+
+def finish(
+    cfg_or_none: Config | None, staging: Path, run_id: str, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Dataset-level step: FID/KID, gates, finalize (card, _SUCCESS), quality report, sample grid.
+
+    Returns a small JSON-safe dict (passed, failed_message, gates, metrics, paths).
+    """
+    from pipeline.quality.report import write_quality_report
+
+    staging = Path(staging)
+    plan = load_plan(staging)
+    cfg = cfg_or_none or Config.model_validate(plan.meta["config"])
+    missing = pending_shards(staging, plan)
+    if missing:
+        raise GenerateError(
+            f"{staging}: shard(s) {missing[:20]} of {plan.n_shards} are not complete; rerun to render them"
+        )
+    df = read_shards_table(staging).to_pandas()
+    if progress:
+        progress("fid", 0, 1, {})
+    metrics, per_expr = fid_metrics(cfg, staging, df)
+    if progress:
+        progress("fid", 1, 1, {k: float(metrics[k]) for k in ("fid", "kid_mean") if k in metrics})
+    per_image = pd.DataFrame(
+        {
+            "all_pass": df["all_pass"].astype(bool),
+            "identity_pass": df["identity_pass"].fillna(False).astype(bool),
+            "expression_pass": df["expression_pass"].astype(bool),
+            "expression": df["expression"],
+            "identity_cosine": df["identity_score"].astype(float),
+            "expression_p_target": df["expression_p_target"].astype(float),
+        }
+    )
+    if df["ssim_truth"].notna().any():
+        # Only with ground truth: an all-NaN column would fail the SSIM gate for datasets (novel
+        # identities, photos) where the check cannot apply.
+        per_image["ssim"] = df["ssim_truth"].astype(float)
+    report = evaluate_gates(per_image, metrics, cfg.quality)
+    status = "published" if report.passed else "rejected"
+    gates = report.to_dict()["gates"]
+    meta = {
+        "name": plan.meta.get("name"),
+        "description": f"{len(df)} synthetic facial-expression renders of {len(plan.identities)} identities",
+        "status": status,
+        "run_id": run_id,
+        "gates": gates,
+        "metrics": _json_safe(metrics),
+        "thresholds": config_to_dict(cfg.quality),
+        "checkpoint": plan.meta["checkpoint"],
+        "training_data": {"root": plan.meta["data"]["root"], "data_key": plan.meta["data"]["key"]},
+        "splits": {"identities_from": cfg.generate.real_split, "fid_reference": cfg.generate.fid_split},
+        "config": config_to_dict(cfg),
+        "plan": {"key": plan.key, "render_key": plan.render_key, "n_items": len(plan.items), "n_shards": plan.n_shards},
+        "code_version": package_versions(("fersynth",)).get("fersynth"),
+        "packages": package_versions(),
+    }
+    finalize(staging, meta, n_shards=plan.n_shards)
+    ident_thr = (
+        cfg.quality.identity_threshold
+        if cfg.quality.identity_backend == "facenet"
+        else cfg.quality.embedder_identity_threshold
+    )
+    sub = _subset(len(df), cfg.generate.report_max_images, cfg.generate.seed + 2)
+    paths = write_quality_report(
+        staging,
+        report,
+        per_image.iloc[sub].reset_index(drop=True),
+        per_expression=per_expr,
+        images=_decode(staging, df["file_name"].iloc[sub].tolist()),
+        cfg=cfg.quality,
+        identity_threshold=ident_thr,
+        title=f"Quality report: {plan.meta.get('name')}",
+        folder_name=REPORT_DIR,
+    )
+    grid = sample_grid(staging, df, plan, cfg.generate.grid_identities, staging / REPORT_DIR / GRID_FILE)
+    return {
+        "passed": report.passed,
+        "status": status,
+        "failed_message": report.failed_message(),
+        "gates": gates,
+        "metrics": _json_safe(metrics),
+        "report": str(paths["report"]),
+        "grid": str(grid),
+        "n_images": len(df),
+    }
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python: card JSON must be strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def publish(staging: Path, final: Path, verdict: dict[str, Any], overwrite: bool = False) -> Path:
+    """Move a passing dataset to its final name in one rename; mark a failing one REJECTED in staging."""
+    staging, final = Path(staging), Path(final)
+    marker = staging / REJECTED_MARKER
+    if not verdict["passed"]:
+        atomic_write_json(
+            marker,
+            {
+                "message": f"rejected: {verdict['failed_message']}",
+                "failed_gates": [g for g in verdict["gates"] if g.get("enforced", True) and not g["passed"]],
+                "report": verdict.get("report"),
+            },
+        )
+        return staging
+    marker.unlink(missing_ok=True)
+    old = None
+    if final.exists():
+        if not overwrite:
+            raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
+        # Out of the way first (a rename), removed only after the new one is in place.
+        old = staging.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------- all in one
+
+
+def generate_dataset(
+    cfg: Config | None,
+    checkpoint: Path | str,
+    out: Path | str,
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+    run_id: str | None = None,
+    progress: ProgressFn | None = None,
+) -> GenerateResult:
+    """Render, check, gate and publish (or reject) a dataset in this process; no Prefect needed.
+
+    `cfg=None` takes the checkpoint's config (with `overrides`). Rerunning after an interruption
+    resumes: finished shards are kept, missing or damaged ones re-rendered.
+    """
+    t0 = time.perf_counter()
+    run_id = run_id or uuid.uuid4().hex[:16]
+    if progress:
+        progress("plan", 0, 1, {})
+    prep = prepare(cfg, Path(checkpoint), Path(out), name=name, overwrite=overwrite, overrides=overrides)
+    if progress:
+        progress("plan", 1, 1, {})
+    if prep.published:
+        return _result_from_published(prep, run_id, time.perf_counter() - t0)
+    plan = load_plan(prep.staging)
+    done = [0]
+    total = len(plan.items)
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress("render", done[0], total, {})
+
+    rendered = skipped = 0
+    for i in range(plan.n_shards):
+        r = render_shard(prep.staging, i, run_id, plan=plan, progress=tick)
+        rendered += r["status"] == "rendered"
+        skipped += r["status"] == "skipped"
+    verdict = finish(None, prep.staging, run_id, progress)
+    where = publish(prep.staging, prep.final, verdict, overwrite)
+    return GenerateResult(
+        status=verdict["status"],
+        name=prep.name,
+        dataset_dir=where,
+        staging_dir=prep.staging,
+        run_id=run_id,
+        plan_key=prep.plan_key,
+        n_images=verdict["n_images"],
+        n_shards=plan.n_shards,
+        shards_rendered=rendered,
+        shards_skipped=skipped,
+        gates=verdict["gates"],
+        failed_message=verdict["failed_message"],
+        metrics=verdict["metrics"],
+        report=where / REPORT_DIR / "report.md",
+        grid=where / REPORT_DIR / GRID_FILE,
+        card=where / CARD_MD,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _result_from_published(prep: Prepared, run_id: str, seconds: float) -> GenerateResult:
+    card = json.loads((prep.final / "dataset_card.json").read_text(encoding="utf-8"))
+    failed = GateReport()  # published datasets passed every enforced gate
+    return GenerateResult(
+        status="published",
+        name=prep.name,
+        dataset_dir=prep.final,
+        staging_dir=prep.staging,
+        run_id=run_id,
+        plan_key=prep.plan_key,
+        n_images=prep.n_items,
+        n_shards=prep.n_shards,
+        shards_skipped=prep.n_shards,
+        gates=card.get("gates", []),
+        failed_message=failed.failed_message(),
+        metrics=card.get("metrics", {}),
+        report=prep.final / REPORT_DIR / "report.md",
+        grid=prep.final / REPORT_DIR / GRID_FILE,
+        card=prep.final / CARD_MD,
+        seconds=seconds,
+    )

@@ -1,0 +1,326 @@
+"""The sweep plan: which identities x expressions x intensities x repeats a dataset holds.
+
+A plan is pure data: every planned image has a deterministic sample id, seeds and file name, so the
+same plan always names (and renders) the same images, and a resume can tell from the ids alone
+which shards are already done. It is saved with the dataset as `plan.json` (items, columnar) plus
+`identity_codes.npy` (the w_id of every identity), and shard tasks render from those files only.
+
+Balanced classes by construction: every identity gets the same number of renders of every target
+expression (len(intensities) x repeats); neutral, which has no intensity, is rendered at intensity 0
+that many times, told apart by its repeat index and jitter seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from manifests.schema import make_sample_id
+from pipeline.config import GenerateConfig, config_to_dict
+from pipeline.expressions import EXPRESSION_INDEX, EXPRESSIONS
+from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
+
+PLAN_FILE = "plan.json"
+CODES_FILE = "identity_codes.npy"
+PLAN_FORMAT = "fersynth.generate.plan.v1"
+# Bump when the rendering recipe (code arithmetic, jitter, PNG encoding) changes pixels: it is part of
+# every sample id, so a dataset is never resumed with images from two recipes.
+RENDER_VERSION = 1
+NOVEL_SOURCE = "novel"
+
+
+class PlanError(ValueError):
+    """A sweep that cannot be planned (no identities, unknown expression or identity, ...)."""
+
+
+@dataclass(frozen=True)
+class PlannedIdentity:
+    identity_id: str
+    source: str  # manifest identity_source: real:<split> or novel
+    split: str | None  # the data split of a real identity
+    code_row: int  # row in identity_codes.npy
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    sample_id: str
+    file_name: str
+    identity_id: str
+    identity_source: str
+    code_row: int
+    expression: str
+    expression_index: int
+    intensity: float  # float32-exact, the precision the manifest keeps
+    repeat: int
+    noise_seed: int  # drives the w_exp jitter of this sample
+    nuisance_seed: int  # drives the w_id jitter (pose/light/background live in w_id: swaps keep the source's)
+
+
+@dataclass
+class SweepPlan:
+    key: str  # sha256 of the render key and every item: same key <=> same images
+    render_key: dict[str, Any]
+    identities: list[PlannedIdentity]
+    items: list[PlanItem]
+    shard_size: int
+    codes: np.ndarray  # (n_identities, id_dim) float32
+    meta: dict[str, Any] = field(default_factory=dict)  # checkpoint path/step, data root, config (not in the key)
+
+    @property
+    def n_shards(self) -> int:
+        return max(1, -(-len(self.items) // self.shard_size))
+
+    def shard(self, index: int) -> list[PlanItem]:
+        if not 0 <= index < self.n_shards:
+            raise IndexError(f"shard {index} is outside 0..{self.n_shards - 1}")
+        return self.items[index * self.shard_size : (index + 1) * self.shard_size]
+
+    def shard_ids(self, index: int) -> list[str]:
+        return [it.sample_id for it in self.shard(index)]
+
+    def iter_shards(self) -> Iterator[tuple[int, list[PlanItem]]]:
+        for i in range(self.n_shards):
+            yield i, self.shard(i)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.render_key["expressions"], 0)
+        for it in self.items:
+            counts[it.expression] += 1
+        return counts
+
+
+def _seed(*parts: Any) -> int:
+    # 63-bit so it fits the manifest's int64 seed columns; a hash, so it does not depend on the
+    # order in which samples are drawn, batched or sharded.
+    h = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).digest()
+    return int.from_bytes(h[:8], "big") >> 1
+
+
+def check_expressions(expressions: list[str]) -> list[str]:
+    bad = [e for e in expressions if e not in EXPRESSION_INDEX]
+    if bad:
+        raise PlanError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
+    if not expressions:
+        raise PlanError("no target expressions: generate.expressions is empty")
+    return list(expressions)
+
+
+def cells(gen: GenerateConfig) -> list[tuple[str, float, int]]:
+    """(expression, intensity, repeat) per identity; the same count for every expression."""
+    per_class = len(gen.intensities) * gen.repeats
+    out: list[tuple[str, float, int]] = []
+    for expression in check_expressions(gen.expressions):
+        if expression == "neutral":
+            out += [("neutral", 0.0, r) for r in range(per_class)]
+        else:
+            for t in gen.intensities:
+                t32 = float(np.float32(t))
+                out += [(expression, t32, r) for r in range(gen.repeats)]
+    return out
+
+
+def build_plan(
+    gen: GenerateConfig,
+    identities: list[PlannedIdentity],
+    codes: np.ndarray,
+    render_key: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+) -> SweepPlan:
+    """Expand identities x cells into items with deterministic ids, seeds and file names."""
+    if not identities:
+        raise PlanError(
+            "the sweep has zero identities: check generate.identity_sources, generate.real_split (does that split "
+            "have identities?), generate.max_real_identities, generate.n_novel and generate.identity_file"
+        )
+    if codes.shape[0] != len(identities):
+        raise PlanError(f"{codes.shape[0]} identity codes for {len(identities)} identities")
+    ids = [p.identity_id for p in identities]
+    if len(set(ids)) != len(ids):
+        raise PlanError(f"identity ids repeat in the sweep: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    sweep = cells(gen)
+    slots = len(gen.intensities) * gen.repeats
+    if slots > 1 and gen.exp_jitter == 0 and gen.id_jitter == 0:
+        raise PlanError(
+            f"{slots} renders per identity and expression but generate.exp_jitter and generate.id_jitter are 0: "
+            "they would be identical images; set a jitter > 0, or repeats=1 (and one intensity if neutral is swept)"
+        )
+    items: list[PlanItem] = []
+    for ident in identities:
+        for expression, intensity, repeat in sweep:
+            fields = {
+                "render": render_key["id"],
+                "identity": ident.identity_id,
+                "source": ident.source,
+                "expression": expression,
+                "intensity": intensity,
+                "repeat": repeat,
+            }
+            sid = make_sample_id(**fields)
+            base = (render_key["id"], ident.identity_id, expression, intensity, repeat)
+            items.append(
+                PlanItem(
+                    sample_id=sid,
+                    file_name=f"images/{expression}/{sid}.png",
+                    identity_id=ident.identity_id,
+                    identity_source=ident.source,
+                    code_row=ident.code_row,
+                    expression=expression,
+                    expression_index=EXPRESSION_INDEX[expression],
+                    intensity=intensity,
+                    repeat=repeat,
+                    noise_seed=_seed("exp", *base),
+                    nuisance_seed=_seed("id", *base),
+                )
+            )
+    h = hashlib.sha256(json.dumps(render_key, sort_keys=True).encode())
+    for it in items:
+        h.update(it.sample_id.encode())
+    return SweepPlan(h.hexdigest(), render_key, identities, items, gen.shard_size, codes.astype(np.float32), meta or {})
+
+
+def make_render_key(
+    gen: GenerateConfig, checkpoint_sha256: str, data_key: str | None, resolution: int
+) -> dict[str, Any]:
+    """What decides the pixels besides the identity list; its hash prefixes every sample id."""
+    key = {
+        "render_version": RENDER_VERSION,
+        "checkpoint_sha256": checkpoint_sha256,
+        "data_key": data_key,
+        "resolution": resolution,
+        "expressions": list(gen.expressions),
+        "intensities": [float(np.float32(t)) for t in gen.intensities],
+        "repeats": gen.repeats,
+        "seed": gen.seed,
+        "exp_jitter": gen.exp_jitter,
+        "id_jitter": gen.id_jitter,
+    }
+    key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return key
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def real_identity_codes(
+    encoder: torch.nn.Module, images: torch.Tensor, identity: list[str], device: torch.device, batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """Mean w_id over each person's images (uint8 NCHW at the model resolution)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start : start + batch_size].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+            w_id, _ = encoder(x)
+            for j, name in enumerate(identity[start : start + batch_size]):
+                v = w_id[j].double().cpu()
+                sums[name] = sums[name] + v if name in sums else v
+                counts[name] = counts.get(name, 0) + 1
+    return {k: (sums[k] / counts[k]).float().numpy() for k in sorted(sums)}
+
+
+def novel_identity_codes(codes: dict[str, torch.Tensor], n: int, seed: int) -> dict[str, np.ndarray]:
+    """n identities from the fitted w_id Gaussian; identity k depends only on (seed, k), not on n."""
+    out = {}
+    mean, chol = codes["id_mean"].float().cpu(), codes["id_chol"].float().cpu()
+    for k in range(n):
+        g = torch.Generator().manual_seed(_seed("novel", seed, k))
+        z = torch.randn(mean.shape[0], generator=g)
+        out[f"novel-{seed}-{k:05d}"] = (mean + chol @ z).numpy()
+    return out
+
+
+def read_identity_file(path: Path) -> list[str]:
+    if not Path(path).is_file():
+        raise PlanError(f"generate.identity_file not found: {path}")
+    ids = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    ids = [i for i in ids if i and not i.startswith("#")]
+    return list(dict.fromkeys(ids))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def save_plan(plan: SweepPlan, root: Path) -> Path:
+    """plan.json (header + columnar items) and identity_codes.npy, both atomic; codes file hashed."""
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(root / CODES_FILE) as tmp, open(tmp, "wb") as f:
+        np.save(f, plan.codes, allow_pickle=False)
+    cols = {k: [getattr(it, k) for it in plan.items] for k in PlanItem.__dataclass_fields__}
+    atomic_write_json(
+        root / PLAN_FILE,
+        {
+            "format": PLAN_FORMAT,
+            "key": plan.key,
+            "render_key": plan.render_key,
+            "shard_size": plan.shard_size,
+            "n_items": len(plan.items),
+            "n_shards": plan.n_shards,
+            "class_counts": plan.class_counts(),
+            "identities": [asdict(i) for i in plan.identities],
+            "codes_sha256": sha256_file(root / CODES_FILE),
+            "meta": plan.meta,
+            "items": cols,
+        },
+    )
+    return root / PLAN_FILE
+
+
+def plan_key_of(root: Path) -> str | None:
+    """The key of the plan saved in `root`, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(root) / PLAN_FILE).read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def update_plan_meta(root: Path, meta: dict[str, Any]) -> None:
+    """Replace the meta (config, checkpoint path) of a saved plan, keeping its items and codes.
+
+    A resumed or re-judged run may change settings outside the plan key (thresholds, batch size,
+    runner); the saved codes are kept so the remaining shards render exactly as the first ones did.
+    """
+    path = Path(root) / PLAN_FILE
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if raw.get("meta") != meta:
+        raw["meta"] = meta
+        atomic_write_json(path, raw)
+
+
+def load_plan(root: Path) -> SweepPlan:
+    path = Path(root) / PLAN_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"{path}: cannot read the sweep plan: {exc}") from exc
+    if raw.get("format") != PLAN_FORMAT:
+        raise PlanError(f"{path}: not a fersynth sweep plan (format {raw.get('format')!r})")
+    codes_path = Path(root) / CODES_FILE
+    if not codes_path.is_file() or sha256_file(codes_path) != raw["codes_sha256"]:
+        raise PlanError(f"{codes_path}: identity codes are missing or do not match plan.json")
+    codes = np.load(codes_path, allow_pickle=False)
+    cols = raw["items"]
+    n = raw["n_items"]
+    items = [PlanItem(**{k: cols[k][i] for k in PlanItem.__dataclass_fields__}) for i in range(n)]
+    identities = [PlannedIdentity(**d) for d in raw["identities"]]
+    return SweepPlan(raw["key"], raw["render_key"], identities, items, raw["shard_size"], codes, raw.get("meta", {}))
+
+
+def plan_summary(plan: SweepPlan, gen: GenerateConfig) -> dict[str, Any]:
+    by_source: dict[str, int] = {}
+    for ident in plan.identities:
+        by_source[ident.source] = by_source.get(ident.source, 0) + 1
+    return {
+        "n_images": len(plan.items),
+        "n_identities": len(plan.identities),
+        "identities_by_source": by_source,
+        "n_shards": plan.n_shards,
+        "class_counts": plan.class_counts(),
+        "generate": config_to_dict(gen),
+    }

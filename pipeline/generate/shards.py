@@ -1,0 +1,436 @@
+"""Render one shard of a sweep plan: PNGs, hashes, per-image checks, one Parquet manifest part.
+
+A shard is the unit of work, of failure and of resume. Its images are written first (each one
+atomically), then its manifest part, atomically, through `manifests.writer.write_shard`: the part is
+the commit record of the shard. A shard that dies (a crash, a kill, a full disk) leaves no part, and
+the next run renders it again; one whose part is whole and holds exactly the planned ids is skipped.
+
+Every sample is rendered from its own codes and seeds (see `pipeline.generate.plan`), never from a
+shared random stream, so what an image looks like does not depend on which other samples share
+its batch, which shard ran first, or whether the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from manifests.schema import parse_dataset_metadata
+from manifests.writer import shard_path, shard_problem, write_shard
+from pipeline.config import Config
+from pipeline.expressions import EXPRESSIONS
+from pipeline.generate.plan import PlanItem, SweepPlan, load_plan
+from pipeline.io_utils import atomic_write_bytes, sha256_bytes
+from pipeline.procedural.dataset import encode_png
+from pipeline.procedural.render import render_truth
+from pipeline.quality.expression import expression_scores
+from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
+from pipeline.quality.gates import per_image_flags
+from pipeline.quality.ssim import ssim_batch
+from pipeline.train.codes import expression_target
+from pipeline.train.grids import to_uint8
+
+Progress = Callable[[int], None]  # called with the number of images just finished
+
+
+class ShardError(RuntimeError):
+    """A shard that could not be rendered; the message names the shard and the cause."""
+
+
+@dataclass
+class RenderContext:
+    """What rendering and checking a shard needs, loaded once per process and checkpoint."""
+
+    cfg: Config
+    plan_key: str
+    generator: nn.Module
+    classifier: nn.Module
+    scorer: IdentityScorer
+    identity_threshold: float
+    codes: dict[str, torch.Tensor]
+    exp_scale: torch.Tensor
+    id_scale: torch.Tensor
+    device: torch.device
+    resolution: int
+    labels: pd.DataFrame  # the training data's labels (all splits): prototypes and ground truth
+    images: torch.Tensor  # uint8 (N, 3, R, R) in labels row order
+    procedural: bool
+    checkpoint_sha256: str
+    checkpoint_step: int
+    prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
+    truths: dict[tuple[str, str, float], np.ndarray | None] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_CONTEXTS: dict[tuple[str, str], RenderContext] = {}
+_CONTEXT_LOCK = threading.Lock()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("generate.device=cuda but no CUDA device is available")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def get_context(plan: SweepPlan, device: torch.device | None = None) -> RenderContext:
+    """The (cached) context for a plan: thread tasks in one process share one model copy."""
+    cfg = Config.model_validate(plan.meta["config"])
+    dev = device or resolve_device(cfg.generate.device)
+    # The config is part of the key: thresholds and the identity backend live in the context.
+    key = (plan.key + json.dumps(plan.meta["config"], sort_keys=True), str(dev))
+    with _CONTEXT_LOCK:
+        if key not in _CONTEXTS:
+            _CONTEXTS.clear()  # one plan at a time per process: do not pile up models
+            _CONTEXTS[key] = _load_context(plan, cfg, dev)
+        return _CONTEXTS[key]
+
+
+def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderContext:
+    from pipeline.cache import load_tensors
+    from pipeline.evaluate import load_trained
+    from pipeline.judging import load_eval_judges
+    from pipeline.train.checkpoint import CheckpointError, checkpoint_sha256
+
+    ckpt_path = Path(plan.meta["checkpoint"]["path"])
+    sha = checkpoint_sha256(ckpt_path)
+    if sha != plan.render_key["checkpoint_sha256"]:
+        raise CheckpointError(
+            f"{ckpt_path} changed since the plan was made (sha256 {sha[:12]} != {plan.render_key['checkpoint_sha256'][:12]}); "
+            "rerun generation from scratch (overwrite) or restore the checkpoint"
+        )
+    _, nets, ckpt = load_trained(ckpt_path, device=device)
+    clf, emb = load_eval_judges(cfg, ckpt, device)
+    res = cfg.model.max_resolution
+    images, labels = load_tensors(Path(cfg.data.root), res, cfg.data.cache_dir)
+    procedural = bool((labels["source"] == "procedural").all())
+    q = cfg.quality
+    scorer = make_identity_scorer(
+        q.identity_backend,
+        "procedural" if procedural else "photo",
+        facenet_weights=q.facenet_weights,
+        embedder=emb,
+        embedder_input_size=res,
+        detect=q.face_detection,
+        device=device,
+        batch_size=cfg.generate.batch_size,
+    )
+    thr = q.embedder_identity_threshold if scorer.name == "embedder" else q.identity_threshold
+    codes = {k: v.to(device) for k, v in ckpt["codes"].items()}
+    present = (
+        codes["exp_present"].bool()
+        if "exp_present" in codes
+        else torch.ones(codes["exp_centroids"].shape[0], dtype=torch.bool)
+    )
+    cent = codes["exp_centroids"][present]
+    # Jitter scales: the per-dimension spread of the class centroids (expression) and of the fitted
+    # identity Gaussian, so a jitter of 0.1 means "a tenth of the natural variation" in either code.
+    exp_scale = cent.std(0) if cent.shape[0] > 1 else torch.ones_like(cent[0])
+    id_scale = codes["id_chol"].square().sum(1).sqrt()
+    return RenderContext(
+        cfg=cfg,
+        plan_key=plan.key,
+        generator=nets.generator_ema,
+        classifier=clf,
+        scorer=scorer,
+        identity_threshold=thr,
+        codes=codes,
+        exp_scale=exp_scale,
+        id_scale=id_scale,
+        device=device,
+        resolution=res,
+        labels=labels,
+        images=images,
+        procedural=procedural,
+        checkpoint_sha256=sha,
+        checkpoint_step=int(ckpt["global_step"]),
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _noise(seed: int, dim: int) -> torch.Tensor:
+    return torch.randn(dim, generator=torch.Generator().manual_seed(seed))
+
+
+def sample_codes(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w_id, w_exp) of each item from the plan's identity codes, the target codes and per-sample seeds."""
+    gen = ctx.cfg.generate
+    w_id = torch.from_numpy(plan.codes[[it.code_row for it in items]]).to(ctx.device)
+    cls = torch.tensor([it.expression_index for it in items], device=ctx.device)
+    inten = torch.tensor([it.intensity for it in items], device=ctx.device)
+    w_exp = expression_target(ctx.codes, cls, inten)
+    # Repeat 0 is the clean target; later repeats vary around it, each from its own seed.
+    jit = torch.tensor([it.repeat > 0 for it in items], device=ctx.device, dtype=torch.float32)[:, None]
+    if gen.exp_jitter > 0:
+        z = torch.stack([_noise(it.noise_seed, w_exp.shape[1]) for it in items]).to(ctx.device)
+        w_exp = w_exp + jit * gen.exp_jitter * ctx.exp_scale * z
+    if gen.id_jitter > 0:
+        z = torch.stack([_noise(it.nuisance_seed, w_id.shape[1]) for it in items]).to(ctx.device)
+        w_id = w_id + jit * gen.id_jitter * ctx.id_scale * z
+    return w_id, w_exp
+
+
+@torch.no_grad()
+def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> np.ndarray:
+    """uint8 NHWC renders of `items` (what goes into the PNGs)."""
+    w_id, w_exp = sample_codes(ctx, plan, items)
+    return to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1))
+
+
+def write_png(path: Path, data: bytes) -> None:
+    """Atomic PNG write (a seam for tests that simulate a full disk)."""
+    atomic_write_bytes(path, data)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _prototype(ctx: RenderContext, plan: SweepPlan, identity_id: str, source: str, code_row: int) -> torch.Tensor:
+    """Unit embedding of an identity: mean over its real images, or its clean neutral render (novel)."""
+    with ctx.lock:
+        if identity_id in ctx.prototypes:
+            return ctx.prototypes[identity_id]
+    if source.startswith("real"):
+        rows = np.flatnonzero((ctx.labels["identity"] == identity_id).to_numpy())
+        imgs: torch.Tensor | np.ndarray = ctx.images[torch.as_tensor(rows)]
+    else:
+        with torch.no_grad():
+            w_id = torch.from_numpy(plan.codes[[code_row]]).to(ctx.device)
+            w_exp = ctx.codes["exp_neutral"][None]
+            imgs = to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1)).transpose(0, 3, 1, 2)
+    emb, found = ctx.scorer.embed(imgs)
+    proto = (
+        torch.nn.functional.normalize(emb[found].mean(0), dim=0)
+        if found.any()
+        else torch.full((emb.shape[1],), float("nan"))
+    )
+    with ctx.lock:
+        ctx.prototypes[identity_id] = proto
+    return proto
+
+
+def _truth(ctx: RenderContext, it: PlanItem) -> np.ndarray | None:
+    """Exact true image for a procedural real identity (its factors, the nuisance of its session 0)."""
+    if not ctx.procedural or not it.identity_source.startswith("real"):
+        return None
+    key = (it.identity_id, it.expression, it.intensity)
+    with ctx.lock:
+        if key in ctx.truths:
+            return ctx.truths[key]
+    rows = ctx.labels[ctx.labels["identity"] == it.identity_id]
+    sessions = rows["nuisance"].map(lambda s: int(json.loads(s).get("session", 0)) if s else 0)
+    s0 = rows[sessions == 0]
+    # The session-0 row of this very expression and intensity carries its own sensor-noise seed:
+    # use it when the data has one (then the truth is that image, bit for bit).
+    same = s0[(s0["expression"] == it.expression) & (np.isclose(s0["intensity"].astype(float), it.intensity))]
+    src = same.iloc[0] if len(same) else (s0.iloc[0] if len(s0) else None)
+    truth = (
+        None
+        if src is None
+        else render_truth(src["identity_factors"], it.expression, it.intensity, src["nuisance"], ctx.resolution)
+    )
+    with ctx.lock:
+        ctx.truths[key] = truth
+    return truth
+
+
+def check_batch(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem], imgs: np.ndarray) -> pd.DataFrame:
+    """Per-image scores and flags of one rendered batch (uint8 NHWC), one row per item."""
+    q = ctx.cfg.quality
+    nchw = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2)))
+    target = [it.expression_index for it in items]
+    pred, p_target, _ = expression_scores(
+        ctx.classifier, nchw, target, q.expression_threshold, batch_size=len(items), device=ctx.device
+    )
+    emb, found = ctx.scorer.embed(nchw)
+    protos = torch.stack([_prototype(ctx, plan, it.identity_id, it.identity_source, it.code_row) for it in items])
+    cos = (torch.nn.functional.normalize(emb.float(), dim=1) * protos).sum(1).numpy()
+    ssim = np.full(len(items), np.nan)
+    truths = [_truth(ctx, it) for it in items]
+    have = [i for i, t in enumerate(truths) if t is not None]
+    if have:
+        ssim[have] = ssim_batch(imgs[have], np.stack([truths[i] for i in have]), data_range=255)
+    df = pd.DataFrame(
+        {
+            "identity_cosine": cos,
+            "face_found": found.numpy(),
+            "expression_p_target": p_target,
+            "expression_pred": pred,
+            "expression_idx": target,
+            "expression": [it.expression for it in items],
+            "ssim": ssim,
+        }
+    )
+    flags = per_image_flags(df, q, identity_backend="embedder" if ctx.scorer.name == "embedder" else "facenet")
+    df["identity_pass"] = flags["identity_pass"].to_numpy()
+    df["expression_pass"] = flags["expression_pass"].to_numpy()
+    df["all_pass"] = flags["all_pass"].to_numpy()
+    return df
+
+
+# --------------------------------------------------------------------------- one shard
+
+
+# Settings the per-image flags of a shard depend on: a part made under other ones is re-done.
+CHECK_SETTINGS = (
+    "identity_backend",
+    "identity_threshold",
+    "embedder_identity_threshold",
+    "face_detection",
+    "expression_threshold",
+    "ssim_floor",
+    "facenet_weights",
+)
+
+
+def checks_key(plan: SweepPlan) -> str:
+    q = plan.meta["config"]["quality"]
+    return hashlib.sha256(json.dumps({k: q.get(k) for k in CHECK_SETTINGS}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _part_checks_key(path: Path) -> str | None:
+    try:
+        return parse_dataset_metadata(pq.read_schema(path), str(path)).get("checks_key")
+    except Exception:  # unreadable parts are caught by shard_problem already
+        return None
+
+
+def why_render(root: Path, plan: SweepPlan, index: int) -> str | None:
+    """Why shard `index` must be (re-)rendered, or None when its part is complete and current."""
+    problem = shard_problem(root, index, plan.n_shards, plan.shard_ids(index))
+    if problem is None and _part_checks_key(shard_path(root, index, plan.n_shards)) != checks_key(plan):
+        # Same images, other per-image thresholds: the flags must be recomputed. Rendering is
+        # deterministic, so re-rendering rewrites identical files with fresh flags.
+        problem = "per-image check settings changed since the shard was written"
+    return problem
+
+
+def shard_meta(plan: SweepPlan, run_id: str) -> dict[str, Any]:
+    """Dataset JSON known at render time (the final one, with gates, is written by finalize)."""
+    return {
+        "name": plan.meta.get("name"),
+        "status": "rendering",
+        "run_id": run_id,
+        "plan_key": plan.key,
+        "checks_key": checks_key(plan),
+        "checkpoint": {
+            "sha256": plan.render_key["checkpoint_sha256"],
+            "step": plan.meta["checkpoint"]["step"],
+            "path": plan.meta["checkpoint"]["path"],
+        },
+    }
+
+
+def render_shard(
+    root: Path,
+    index: int,
+    run_id: str,
+    plan: SweepPlan | None = None,
+    progress: Progress | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Render shard `index` of the plan saved in `root` unless it is already complete.
+
+    Returns a small summary ({shard, status: skipped|rendered, n, reason}). A corrupt or foreign part
+    is removed and re-rendered. Any failure raises ShardError and leaves no part file for the shard.
+    """
+    root = Path(root)
+    plan = plan or load_plan(root)
+    items = plan.shard(index)
+    problem = why_render(root, plan, index)
+    if problem is None:
+        if progress:
+            progress(len(items))
+        return {"shard": index, "status": "skipped", "n": len(items), "reason": ""}
+    part = shard_path(root, index, plan.n_shards)
+    # A part that exists but is not complete (truncated, corrupt, another plan's) must go first:
+    # readers would otherwise see it while the shard is re-rendered.
+    part.unlink(missing_ok=True)
+    try:
+        rows = _render_rows(root, plan, index, items, run_id, progress, device)
+        write_shard(root, index, plan.n_shards, rows, shard_meta(plan, run_id))
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        why = "disk full" if exc.errno == errno.ENOSPC else f"I/O error ({exc.strerror or exc})"
+        raise ShardError(f"shard {index} of {plan.n_shards} in {root}: {why}: {exc}; rerun to complete it") from exc
+    return {"shard": index, "status": "rendered", "n": len(items), "reason": problem}
+
+
+def _render_rows(
+    root: Path,
+    plan: SweepPlan,
+    index: int,
+    items: list[PlanItem],
+    run_id: str,
+    progress: Progress | None,
+    device: torch.device | None,
+) -> pd.DataFrame:
+    ctx = get_context(plan, device)
+    bs = ctx.cfg.generate.batch_size
+    frames = []
+    for start in range(0, len(items), bs):
+        batch = items[start : start + bs]
+        imgs = render_items(ctx, plan, batch)
+        hashes = []
+        for it, img in zip(batch, imgs, strict=True):
+            data = encode_png(img)
+            write_png(root / it.file_name, data)
+            hashes.append(sha256_bytes(data))
+        checks = check_batch(ctx, plan, batch, imgs)
+        frames.append(_manifest_rows(ctx, batch, hashes, checks, index, run_id))
+        if progress:
+            progress(len(batch))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _manifest_rows(
+    ctx: RenderContext, items: list[PlanItem], hashes: list[str], c: pd.DataFrame, shard: int, run_id: str
+) -> pd.DataFrame:
+    # A non-finite classifier output has pred -1 and p NaN: recorded as the first class with p 0 and a
+    # failed check (the columns are non-nullable and p must lie in 0..1).
+    pred = [EXPRESSIONS[p] if p >= 0 else EXPRESSIONS[0] for p in c["expression_pred"].astype(int)]
+    p_t = np.nan_to_num(c["expression_p_target"].astype(float).to_numpy(), nan=0.0).clip(0.0, 1.0)
+    cos = c["identity_cosine"].astype(float)
+    # The embedder has no face detector: face_found is "not run" (null) there, as the schema says.
+    face = c["face_found"].astype(bool) if ctx.scorer.name != "embedder" else pd.Series([None] * len(items))
+    return pd.DataFrame(
+        {
+            "sample_id": [it.sample_id for it in items],
+            "file_name": [it.file_name for it in items],
+            "sha256": hashes,
+            "width": ctx.resolution,
+            "height": ctx.resolution,
+            "identity_id": [it.identity_id for it in items],
+            "identity_source": [it.identity_source for it in items],
+            "expression": [it.expression for it in items],
+            "expression_index": [it.expression_index for it in items],
+            "intensity": [it.intensity for it in items],
+            "nuisance_seed": [it.nuisance_seed for it in items],
+            "noise_seed": [it.noise_seed for it in items],
+            "checkpoint_sha256": ctx.checkpoint_sha256,
+            "checkpoint_step": ctx.checkpoint_step,
+            "shard": shard,
+            "run_id": run_id,
+            "identity_score": cos.where(np.isfinite(cos), None).to_numpy(),
+            "identity_pass": c["identity_pass"].astype(bool).to_numpy(),
+            "expression_pred": pred,
+            "expression_p_target": p_t,
+            "expression_pass": c["expression_pass"].astype(bool).to_numpy(),
+            "ssim_truth": c["ssim"].astype(float).to_numpy(),
+            "face_found": face.to_numpy(),
+            "all_pass": c["all_pass"].astype(bool).to_numpy(),
+        }
+    )
