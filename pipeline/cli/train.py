@@ -66,3 +66,17 @@ def evaluate(
     for w in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
     console.print(f"report: {result['report']}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A finished run's checkpoints/final.pt.")],
+    out: Annotated[Path, typer.Argument(help="Where to write the render-only checkpoint.")],
+    half: Annotated[bool, typer.Option(help="Store weights as float16 (half the size).")] = False,
+) -> None:
+    """Write a slim render-only checkpoint (no optimisers, discriminator or feedback network)."""
+    from pipeline.io_utils import sha256_file
+    from pipeline.train.export import export_release
+
+    path = guarded(lambda: export_release(checkpoint, out, half=half))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)[:16]}…)")

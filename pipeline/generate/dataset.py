@@ -122,14 +122,25 @@ def resolve_config(
     fields that differ) and its data must be the data the checkpoint was trained on.
     """
     from pipeline.evaluate import _flatten
-    from pipeline.train.checkpoint import check_compatible, load_checkpoint
+    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(Path(checkpoint))
+    saved = json.loads(ckpt["config"])
     if cfg is None:
-        cfg = load_config(None, [*_flatten(json.loads(ckpt["config"])), *(overrides or [])])
+        cfg = load_config(None, [*_flatten(saved), *(overrides or [])])
     elif overrides:
         cfg = load_config(None, [*_flatten(config_to_dict(cfg)), *overrides])
-    check_compatible(ckpt, config_to_dict(cfg.model), Path(checkpoint))
+    # Compare through today's Config, so a model field added since the checkpoint was written (with
+    # its default) is not a mismatch; rendering rebuilds the networks from the checkpoint's config.
+    theirs = config_to_dict(Config.model_validate(saved).model)
+    mine = config_to_dict(cfg.model)
+    diffs = [
+        f"model.{k}: checkpoint={theirs.get(k)!r} config={mine.get(k)!r}"
+        for k in sorted(theirs)
+        if theirs.get(k) != mine.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(f"{checkpoint} was trained with another model config: " + "; ".join(diffs))
     return cfg, ckpt
 
 

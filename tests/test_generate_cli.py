@@ -1,0 +1,82 @@
+"""`fersynth generate` and `fersynth demo` on a tiny checkpoint (the committed cpu-64 one is not needed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import pipeline.generate.shards as shards_mod
+from manifests.audit import audit_dataset
+from pipeline.cli import app
+from pipeline.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from pipeline.procedural.dataset import make_dataset
+    from pipeline.train.loop import Trainer
+
+    base = tmp_path_factory.mktemp("cli")
+    data = base / "data"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"train.out_dir={base / 'run'}"])
+    make_dataset(cfg.procedural, data, workers=1)
+    return Trainer(cfg).train(), data
+
+
+FAST = [
+    "generate.fid_max_images=8",
+    "generate.report_max_images=16",
+    "quality.kid_subsets=10",
+    "generate.batch_size=16",
+]
+
+
+def _sets(*extra: str) -> list[str]:
+    out: list[str] = []
+    for s in [*FAST, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def test_generate_command_reports_a_rejection(tiny_ckpt: tuple[Path, Path], tmp_path: Path, fid_weights: Path) -> None:
+    ckpt, _ = tiny_ckpt
+    args = ["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--name", "ds", *_sets()]
+    res = CliRunner().invoke(app, [*args, "--set", f"quality.fid_weights={fid_weights}"])
+    assert res.exit_code == 1, res.output
+    assert "REJECTED ds: 42 images" in res.output
+    assert "kid_mean" in res.output and "kept in staging" in res.output
+    assert (tmp_path / ".staging" / "ds" / "REJECTED").is_file()
+    bad = CliRunner().invoke(app, [*args, "--set", "generate.expressions=[joy]"])
+    assert bad.exit_code == 2 and "unknown expression" in bad.output
+
+
+def test_demo_makes_missing_data_and_publishes(
+    tiny_ckpt: tuple[Path, Path], tmp_path: Path, fid_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt, data = tiny_ckpt
+    shutil.rmtree(data)  # demo must make it again, identical to what the checkpoint was trained on
+    monkeypatch.setenv("FERSYNTH_FID_WEIGHTS", str(fid_weights))
+
+    def ideal(classifier, images, target_idx, threshold=0.5, batch_size=64, device="auto"):
+        t = np.asarray(target_idx)
+        return t, np.full(len(t), 0.9), np.ones(len(t), bool)
+
+    monkeypatch.setattr(shards_mod, "expression_scores", ideal)  # the tiny GAN cannot pass on its own
+    lenient = _sets(
+        "quality.embedder_identity_threshold=-1.0",
+        "quality.ssim_floor=-1.0",
+        "quality.kid_ceiling=100.0",
+        "quality.pass_rate_floor=0.0",
+        "generate.n_novel=2",
+    )
+    res = CliRunner().invoke(app, ["demo", "--checkpoint", str(ckpt), "--out", str(tmp_path), *lenient])
+    assert res.exit_code == 0, res.output
+    assert "making the procedural dataset" in res.output and (data / "labels.parquet").is_file()
+    assert "published demo" in res.output and "next:" in res.output
+    assert audit_dataset(tmp_path / "demo").ok
