@@ -265,6 +265,85 @@ class GenerateConfig(_Section):
         return v
 
 
+class TstrConfig(_Section):
+    """Train-on-synthetic, test-on-real (`fersynth tstr`): a standard classifier per training-data arm.
+
+    Every arm gets the same optimiser-step budget (not epochs), so arms with more data are not
+    favoured by simply taking more gradient steps.
+    """
+
+    arms: list[Literal["synthetic", "real", "real+synthetic", "real-small", "real-small+synthetic"]] = Field(
+        default_factory=lambda: ["synthetic", "real", "real+synthetic", "real-small", "real-small+synthetic"],
+        description="training sets to compare; all are evaluated on the real eval_split",
+    )
+    control_shuffled: bool = Field(False, description="extra arm: real data with shuffled labels (a sanity control)")
+    steps: int = Field(2000, ge=1, le=10_000_000, description="optimiser steps per arm")
+    batch_size: int = Field(64, ge=2, le=4096)
+    lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate (cosine decay to 0)")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    image_size: int = Field(64, ge=16, le=512, description="classifier input size in pixels")
+    n_small_identities: int = Field(10, ge=1, description="real training identities of the small-real arms")
+    seed: int = Field(0, ge=0)
+    synthetic_filters: list[str] = Field(
+        default_factory=list, description="pandas queries over the synthetic manifest, e.g. 'intensity >= 0.5'"
+    )
+    require_pass: bool = Field(True, description="use only synthetic images whose per-image checks all passed")
+    eval_split: Literal["train", "val", "test"] = "test"
+    augment: bool = Field(True, description="random horizontal flips during training")
+    num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out_dir: Path = Path("runs/tstr")
+
+
+class ScheduleConfig(_Section):
+    """Scheduled dataset generation (`fersynth serve`, flows/serve.py, prefect.yaml).
+
+    Every scheduled run writes a new dataset version named <name_prefix>-<UTC time>-<run id>
+    under `out`, so a published dataset is never overwritten.
+    """
+
+    cron: str | None = Field(None, description="cron string, e.g. '0 3 * * *'; None = no schedule")
+    timezone: str = Field("UTC", description="IANA time zone the cron string is read in")
+    deployment_name: str = Field("fersynth-generate", min_length=1)
+    checkpoint: Path | None = Field(None, description="generator checkpoint the scheduled runs render from")
+    out: Path = Field(Path("datasets"), description="root folder the dataset versions are written under")
+    name_prefix: str = Field("fersynth", min_length=1, description="dataset versions are <prefix>-<time>-<run id>")
+    work_pool: str = Field("fersynth-pool", min_length=1, description="work pool of the prefect.yaml deployment")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        # Prefect's own schedule model: what parses here is exactly what the Prefect API accepts.
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=v)
+        except ValidationError as exc:
+            msg = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"not a valid cron schedule: {msg}") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {v!r}") from None
+        return v
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _plain_prefix(cls, v: str) -> str:
+        if "/" in v or v.startswith((".", "_")):
+            raise ValueError(f"must be a plain folder-name prefix (no '/', not hidden), got {v!r}")
+        return v
+
+
 class Config(_Section):
     procedural: ProceduralConfig = Field(default_factory=ProceduralConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -272,6 +351,8 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    tstr: TstrConfig = Field(default_factory=TstrConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
 
     @model_validator(mode="after")
     def _model_covers_stages(self) -> Config:

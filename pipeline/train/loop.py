@@ -78,6 +78,11 @@ class Trainer:
             betas=t.betas,
         )
         self.opt_d = torch.optim.Adam(n.discriminator.parameters(), lr=t.lr, betas=t.betas)
+        # The networks train_step calls: the plain ones, or DDP wrappers of the same modules set by
+        # pipeline.train.ddp. Checkpoints always save the plain `self.nets` (no "module." prefixes).
+        self.train_nets: Networks = self.nets
+        # Only the main process (rank 0 under DDP) writes checkpoints and runs `finalize`.
+        self.is_main = True
         self.gen = torch.Generator().manual_seed(t.seed)
         self.stage_idx = 0
         self.stage_step = 0
@@ -125,6 +130,8 @@ class Trainer:
         }
 
     def save(self, name: str = LAST) -> Path:
+        if not self.is_main:
+            return self.ckpt_dir / name
         return save_checkpoint(self.ckpt_dir / name, self.state_dict())
 
     def _resume_if_possible(self) -> None:
@@ -253,6 +260,8 @@ class Trainer:
         """After the last stage: target codes, and the independent judges used for scoring."""
         from pipeline.judging import train_eval_judges
 
+        if not self.is_main:  # other ranks never save, so the codes and eval judges would be unused
+            return
         self.codes = fit_target_codes(self.nets.encoder, self.data, self.cfg.model.num_classes, self.device)
         if not self.eval_judges:
 
@@ -318,7 +327,7 @@ class Trainer:
         return out
 
     def train_step(self, res: int, alpha: float) -> dict[str, float]:
-        n, t, w = self.nets, self.cfg.train, self.cfg.train.loss
+        n, t, w = self.train_nets, self.cfg.train, self.cfg.train.loss
         dev = self.device
         b = self.stage.batch_size or t.batch_size
         idx = torch.randint(0, self.data.n, (b,), generator=self.gen)

@@ -1,0 +1,91 @@
+"""`fersynth tstr`, `fersynth serve` and `fersynth export-dataset`: using generated datasets downstream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from pipeline.cli.app import ConfigOpt, SetOpt, app, console, guarded, load
+
+
+@app.command()
+def tstr(
+    synthetic: Annotated[Path | None, typer.Option(help="Generated dataset (omit to run only the real arms).")] = None,
+    real: Annotated[Path, typer.Option(help="Real labelled dataset (labels.parquet) with train/test splits.")] = ...,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder (overrides tstr.out_dir).")] = None,
+    flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow `tstr` (artifacts).")] = False,
+) -> None:
+    """Train on synthetic, test on real: a ResNet-18 per training arm, evaluated on real test images."""
+    cfg = load(config, set_)
+    if synthetic is None:
+        # Without a generated dataset only the real arms can run; say so instead of failing later.
+        cfg.tstr.arms = [a for a in cfg.tstr.arms if "synthetic" not in a]
+        if not cfg.tstr.arms:
+            console.print("[bold red]error:[/] tstr.arms has only synthetic arms; pass --synthetic")
+            raise typer.Exit(code=2)
+    out_dir = out or cfg.tstr.out_dir
+    if flow:
+        from flows.tstr import tstr_flow
+        from pipeline.config import config_to_dict
+
+        result = tstr_flow(
+            str(synthetic) if synthetic else None, str(real), out=str(out_dir), cfg_dict=config_to_dict(cfg)
+        )
+        console.print(json.dumps(result, indent=2))
+        return
+    from pipeline.tstr import run_tstr
+
+    def progress(arm: str, step: int, total: int, loss: float) -> None:
+        if step == total or step % max(1, total // 10) == 0:
+            console.print(f"  {arm}: step {step}/{total} loss {loss:.4f}", highlight=False)
+
+    result = guarded(lambda: run_tstr(synthetic, real, cfg.tstr, out_dir, progress))
+    for row in result["rows"]:
+        console.print(
+            f"  {row['arm']:<22} accuracy {row['accuracy']:.4f}  macro F1 {row['macro_f1']:.4f}", highlight=False
+        )
+    console.print(f"table: {result['files']['markdown']}  plot: {result['files']['plot']}")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None,
+) -> None:
+    """Serve the scheduled `generate` deployment (schedule.cron) until interrupted; needs a Prefect API."""
+    from flows.serve import schedule_of, serve_generate
+
+    cfg = load(config, set_)
+    guarded(lambda: schedule_of(cfg))  # fail fast, naming the field, before Prefect starts anything
+    s = cfg.schedule
+    console.print(f"serving {s.deployment_name}: cron '{s.cron}' ({s.timezone}), new versions under {s.out}")
+    guarded(lambda: serve_generate(cfg, limit=limit))
+
+
+@app.command("export-dataset")
+def export_dataset(
+    root: Annotated[Path, typer.Argument(help="A generated dataset folder.")],
+    out: Annotated[Path, typer.Argument(help="New (or empty) folder to write.")],
+    format_: Annotated[
+        Literal["imagefolder", "hf"], typer.Option("--format", help="imagefolder: OUT/<expression>/; hf: + metadata")
+    ] = "imagefolder",
+    where: Annotated[
+        list[str] | None, typer.Option("--where", help="pandas query over manifest columns (repeatable).")
+    ] = None,
+    all_rows: Annotated[bool, typer.Option("--all", help="Include images that failed a per-image check.")] = False,
+    copy: Annotated[bool, typer.Option("--copy", help="Copy files instead of hard-linking them.")] = False,
+) -> None:
+    """Export a generated dataset (optionally filtered) as an ImageFolder tree or a `datasets` folder."""
+    from pipeline.downstream import export_hf, export_imagefolder
+
+    fn = export_hf if format_ == "hf" else export_imagefolder
+    result = guarded(lambda: fn(root, out, filters=list(where or []) or None, require_pass=not all_rows, link=not copy))
+    console.print(
+        f"wrote {result['images']} images to {result['out']} ({result['link']} linked, {result['copy']} copied)"
+    )

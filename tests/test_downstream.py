@@ -1,0 +1,176 @@
+"""Downstream use: torch datasets over a manifest and a labelled table, filters, exports, versions."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from manifests.labels import read_labels
+from manifests.schema import DATASET_METADATA_KEY, ManifestError, make_sample_id
+from manifests.writer import finalize, shard_path, write_shard
+from pipeline.config import load_config
+from pipeline.downstream import LabelledDataset, ManifestDataset, export_hf, export_imagefolder
+from pipeline.expressions import EXPRESSIONS
+
+REPO = Path(__file__).resolve().parents[1]
+CKPT = "c" * 64
+
+
+def make_real(root: Path, seed: int = 0, n_identities: int = 8) -> Path:
+    """A tiny procedural labelled dataset (configs/tiny.yaml settings) standing in for real photos."""
+    from pipeline.procedural.dataset import make_dataset
+
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"procedural.seed={seed}", f"procedural.n_identities={n_identities}", "procedural.intensities=[0.5, 1.0]"],
+    )
+    make_dataset(cfg.procedural, root, workers=1)
+    return root
+
+
+def manifest_from_labels(
+    labels_root: Path, out: Path, *, fail_every: int = 0, n_shards: int = 2, split: str | None = "train"
+) -> Path:
+    """A finished generated-dataset layout whose 'renders' are the images of a labelled dataset.
+
+    Every `fail_every`-th row is marked failed (expression check), to exercise gate filtering.
+    """
+    df, _ = read_labels(labels_root)
+    if split is not None:
+        df = df[df["split"] == split]
+    rows: list[dict[str, Any]] = []
+    for k, r in enumerate(df.itertuples(index=False)):
+        sid = make_sample_id(identity=r.identity, expression=r.expression, intensity=r.intensity, k=k)
+        rel = f"images/{r.expression}/{sid}.png"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(labels_root / r.path, out / rel)
+        ok = not (fail_every and k % fail_every == fail_every - 1)
+        rows.append(
+            {
+                "sample_id": sid,
+                "file_name": rel,
+                "sha256": r.sha256,
+                "width": int(r.width),
+                "height": int(r.height),
+                "identity_id": f"syn-{r.identity}",
+                "identity_source": "novel",
+                "expression": r.expression,
+                "expression_index": EXPRESSIONS.index(r.expression),
+                "intensity": float(r.intensity),
+                "nuisance_seed": k,
+                "noise_seed": k,
+                "checkpoint_sha256": CKPT,
+                "checkpoint_step": 100,
+                "run_id": "run-test",
+                "identity_score": 0.9,
+                "identity_pass": True,
+                "expression_pred": r.expression if ok else "neutral",
+                "expression_p_target": 0.9 if ok else 0.1,
+                "expression_pass": ok,
+                "ssim_truth": None,
+                "face_found": None,
+                "all_pass": ok,
+            }
+        )
+    meta = {"run_id": "run-test", "checkpoint": {"sha256": CKPT, "step": 100}}
+    per = -(-len(rows) // n_shards)
+    for i in range(n_shards):
+        write_shard(out, i, n_shards, rows[i * per : (i + 1) * per], meta)
+    finalize(out, {**meta, "gates": [], "metrics": {}}, n_shards=n_shards, card=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("downstream")
+    real = make_real(base / "real")
+    syn = manifest_from_labels(real, base / "syn", fail_every=4)
+    return real, syn
+
+
+def test_manifest_dataset_filters_and_items(data: tuple[Path, Path]) -> None:
+    _, syn = data
+    everything = ManifestDataset(syn, require_pass=False)
+    passed = ManifestDataset(syn)
+    assert len(passed) == sum(everything.frame["all_pass"]) < len(everything)
+    image, label = passed[0]
+    assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert label == EXPRESSIONS.index(passed.frame["expression"].iloc[0])
+
+    happy = ManifestDataset(syn, filters={"expression": ["happy", "sad"]}, require_pass=False)
+    assert set(happy.frame["expression"]) == {"happy", "sad"} and set(happy.labels.tolist()) == {1, 2}
+    strong = ManifestDataset(syn, filters="intensity > 0.6 and expression != 'neutral'")
+    assert len(strong) and (strong.frame["intensity"] > 0.6).all()
+    both = ManifestDataset(syn, filters=["intensity > 0.6", "expression == 'fear'"])
+    assert set(both.frame["expression"]) == {"fear"}
+
+    item = ManifestDataset(syn, return_dict=True, image_size=8)[0]
+    assert item["image"].shape == (3, 8, 8) and item["source"] == "synthetic" and item["identity_id"].startswith("syn-")
+
+    with pytest.raises(ManifestError, match=r"unknown column.*'colour'.*valid columns: sample_id"):
+        ManifestDataset(syn, filters={"colour": "red"})
+    with pytest.raises(ManifestError, match="valid columns"):
+        ManifestDataset(syn, filters="colour == 'red'")
+
+
+def test_dataloader_with_workers_mixes_real_and_synthetic(data: tuple[Path, Path]) -> None:
+    real, syn = data
+    train = LabelledDataset(real, split="train", return_dict=True)
+    assert set(train.frame["split"]) == {"train"}
+    mixed = ConcatDataset([ManifestDataset(syn, return_dict=True), train])
+    loader = DataLoader(mixed, batch_size=32, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(0))
+    seen, sources = 0, set()
+    for batch in loader:
+        assert batch["image"].shape[1:] == (3, 16, 16) and batch["label"].dtype == torch.int64
+        seen += len(batch["label"])
+        sources.update(batch["source"])
+    assert seen == len(mixed) and sources == {"synthetic", "procedural"}
+
+    ids = sorted(train.frame["identity"].unique())[:2]
+    few = LabelledDataset(real, split="train", identities=ids)
+    assert set(few.frame["identity"]) == set(ids)
+    with pytest.raises(ManifestError, match="valid columns"):
+        LabelledDataset(real, filters={"nope": 1})
+
+
+def test_newer_schema_version_is_a_clear_error(data: tuple[Path, Path], tmp_path: Path) -> None:
+    _, syn = data
+    copy = tmp_path / "newer"
+    shutil.copytree(syn, copy)
+    path = shard_path(copy, 0, 2)
+    table = pq.read_table(path)
+    meta = table.schema.metadata[DATASET_METADATA_KEY].replace(b'"schema_version": 1', b'"schema_version": 99')
+    pq.write_table(table.replace_schema_metadata({DATASET_METADATA_KEY: meta}), path)
+    with pytest.raises(ManifestError, match=r"schema version 99 is newer than this fersynth reads \(1\)"):
+        ManifestDataset(copy)
+
+
+def test_export_imagefolder(data: tuple[Path, Path], tmp_path: Path) -> None:
+    _, syn = data
+    result = export_imagefolder(syn, tmp_path / "if", filters={"expression": ["happy", "anger"]})
+    files = sorted((tmp_path / "if").rglob("*.png"))
+    assert len(files) == result["images"] > 0 and {f.parent.name for f in files} == {"happy", "anger"}
+    assert result["link"] == len(files)  # same file system: hard links, no copies
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_imagefolder(syn, tmp_path / "if")
+
+
+def test_export_hf_loads_with_datasets(data: tuple[Path, Path], tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    _, syn = data
+    out = tmp_path / "hf"
+    result = export_hf(syn, out, link=False)
+    assert result["copy"] == result["images"]
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "c"))
+    assert len(loaded) == result["images"] == len(ManifestDataset(syn))
+    row = loaded[0]
+    assert row["image"].size == (16, 16) and EXPRESSIONS[row["label"]] == row["expression"]
+    assert {"identity_id", "intensity", "sample_id", "sha256"} <= set(loaded.column_names)
+    named = loaded.cast_column("label", datasets.ClassLabel(names=list(EXPRESSIONS)))  # as the README shows
+    assert named.features["label"].int2str(row["label"]) == row["expression"]
