@@ -165,6 +165,10 @@ class QualityConfig(_Section):
     (FaceNet cosine thresholds differ between published sources, so copy none blindly).
     """
 
+    thresholds: Literal["calibrated", "config"] = Field(
+        "calibrated",
+        description="calibrated: embedder identity and expression thresholds from the checkpoint's real-val calibration",
+    )
     identity_backend: Literal["auto", "facenet", "embedder"] = Field(
         "auto", description="auto: the project's identity embedder for procedural data, FaceNet for photos"
     )

@@ -39,6 +39,17 @@ def test_training_runs_and_resumes_exactly(tiny_data: Path, tmp_path: Path) -> N
     ckpt = load_checkpoint(final)
     assert ckpt["codes"]["exp_centroids"].shape == (7, 8)
     assert ckpt["stage_idx"] == 3 and ckpt["global_step"] == 22
+    cal = ckpt["calibration"]
+    assert cal["split"] == "val" and cal["n_images"] > 0
+    assert 0.0 <= cal["expression_threshold"] <= 1.0 and -1.0 <= cal["embedder_identity_threshold"] <= 1.0
+
+    # Generation takes the calibrated thresholds unless told to use the config's fixed ones.
+    from pipeline.generate.dataset import resolve_config
+
+    gen_cfg, _ = resolve_config(None, final)
+    assert gen_cfg.quality.expression_threshold == round(cal["expression_threshold"], 4)
+    fixed_cfg, _ = resolve_config(None, final, ["quality.thresholds=config"])
+    assert fixed_cfg.quality.expression_threshold == 0.5
 
     # Kill a second run mid-way through the 8 px stage, between two checkpoints.
     def killer(info) -> None:

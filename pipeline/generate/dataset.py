@@ -141,6 +141,11 @@ def resolve_config(
     ]
     if diffs:
         raise CheckpointError(f"{checkpoint} was trained with another model config: " + "; ".join(diffs))
+    cal = ckpt.get("calibration") or {}
+    if cfg.quality.thresholds == "calibrated" and "expression_threshold" in cal:
+        # Thresholds derived from the real validation split at training time (pipeline.calibration).
+        cfg.quality.embedder_identity_threshold = round(float(cal["embedder_identity_threshold"]), 4)
+        cfg.quality.expression_threshold = round(float(cal["expression_threshold"]), 4)
     return cfg, ckpt
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 KEEP_NETS = ("encoder", "generator_ema", "classifier", "embedder")
@@ -32,6 +34,15 @@ def export_release(src: Path, dst: Path, half: bool = False) -> Path:
     def conv(sd: dict) -> dict:
         return {k: (v.half() if half and v.is_floating_point() else v) for k, v in sd.items()}
 
+    if not ckpt.get("calibration"):  # runs finished before calibration existed: calibrate now
+        import json
+
+        from pipeline.calibration import calibrate_thresholds
+        from pipeline.config import Config
+
+        ckpt["calibration"] = calibrate_thresholds(
+            Config.model_validate(json.loads(ckpt["config"])), ckpt, torch.device("cpu")
+        )
     out = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
     out["nets"] = {k: conv(ckpt["nets"][k]) for k in KEEP_NETS}
     out["eval_judges"] = {

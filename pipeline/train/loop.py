@@ -92,6 +92,7 @@ class Trainer:
         self.stage_metrics: list[dict[str, Any]] = []
         self.codes: dict[str, torch.Tensor] | None = None
         self.eval_judges: dict[str, Any] | None = None
+        self.calibration: dict[str, Any] | None = None
         self._resume_if_possible()
 
     # ----------------------------------------------------------------- state
@@ -127,6 +128,7 @@ class Trainer:
             "stage_metrics": json.dumps(self.stage_metrics),
             "codes": self.codes or {},
             "eval_judges": self.eval_judges or {},
+            "calibration": self.calibration or {},
         }
 
     def save(self, name: str = LAST) -> Path:
@@ -172,6 +174,7 @@ class Trainer:
         self.stage_metrics = json.loads(ckpt["stage_metrics"])
         self.codes = ckpt["codes"] or None
         self.eval_judges = ckpt.get("eval_judges") or None
+        self.calibration = ckpt.get("calibration") or None
         if self.judges_done:
             self.nets.classifier.eval().requires_grad_(False)
             self.nets.embedder.eval().requires_grad_(False)
@@ -270,6 +273,7 @@ class Trainer:
                     self.progress(StepInfo("eval judges", step + 1, self.cfg.train.judge_steps, m))
 
             self.eval_judges = train_eval_judges(self.cfg, self.data, self.device, report)
+        self.calibration = _calibrate(self.cfg, self.state_dict(), self.device)
 
     def train(self) -> Path:
         self.run_judges()
@@ -413,6 +417,16 @@ class Trainer:
         except ValueError:
             return {}
         return swap_check(self.nets, val, res, self.device, self.cfg.model.max_resolution)
+
+
+def _calibrate(cfg: Config, state: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """Real-val threshold calibration; None (with the reason logged) when there is no val split."""
+    from pipeline.calibration import calibrate_thresholds
+
+    try:
+        return calibrate_thresholds(cfg, state, device)
+    except ValueError as exc:  # no val split, or too few images to calibrate on
+        return {"error": str(exc)}
 
 
 def _to_full(x: torch.Tensor, full: int) -> torch.Tensor:
