@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.procedural.dataset import make_dataset
 
-    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    # Two validation identities, so thresholds can be calibrated (same vs different identity).
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["procedural.val_fraction=0.25"])
     root = tmp_path_factory.mktemp("data") / "tiny"
     make_dataset(cfg.procedural, root, workers=1)
     return root
@@ -50,6 +51,8 @@ def test_training_runs_and_resumes_exactly(tiny_data: Path, tmp_path: Path) -> N
     assert gen_cfg.quality.expression_threshold == round(cal["expression_threshold"], 4)
     fixed_cfg, _ = resolve_config(None, final, ["quality.thresholds=config"])
     assert fixed_cfg.quality.expression_threshold == 0.5
+    explicit_cfg, _ = resolve_config(None, final, ["quality.expression_threshold=0.9"])
+    assert explicit_cfg.quality.expression_threshold == 0.9  # an explicit value always wins
 
     # Kill a second run mid-way through the 8 px stage, between two checkpoints.
     def killer(info) -> None:

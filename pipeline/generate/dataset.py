@@ -126,6 +126,12 @@ def resolve_config(
 
     ckpt = load_checkpoint(Path(checkpoint))
     saved = json.loads(ckpt["config"])
+    # Fields the user chose: in an override, or written in the config they passed.
+    explicit = {
+        o.split("=", 1)[0].strip().removeprefix("quality.") for o in overrides or [] if o.strip().startswith("quality.")
+    }
+    if cfg is not None:
+        explicit |= set(cfg.quality.model_fields_set)
     if cfg is None:
         cfg = load_config(None, [*_flatten(saved), *(overrides or [])])
     elif overrides:
@@ -141,12 +147,19 @@ def resolve_config(
     ]
     if diffs:
         raise CheckpointError(f"{checkpoint} was trained with another model config: " + "; ".join(diffs))
-    cal = ckpt.get("calibration") or {}
-    if cfg.quality.thresholds == "calibrated" and "expression_threshold" in cal:
-        # Thresholds derived from the real validation split at training time (pipeline.calibration).
-        cfg.quality.embedder_identity_threshold = round(float(cal["embedder_identity_threshold"]), 4)
-        cfg.quality.expression_threshold = round(float(cal["expression_threshold"]), 4)
+    _apply_calibration(cfg, ckpt, explicit)
     return cfg, ckpt
+
+
+def _apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> None:
+    """Use the thresholds calibrated on the real validation split at training time
+    (pipeline.calibration), except where the user set a value explicitly."""
+    cal = ckpt.get("calibration") or {}
+    if cfg.quality.thresholds != "calibrated" or "expression_threshold" not in cal:
+        return
+    for name in ("embedder_identity_threshold", "expression_threshold"):
+        if name not in explicit:
+            setattr(cfg.quality, name, round(float(cal[name]), 4))
 
 
 def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
