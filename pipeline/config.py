@@ -130,6 +130,7 @@ class TrainConfig(_Section):
     encoder_lr: float = Field(2e-4, gt=0, le=1.0, description="Adam lr of the encoder (its backbone is not equalised)")
     betas: tuple[float, float] = (0.0, 0.99)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm per optimiser step (None: no clipping)")
     stages: list[StageConfig] = Field(
         default_factory=lambda: [
             StageConfig(resolution=8, steps=500, fade_steps=0),

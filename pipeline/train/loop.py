@@ -364,6 +364,7 @@ class Trainer:
             terms_d["r1"] = r1
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        self._clip(self.opt_d)
         self.opt_d.step()
 
         # ---- generator, encoder, feedback
@@ -399,6 +400,7 @@ class Trainer:
                 loss = loss + w.swap_truth * terms["swap_truth"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        self._clip(self.opt_g)
         self.opt_g.step()
         # EMA warm-up per stage: a fixed 0.999 would average in the untrained layers that every
         # new resolution adds for ~1000 steps; ramping the decay follows them quickly at first.
@@ -408,6 +410,13 @@ class Trainer:
         with torch.no_grad():
             metrics["swap_acc"] = float((n.classifier(up_sw).argmax(1) == y_sw).float().mean())
         return metrics
+
+    def _clip(self, opt: torch.optim.Optimizer) -> None:
+        # One bad batch can otherwise blow the unconstrained codes up (seen at the 32 px stage of an
+        # early recipe: latent loss 4e4 in one step, never recovered).
+        if self.cfg.train.grad_clip:
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
 
     @torch.no_grad()
     def quick_eval(self, res: int) -> dict[str, float]:
