@@ -22,6 +22,7 @@ KEEP_KEYS = (
     "codes",
     "eval_judges",
     "stage_metrics",
+    "calibration",
 )
 
 
