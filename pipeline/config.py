@@ -24,6 +24,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _known_expressions(v: list[str]) -> list[str]:
+    bad = [e for e in v if e not in EXPRESSIONS]
+    if bad:
+        raise ValueError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
+    if not v:
+        raise ValueError("at least one expression is needed")
+    return v
+
+
 def _power_of_two(v: int, lo: int = 16) -> int:
     if v < lo or v & (v - 1):
         raise ValueError(f"must be a power of two >= {lo}, got {v}")
@@ -46,15 +55,7 @@ class ProceduralConfig(_Section):
 
     _res = field_validator("resolution")(lambda cls, v: _power_of_two(v))
 
-    @field_validator("expressions")
-    @classmethod
-    def _known_expressions(cls, v: list[str]) -> list[str]:
-        bad = [e for e in v if e not in EXPRESSIONS]
-        if bad:
-            raise ValueError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
-        if not v:
-            raise ValueError("at least one expression is needed")
-        return v
+    _expr = field_validator("expressions")(lambda cls, v: _known_expressions(v))
 
     @field_validator("intensities")
     @classmethod
@@ -244,11 +245,7 @@ class GenerateConfig(_Section):
     @field_validator("expressions")
     @classmethod
     def _known_expressions(cls, v: list[str]) -> list[str]:
-        bad = [e for e in v if e not in EXPRESSIONS]
-        if bad:
-            raise ValueError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
-        if not v:
-            raise ValueError("at least one expression is needed")
+        _known_expressions(v)
         if len(set(v)) != len(v):
             raise ValueError(f"expressions repeat: {v}")
         return v
