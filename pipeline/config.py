@@ -7,6 +7,7 @@ field's dotted name and the reason, before any work starts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -398,6 +399,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = nxt
         node[path[-1]] = value
     return raw
+
+
+def to_overrides(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """A config dict as `section.field=value` overrides (JSON values parse as YAML), e.g. to rebuild
+    the config a checkpoint was trained with and apply a user's overrides on top."""
+    out: list[str] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out += to_overrides(v, key + ".") if isinstance(v, dict) else [f"{key}={json.dumps(v)}"]
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import Config, config_to_dict, load_config
+from pipeline.config import Config, config_to_dict, load_config, to_overrides
 from pipeline.io_utils import atomic_write_json, atomic_write_text
 from pipeline.judging import load_eval_judges
 from pipeline.quality.ssim import psnr_batch, ssim_batch
@@ -39,7 +39,7 @@ def load_trained(
     raw = json.loads(ckpt["config"])
     cfg = Config.model_validate(raw)
     if overrides:
-        cfg = load_config(None, [*_flatten(raw), *overrides])
+        cfg = load_config(None, [*to_overrides(raw), *overrides])
     if not ckpt.get("codes"):
         raise CheckpointError(f"{checkpoint}: training has not finished (no target codes); use checkpoints/final.pt")
     names = json.loads(ckpt["identity_names"])
@@ -57,17 +57,6 @@ def load_trained(
     for m in nets.modules().values():
         m.eval().requires_grad_(False)
     return cfg, nets, ckpt
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += _flatten(v, key + ".")
-        else:
-            out.append(f"{key}={json.dumps(v)}")
-    return out
 
 
 @torch.no_grad()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from pipeline.adapters.base import ImportOptions, ImportSummary, Item
 from pipeline.adapters.labelmap import DROP
 from pipeline.adapters.layouts import LAYOUTS
 from pipeline.expressions import EXPRESSION_INDEX, EXPRESSIONS
-from pipeline.io_utils import atomic_write_bytes, atomic_write_json, sha256_bytes
+from pipeline.io_utils import atomic_write_bytes, atomic_write_json, remove_owned, sha256_bytes
 from pipeline.splits import SplitError, split_identities
 
 REPORT_FILE = "import_report.json"
@@ -83,12 +82,7 @@ def _prepare_out(out: Path, src: Path, layout: str, overwrite: bool) -> None:
         what = f"{len(entries)} other file(s)"
     if not same and not overwrite:
         raise FileExistsError(f"{out} already holds {what}; pass --overwrite to replace it")
-    for name in _OWNED:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    remove_owned(out, _OWNED)
 
 
 def _assign_splits(ident_split: dict[str, set[str | None]], opts: ImportOptions) -> tuple[dict[str, str], str]:

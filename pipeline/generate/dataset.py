@@ -121,7 +121,7 @@ def resolve_config(
     match then. With `cfg`, its model section must equal the checkpoint's (CheckpointError names the
     fields that differ) and its data must be the data the checkpoint was trained on.
     """
-    from pipeline.evaluate import _flatten
+    from pipeline.config import to_overrides
     from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(Path(checkpoint))
@@ -133,9 +133,9 @@ def resolve_config(
     if cfg is not None:
         explicit |= set(cfg.quality.model_fields_set)
     if cfg is None:
-        cfg = load_config(None, [*_flatten(saved), *(overrides or [])])
+        cfg = load_config(None, [*to_overrides(saved), *(overrides or [])])
     elif overrides:
-        cfg = load_config(None, [*_flatten(config_to_dict(cfg)), *overrides])
+        cfg = load_config(None, [*to_overrides(config_to_dict(cfg)), *overrides])
     # Compare through today's Config, so a model field added since the checkpoint was written (with
     # its default) is not a mismatch; rendering rebuilds the networks from the checkpoint's config.
     theirs = config_to_dict(Config.model_validate(saved).model)

@@ -18,7 +18,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from PIL import Image
 from manifests.labels import LABELS_FILE, read_labels, write_labels
 from pipeline.config import ProceduralConfig, config_to_dict
 from pipeline.expressions import EXPRESSION_INDEX
-from pipeline.io_utils import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from pipeline.io_utils import atomic_write_bytes, atomic_write_json, remove_owned, sha256_bytes, sha256_file
 from pipeline.procedural.aus import expression_aus
 from pipeline.procedural.contact_sheet import grid_image, save_png
 from pipeline.procedural.factors import IdentityFactors, sample_identity
@@ -177,12 +176,7 @@ def _check_target(out: Path, fp: dict[str, Any], overwrite: bool) -> bool:
     if not overwrite:
         what = "a different dataset" if fp_path.is_file() else "files that are not this dataset"
         raise FileExistsError(f"{out} already holds {what}; choose another --out or pass --overwrite")
-    for name in _OWNED:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    remove_owned(out, _OWNED)
     return False
 
 

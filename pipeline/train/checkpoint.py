@@ -6,8 +6,6 @@ when opened. The config travels as a JSON string and is compared with the one a 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +44,3 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def checkpoint_sha256(path: Path) -> str:
     return sha256_file(path)
-
-
-def model_signature(model_cfg: dict[str, Any]) -> str:
-    """Hash of the architecture-defining config: two checkpoints with equal signatures are compatible."""
-    return hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_compatible(ckpt: dict[str, Any], model_cfg: dict[str, Any], path: Path) -> None:
-    saved = json.loads(ckpt["config"])["model"]
-    if saved != model_cfg:
-        diffs = [
-            f"model.{k}: checkpoint={saved.get(k)!r} config={model_cfg.get(k)!r}"
-            for k in sorted(set(saved) | set(model_cfg))
-            if saved.get(k) != model_cfg.get(k)
-        ]
-        raise CheckpointError(f"{path} was trained with another model config: " + "; ".join(diffs))

@@ -8,6 +8,7 @@ random-number state.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from pipeline.train import losses as L
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.train.codes import fit_target_codes
 from pipeline.train.data import TrainData, dataset_key, load_split
-from pipeline.train.judges import judge_accuracy, train_judges
+from pipeline.train.judges import train_judges
 from pipeline.train.networks import Networks, build_networks, pick_device, update_ema
 
 LAST = "last.pt"
@@ -141,7 +142,8 @@ class Trainer:
         if not path.exists():
             return
         ckpt = load_checkpoint(path, map_location="cpu")
-        saved_cfg = json.loads(ckpt["config"])
+        # Through today's Config, so a field added since the checkpoint (at its default) is no mismatch.
+        saved_cfg = config_to_dict(Config.model_validate(json.loads(ckpt["config"])))
         mine = config_to_dict(self.cfg)
         for section in ("model", "train", "data"):
             a = {
@@ -179,6 +181,14 @@ class Trainer:
             self.nets.classifier.eval().requires_grad_(False)
             self.nets.embedder.eval().requires_grad_(False)
         self.resumed_from = (self.stage_idx, self.stage_step, self.global_step)
+
+    @functools.cached_property
+    def val_data(self) -> TrainData | None:
+        """Validation split, loaded once (None when the data has no val identities)."""
+        try:
+            return load_split(self.cfg.data.root, self.cfg.model.max_resolution, "val", self.cfg.data.cache_dir)
+        except ValueError:
+            return None
 
     # ------------------------------------------------------------ schedule
     @property
@@ -293,10 +303,7 @@ class Trainer:
             if self.stage_idx
             else self.stage.resolution
         )
-        try:
-            data = load_split(self.cfg.data.root, full, "val", self.cfg.data.cache_dir)
-        except ValueError:
-            data = self.data
+        data = self.val_data or self.data
         # One image per identity, preferring neutral ones, so the grid shows real swaps.
         order = torch.argsort(data.labels, stable=True)
         seen: dict[int, int] = {}
@@ -375,7 +382,8 @@ class Trainer:
         terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([y, y_sw]))
         terms["recon"] = F.l1_loss(fake_rec, x)
         up_sw = _to_full(fake_sw, self.cfg.model.max_resolution)
-        terms["swap_cls"] = F.cross_entropy(n.classifier(up_sw), y_sw)
+        swap_logits = n.classifier(up_sw)
+        terms["swap_cls"] = F.cross_entropy(swap_logits, y_sw)
         terms["identity"] = L.identity_loss(n.embedder, up_sw, x_full)
         fb_sw = n.feedback(fake_sw)
         fb_rec = n.feedback(fake_rec)
@@ -407,8 +415,7 @@ class Trainer:
         decay = min(t.ema_decay, (1.0 + self.stage_step) / (10.0 + self.stage_step))
         update_ema(n.generator_ema, n.generator, decay)
         metrics = self._check_finite({**terms_d, **terms, "loss_g": loss})
-        with torch.no_grad():
-            metrics["swap_acc"] = float((n.classifier(up_sw).argmax(1) == y_sw).float().mean())
+        metrics["swap_acc"] = float((swap_logits.argmax(1) == y_sw).float().mean())
         return metrics
 
     def _clip(self, opt: torch.optim.Optimizer) -> None:
@@ -421,11 +428,9 @@ class Trainer:
     @torch.no_grad()
     def quick_eval(self, res: int) -> dict[str, float]:
         """Cheap per-stage check on validation identities with the EMA generator."""
-        try:
-            val = load_split(self.cfg.data.root, self.cfg.model.max_resolution, "val", self.cfg.data.cache_dir)
-        except ValueError:
+        if self.val_data is None:
             return {}
-        return swap_check(self.nets, val, res, self.device, self.cfg.model.max_resolution)
+        return swap_check(self.nets, self.val_data, res, self.device, self.cfg.model.max_resolution)
 
 
 def _calibrate(cfg: Config, state: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
@@ -459,10 +464,6 @@ def swap_check(
     acc = (nets.classifier(_to_full(sw, full)).argmax(1) == y_sw).float().mean()
     recon = F.l1_loss(rec, data.batch(idx, res, 1.0, device))
     return {"val_recon_l1": float(recon), "val_swap_acc_train_judge": float(acc)}
-
-
-def judge_val_accuracy(nets: Networks, data: TrainData, device: torch.device) -> float:
-    return judge_accuracy(nets.classifier, data, device)
 
 
 @torch.no_grad()
