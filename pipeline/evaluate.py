@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, config_to_dict, load_config, to_overrides
+from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text
 from pipeline.judging import load_eval_judges
 from pipeline.quality.ssim import psnr_batch, ssim_batch
@@ -158,7 +159,7 @@ def evaluate_checkpoint(
         metrics["ssim_truth"] = float(cat(sw_ssim).mean())
         metrics["psnr_truth"] = float(np.mean(np.minimum(cat(sw_psnr), 100.0)))
     per_class = cat(correct).reshape(-1, n_cls).mean(0)
-    metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(_names(n_cls), per_class, strict=True)})
+    metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     warnings = []
     if spread_fake:
         ratio = float(cat(spread_fake).mean() / max(cat(spread_true).mean(), 1e-8))
@@ -190,12 +191,6 @@ def evaluate_checkpoint(
     return result
 
 
-def _names(n: int) -> list[str]:
-    from pipeline.expressions import EXPRESSIONS
-
-    return list(EXPRESSIONS[:n])
-
-
 def _embed_all(emb, data: TrainData, idx: torch.Tensor, full: int, device, bs: int) -> torch.Tensor:
     return torch.cat([emb.embed(data.batch(idx[s : s + bs], full, 1.0, device)) for s in range(0, len(idx), bs)])
 
@@ -222,7 +217,7 @@ def _swap_grid(test: TrainData, src_rows, renders, top, n_cls, full, device, pat
         rows.append([src_img, *truth])
         name = test.identity_names[ident]
         labels += [f"{name}", "truth"]
-    return save_png(compose_grid(rows, ["source", *_names(n_cls)], labels), path)
+    return save_png(compose_grid(rows, ["source", *EXPRESSIONS[:n_cls]], labels), path)
 
 
 def _markdown(result: dict[str, Any]) -> str:

@@ -298,11 +298,7 @@ class Trainer:
         from pipeline.train.grids import expression_grid, save_png
 
         full = self.cfg.model.max_resolution
-        res = (
-            self.cfg.train.stages[min(self.stage_idx, len(self.cfg.train.stages)) - 1].resolution
-            if self.stage_idx
-            else self.stage.resolution
-        )
+        res = self.cfg.train.stages[max(self.stage_idx - 1, 0)].resolution  # the last stage trained
         data = self.val_data or self.data
         # One image per identity, preferring neutral ones, so the grid shows real swaps.
         order = torch.argsort(data.labels, stable=True)
