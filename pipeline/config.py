@@ -122,6 +122,9 @@ class LossWeights(_Section):
     cycle: float = Field(5.0, ge=0)
     aux_cls: float = Field(1.0, ge=0)
     swap_truth: float = Field(0.0, ge=0, description="paired swap loss against ground truth (procedural only)")
+    ssim: float = Field(
+        0.0, ge=0, description="1 - SSIM added to the reconstruction and swap-truth terms (stages >= 16 px)"
+    )
 
 
 class TrainConfig(_Section):
@@ -130,7 +133,11 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=2, le=4096)
     lr: float = Field(2e-3, gt=0, le=1.0)
     encoder_lr: float = Field(2e-4, gt=0, le=1.0, description="Adam lr of the encoder (its backbone is not equalised)")
-    betas: tuple[float, float] = (0.0, 0.99)
+    betas: tuple[float, float] = Field((0.0, 0.99), description="Adam betas of the discriminator")
+    gen_betas: tuple[float, float] | None = Field(
+        None, description="Adam betas of generator, encoder and feedback (None: same as betas)"
+    )
+    disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm per optimiser step (None: no clipping)")
     stages: list[StageConfig] = Field(

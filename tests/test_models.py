@@ -207,7 +207,7 @@ def test_discriminator_gradients(disc: Discriminator) -> None:
 
 def test_encoder_small_gradients_reach_mapping() -> None:
     enc = Encoder("small", ID_DIM, EXP_DIM, mapping_layers=2, input_size=32, mapping_hidden=32)
-    assert enc.feature_dim == 256
+    assert enc.feature_dim == 256 * 16
     w_id, w_exp = enc(torch.rand(3, 3, 64, 64) * 2 - 1)
     assert w_id.shape == (3, ID_DIM) and w_exp.shape == (3, EXP_DIM)
     (w_id.square().mean() + w_exp.square().mean()).backward()

@@ -76,9 +76,9 @@ class Trainer:
                 {"params": n.feedback.parameters(), "lr": t.lr},
                 {"params": n.encoder.parameters(), "lr": t.encoder_lr},
             ],
-            betas=t.betas,
+            betas=t.gen_betas or t.betas,
         )
-        self.opt_d = torch.optim.Adam(n.discriminator.parameters(), lr=t.lr, betas=t.betas)
+        self.opt_d = torch.optim.Adam(n.discriminator.parameters(), lr=t.disc_lr or t.lr, betas=t.betas)
         # The networks train_step calls: the plain ones, or DDP wrappers of the same modules set by
         # pipeline.train.ddp. Checkpoints always save the plain `self.nets` (no "module." prefixes).
         self.train_nets: Networks = self.nets
@@ -377,6 +377,9 @@ class Trainer:
         terms["g_adv"] = L.g_nonsaturating(d_fake_g)
         terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([y, y_sw]))
         terms["recon"] = F.l1_loss(fake_rec, x)
+        use_ssim = w.ssim > 0 and res >= L.SSIM_MIN_RESOLUTION
+        if use_ssim:
+            terms["recon_ssim"] = L.ssim_loss(fake_rec, x)
         up_sw = _to_full(fake_sw, self.cfg.model.max_resolution)
         swap_logits = n.classifier(up_sw)
         terms["swap_cls"] = F.cross_entropy(swap_logits, y_sw)
@@ -395,6 +398,8 @@ class Trainer:
             + w.latent * terms["latent"]
             + w.cycle * terms["cycle"]
         )
+        if use_ssim:
+            loss = loss + w.ssim * terms["recon_ssim"]
         if w.swap_truth > 0 and self.data.truth_key:
             rows = self.data.truth_rows(idx, donor)
             valid = rows >= 0
@@ -402,6 +407,9 @@ class Trainer:
                 truth = self.data.batch(rows[valid], res, alpha, dev)
                 terms["swap_truth"] = F.l1_loss(fake_sw[valid.to(dev)], truth)
                 loss = loss + w.swap_truth * terms["swap_truth"]
+                if use_ssim:
+                    terms["swap_ssim"] = L.ssim_loss(fake_sw[valid.to(dev)], truth)
+                    loss = loss + w.ssim * terms["swap_ssim"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(self.opt_g)
