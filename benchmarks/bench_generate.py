@@ -43,9 +43,10 @@ def one_size(checkpoint: Path, n: int, out: Path, with_finish: bool, batch_size:
     from pipeline.generate import finish, load_plan, prepare, render_shard
     from pipeline.generate.shards import check_batch, get_context, render_items
 
-    n_real = 6  # train identities of the tiny data
+    n_real = 6  # real train identities (the tiny data has six), the rest novel so N can grow
     sets = [
         "generate.identity_sources=[real, novel]",
+        f"generate.max_real_identities={n_real}",
         f"generate.n_novel={max(1, math.ceil(n / 7) - n_real)}",
         "generate.shard_size=1000",
         f"generate.batch_size={batch_size}",

@@ -99,7 +99,17 @@ def evaluate_checkpoint(
     protos.index_add_(0, test.identity.to(device), real_emb)
     protos = torch.nn.functional.normalize(protos, dim=1)
 
-    rec_ssim, sw_ssim, sw_psnr, correct, id_hit, id_cos, spread_fake, spread_true = [], [], [], [], [], [], [], []
+    rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct, id_hit, id_cos, spread_fake, spread_true = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
     for start in range(0, len(src), batch_size):
         rows = src[start : start + batch_size]
@@ -135,6 +145,10 @@ def evaluate_checkpoint(
             truth_u8 = to_uint8(test.batch(truth_rows[have], full, 1.0, device))
             sw_ssim.append(ssim_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
             sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
+            # Reference: the unchanged source scored against the same truths. SSIM rewards getting
+            # the face, pose and light right more than the expression, so read ssim_truth beside it.
+            src_u8 = np.repeat(to_uint8(x), n_cls, axis=0)
+            copy_ssim.append(ssim_batch(src_u8[have.numpy()], truth_u8, data_range=255))
             if have.all():
                 # Collapse check: how much renders of one source differ across targets vs the truth.
                 f = fake.reshape(n, n_cls, -1)
@@ -158,6 +172,7 @@ def evaluate_checkpoint(
     if sw_ssim:
         metrics["ssim_truth"] = float(cat(sw_ssim).mean())
         metrics["psnr_truth"] = float(np.mean(np.minimum(cat(sw_psnr), 100.0)))
+        metrics["ssim_truth_copy_source"] = float(cat(copy_ssim).mean())
     per_class = cat(correct).reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     warnings = []

@@ -120,3 +120,25 @@ def test_dataset_with_too_few_classes_is_refused(tiny_data: Path, tmp_path: Path
     write_labels(root, pd.DataFrame(frame), meta)
     with pytest.raises(ValueError, match=r"3 expression classes but model\.num_classes is 7"):
         Trainer(tiny_cfg(root, tmp_path / "run"))
+
+
+def test_ssim_loss_rewards_structure_not_just_average_colour() -> None:
+    from pipeline.train.losses import ssim_loss
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(img, 3, stride=1, padding=1, count_include_pad=False)
+    assert float(ssim_loss(img, img)) == pytest.approx(0.0, abs=1e-5)
+    # A blur keeps every local mean (what L1 settles on) but loses structure: SSIM loss must see it.
+    assert float(ssim_loss(blurred, img)) > 0.3
+
+
+def test_generator_and_discriminator_optimisers_follow_their_own_settings(tiny_data: Path, tmp_path: Path) -> None:
+    t = Trainer(
+        tiny_cfg(tiny_data, tmp_path / "run", "train.gen_betas=[0.9, 0.99]", "train.disc_lr=0.0005", "train.lr=0.004")
+    )
+    assert all(g["betas"] == (0.9, 0.99) for g in t.opt_g.param_groups)
+    assert t.opt_g.param_groups[0]["lr"] == 0.004
+    assert t.opt_d.param_groups[0]["betas"] == (0.0, 0.99) and t.opt_d.param_groups[0]["lr"] == 0.0005
+    same = Trainer(tiny_cfg(tiny_data, tmp_path / "run2"))
+    assert same.opt_g.param_groups[0]["betas"] == same.opt_d.param_groups[0]["betas"]  # gen_betas unset

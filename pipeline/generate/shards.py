@@ -17,6 +17,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,19 +382,29 @@ def _render_rows(
     ctx = get_context(plan, device)
     bs = ctx.cfg.generate.batch_size
     frames = []
-    for start in range(0, len(items), bs):
-        batch = items[start : start + bs]
-        imgs = render_items(ctx, plan, batch)
-        hashes = []
-        for it, img in zip(batch, imgs, strict=True):
-            data = encode_png(img)
-            write_png(root / it.file_name, data)
-            hashes.append(sha256_bytes(data))
-        checks = check_batch(ctx, plan, batch, imgs)
-        frames.append(_manifest_rows(ctx, batch, hashes, checks, index, run_id))
-        if progress:
-            progress(len(batch))
+    # PNG encoding, writing and hashing of a batch run in a second thread while the checks of the
+    # same batch run in torch (both release the GIL for their heavy parts), so I/O hides behind compute.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-writer") as pool:
+        for start in range(0, len(items), bs):
+            batch = items[start : start + bs]
+            imgs = render_items(ctx, plan, batch)
+            written = pool.submit(_write_images, root, batch, imgs)
+            checks = check_batch(ctx, plan, batch, imgs)
+            hashes = written.result()  # re-raises the writer's OSError (e.g. a full disk) here
+            frames.append(_manifest_rows(ctx, batch, hashes, checks, index, run_id))
+            if progress:
+                progress(len(batch))
     return pd.concat(frames, ignore_index=True)
+
+
+def _write_images(root: Path, items: list[PlanItem], imgs: np.ndarray) -> list[str]:
+    """Encode, write (atomically) and hash each image; returns the sha256 of each file's bytes."""
+    hashes = []
+    for it, img in zip(items, imgs, strict=True):
+        data = encode_png(img)
+        write_png(root / it.file_name, data)
+        hashes.append(sha256_bytes(data))
+    return hashes
 
 
 def _manifest_rows(

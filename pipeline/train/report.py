@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 
 from pipeline.io_utils import atomic_path, atomic_write_text
 
-CURVES = ("recon", "swap_truth", "swap_cls", "identity", "latent", "cycle", "g_adv", "d_adv")
+CURVES = ("recon", "swap_truth", "recon_ssim", "swap_ssim", "swap_cls", "identity", "latent", "cycle", "g_adv", "d_adv")
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> Path | None:

@@ -1,0 +1,60 @@
+"""The GAN's ground-truth figures against issue 3's floors (run by hand; prints figures).
+
+    python benchmarks/bench_gan.py [CHECKPOINT]   # default: runs/cpu-64/checkpoints/final.pt
+
+Scores every (test identity, target expression) swap with `pipeline.evaluate.evaluate_checkpoint`
+(independent judges, exact procedural truth) and prints each figure beside its floor, plus the
+GAN stages' training time the checkpoint recorded (peak memory: run training under `/usr/bin/time -v`). Needs the checkpoint's dataset
+(`fersynth data make --config configs/cpu-64.yaml --out data/procedural-64`). A release checkpoint
+(`checkpoints/cpu-64.pt`) works too: it keeps the evaluation judges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Issue 3's floors for the default CPU recipe, on held-out test identities.
+FLOORS = {"expr_acc": 0.90, "id_top1": 0.90, "ssim_truth": 0.80}
+
+
+def main() -> None:
+    from pipeline.evaluate import evaluate_checkpoint
+    from pipeline.train.checkpoint import load_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", nargs="?", type=Path, default=Path("runs/cpu-64/checkpoints/final.pt"))
+    ap.add_argument("--out", type=Path, default=None, help="where eval.json / swap_grid.png go")
+    args = ap.parse_args()
+    result = evaluate_checkpoint(args.checkpoint, out_dir=args.out)
+    m = result["metrics"]
+    print(
+        f"checkpoint {args.checkpoint} (step {result['step']}), {m['n_test_identities']} test identities, {m['n_swaps']} swaps"
+    )
+    for key, floor in FLOORS.items():
+        verdict = "meets" if m[key] >= floor else "BELOW"
+        print(f"  {key:<12} {m[key]:.3f}   floor {floor:.2f}   {verdict}")
+    for key in ("id_cosine", "psnr_truth", "recon_ssim", "ssim_truth_copy_source", "expression_spread_ratio"):
+        if key in m:
+            print(f"  {key:<24} {m[key]:.3f}")
+    per_class = {k.removeprefix("expr_acc_"): round(v, 2) for k, v in m.items() if k.startswith("expr_acc_")}
+    print(f"  expression accuracy per class: {per_class}")
+    print(
+        f"  judges on real test images: expression {m['judge_expr_acc_real']:.3f}, identity {m['judge_id_top1_real']:.3f}"
+    )
+    for w in result["warnings"]:
+        print(f"  WARNING: {w}")
+    stages = json.loads(load_checkpoint(args.checkpoint).get("stage_metrics") or "[]")
+    if stages:
+        secs = {s["resolution"]: round(s["seconds"]) for s in stages if "seconds" in s}
+        print(f"  GAN stage seconds (judges and finalisation not included): {secs}, total {sum(secs.values())} s")
+    print(f"  grid: {result['grid']}")
+
+
+if __name__ == "__main__":
+    main()
