@@ -137,6 +137,9 @@ class TrainConfig(_Section):
     gen_betas: tuple[float, float] | None = Field(
         None, description="Adam betas of generator, encoder and feedback (None: same as betas)"
     )
+    balanced_classes: bool = Field(
+        True, description="draw training rows uniformly over expression classes rather than over images"
+    )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm per optimiser step (None: no clipping)")
