@@ -138,7 +138,7 @@ class TrainConfig(_Section):
         None, description="Adam betas of generator, encoder and feedback (None: same as betas)"
     )
     balanced_classes: bool = Field(
-        True, description="draw training rows uniformly over expression classes rather than over images"
+        False, description="draw training rows uniformly over expression classes rather than over images"
     )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)

@@ -427,7 +427,9 @@ class Trainer:
 
         Balanced, every expression (as source and, through the in-batch permutation, as swap target)
         is seen equally often; the procedural data has one neutral image per 12 expressive ones, and
-        with uniform rows the default recipe's neutral swaps were judged neutral only 30% of the time.
+        with uniform rows the default recipe's neutral swaps are judged neutral only 30% of the time.
+        Measured (default recipe, 64 px stage 2100 steps, balanced): neutral 0.30 -> 0.46 but sad
+        0.96 -> 0.68, overall 0.886 -> 0.870; so it stays off by default (useful for skewed photo sets).
         """
         if not self.cfg.train.balanced_classes:
             return torch.randint(0, self.data.n, (b,), generator=self.gen)
