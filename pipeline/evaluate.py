@@ -99,24 +99,17 @@ def evaluate_checkpoint(
     protos.index_add_(0, test.identity.to(device), real_emb)
     protos = torch.nn.functional.normalize(protos, dim=1)
 
-    rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct, id_hit, id_cos, spread_fake, spread_true = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
+    # Per-batch score arrays, concatenated at the end.
+    rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct = [], [], [], [], []
+    id_hit, id_cos, spread_fake, spread_true = [], [], [], []
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
     for start in range(0, len(src), batch_size):
         rows = src[start : start + batch_size]
         x = test.batch(rows, full, 1.0, device)
         w_id, w_exp = nets.encoder(x)
         rec = nets.generator_ema(w_id, w_exp, full, 1.0)
-        rec_ssim.append(ssim_batch(to_uint8(rec), to_uint8(x), data_range=255))
+        x_u8 = to_uint8(x)
+        rec_ssim.append(ssim_batch(to_uint8(rec), x_u8, data_range=255))
         n = len(rows)
         ids = w_id.repeat_interleave(n_cls, 0)
         exps = targets.repeat(n, 1)
@@ -147,7 +140,7 @@ def evaluate_checkpoint(
             sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
             # Reference: the unchanged source scored against the same truths. SSIM rewards getting
             # the face, pose and light right more than the expression, so read ssim_truth beside it.
-            src_u8 = np.repeat(to_uint8(x), n_cls, axis=0)
+            src_u8 = np.repeat(x_u8, n_cls, axis=0)
             copy_ssim.append(ssim_batch(src_u8[have.numpy()], truth_u8, data_range=255))
             if have.all():
                 # Collapse check: how much renders of one source differ across targets vs the truth.

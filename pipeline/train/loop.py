@@ -377,9 +377,6 @@ class Trainer:
         terms["g_adv"] = L.g_nonsaturating(d_fake_g)
         terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([y, y_sw]))
         terms["recon"] = F.l1_loss(fake_rec, x)
-        use_ssim = w.ssim > 0 and res >= L.SSIM_MIN_RESOLUTION
-        if use_ssim:
-            terms["recon_ssim"] = L.ssim_loss(fake_rec, x)
         up_sw = _to_full(fake_sw, self.cfg.model.max_resolution)
         swap_logits = n.classifier(up_sw)
         terms["swap_cls"] = F.cross_entropy(swap_logits, y_sw)
@@ -398,7 +395,9 @@ class Trainer:
             + w.latent * terms["latent"]
             + w.cycle * terms["cycle"]
         )
+        use_ssim = w.ssim > 0 and res >= L.SSIM_MIN_RESOLUTION
         if use_ssim:
+            terms["recon_ssim"] = L.ssim_loss(fake_rec, x)
             loss = loss + w.ssim * terms["recon_ssim"]
         if w.swap_truth > 0 and self.data.truth_key:
             rows = self.data.truth_rows(idx, donor)
