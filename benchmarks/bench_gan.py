@@ -12,7 +12,6 @@ GAN stages' training time the checkpoint recorded (peak memory: run training und
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +24,6 @@ FLOORS = {"expr_acc": 0.90, "id_top1": 0.90, "ssim_truth": 0.80}
 
 def main() -> None:
     from pipeline.evaluate import evaluate_checkpoint
-    from pipeline.train.checkpoint import load_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", type=Path, default=Path("runs/cpu-64/checkpoints/final.pt"))
@@ -49,9 +47,8 @@ def main() -> None:
     )
     for w in result["warnings"]:
         print(f"  WARNING: {w}")
-    stages = json.loads(load_checkpoint(args.checkpoint).get("stage_metrics") or "[]")
-    if stages:
-        secs = {s["resolution"]: round(s["seconds"]) for s in stages if "seconds" in s}
+    secs = result["stage_seconds"]
+    if secs:
         print(f"  GAN stage seconds (judges and finalisation not included): {secs}, total {sum(secs.values())} s")
     print(f"  grid: {result['grid']}")
 

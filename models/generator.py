@@ -5,6 +5,10 @@ new block) with the code ``w = [w_id, w_exp]`` injected StyleALAE-like by AdaIN 
 both codes steer the image at every scale. The 4x4 start is a linear projection of the code (rather
 than a learned constant) so the coarse layout can depend on the code too.
 
+With a spatial identity code (see ``models.encoder``) the map is added, through a 1x1 conv, to the
+upsampled features entering the block that makes ``spatial_resolution``; the styled convs after it
+(steered by the vector codes, expression included) then redraw what the expression changes.
+
 Output has no final activation (as in ProGAN): tanh saturates and slows early training; images are
 nominally in [-1, 1] and clamping for rendering is the pipeline's job. No per-pixel noise is added,
 so the same codes always render the same image (the pipeline relies on determinism).
@@ -64,8 +68,10 @@ class _UpBlock(nn.Module):
         self.conv1 = _StyledConv(in_channels, out_channels, w_dim)
         self.conv2 = _StyledConv(out_channels, out_channels, w_dim)
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, added: Tensor | None = None) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
+        if added is not None:
+            x = x + added
         return self.conv2(self.conv1(x, w), w)
 
 
@@ -77,6 +83,8 @@ class Generator(nn.Module):
         max_resolution: largest output size (power of two >= 4); resolutions are 4..max_resolution.
         channels: feature channels up to 16x16; halved per doubling above that.
         min_channels: floor for the halving.
+        spatial_channels, spatial_resolution: the spatial part of w_id (0 channels: none). w_id is
+            then (N, id_dim + spatial_channels * spatial_resolution**2), the vector first.
     """
 
     def __init__(
@@ -86,12 +94,17 @@ class Generator(nn.Module):
         max_resolution: int = 64,
         channels: int = 256,
         min_channels: int = 32,
+        spatial_channels: int = 0,
+        spatial_resolution: int = 16,
     ) -> None:
         super().__init__()
-        self.id_dim = id_dim
+        self.id_vector_dim = id_dim
+        self.id_dim = id_dim + spatial_channels * spatial_resolution**2
         self.exp_dim = exp_dim
         self.max_resolution = max_resolution
         self._resolutions = progressive_resolutions(max_resolution)
+        self.spatial_channels = spatial_channels
+        self.spatial_resolution = spatial_resolution
         w_dim = id_dim + exp_dim
         chans = [progressive_channels(r, channels, min_channels) for r in self._resolutions]
         self.channels = chans
@@ -100,6 +113,13 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(_UpBlock(chans[i], chans[i + 1], w_dim) for i in range(len(chans) - 1))
         # Images come out of a linear 1x1 conv (gain 1, ProGAN's toRGB).
         self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
+        self.spatial_in: EqualConv2d | None = None
+        if spatial_channels:
+            if spatial_resolution not in self._resolutions[1:]:
+                raise ValueError(f"spatial_resolution must be one of {self._resolutions[1:]}, got {spatial_resolution}")
+            # Feeds the block that makes spatial_resolution; its input has the previous level's channels.
+            self._spatial_block = self._resolutions.index(spatial_resolution) - 1
+            self.spatial_in = EqualConv2d(spatial_channels, chans[self._spatial_block], 1)
 
     @property
     def resolutions(self) -> list[int]:
@@ -119,12 +139,19 @@ class Generator(nn.Module):
             raise ValueError(f"w_id must be (N, {self.id_dim}), got shape {tuple(w_id.shape)}")
         if w_exp.dim() != 2 or w_exp.shape[1] != self.exp_dim or w_exp.shape[0] != w_id.shape[0]:
             raise ValueError(f"w_exp must be ({w_id.shape[0]}, {self.exp_dim}), got shape {tuple(w_exp.shape)}")
-        w = torch.cat([w_id, w_exp], dim=1)
+        w_vec, spatial = w_id[:, : self.id_vector_dim], None
+        if self.spatial_in is not None:
+            r = self.spatial_resolution
+            spatial = w_id[:, self.id_vector_dim :].view(-1, self.spatial_channels, r, r)
+        w = torch.cat([w_vec, w_exp], dim=1)
         x = self.input(w)
         prev = x
-        for block in self.blocks[:stage]:
+        for i, block in enumerate(self.blocks[:stage]):
             prev = x
-            x = block(x, w)
+            if spatial is not None and i == self._spatial_block:
+                x = block(x, w, self.spatial_in(spatial))
+            else:
+                x = block(x, w)
         rgb = self.to_rgb[stage](x)
         if stage > 0 and alpha < 1.0:
             skip = F.interpolate(self.to_rgb[stage - 1](prev), scale_factor=2, mode="nearest")

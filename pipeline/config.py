@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.expressions import EXPRESSIONS
+from pipeline.expressions import EXPRESSIONS, check_expression_names
 
 
 class ConfigError(ValueError):
@@ -23,15 +23,6 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _known_expressions(v: list[str]) -> list[str]:
-    bad = [e for e in v if e not in EXPRESSIONS]
-    if bad:
-        raise ValueError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
-    if not v:
-        raise ValueError("at least one expression is needed")
-    return v
 
 
 def _power_of_two(v: int, lo: int = 16) -> int:
@@ -56,7 +47,7 @@ class ProceduralConfig(_Section):
 
     _res = field_validator("resolution")(lambda cls, v: _power_of_two(v))
 
-    _expr = field_validator("expressions")(lambda cls, v: _known_expressions(v))
+    _expr = field_validator("expressions")(lambda cls, v: check_expression_names(v))
 
     @field_validator("intensities")
     @classmethod
@@ -85,7 +76,14 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     backbone: Literal["resnet50", "resnet18", "small"] = "resnet50"
     backbone_weights: Path | None = Field(None, description="local torchvision state_dict for the backbone")
-    id_dim: int = Field(128, ge=4, le=2048)
+    id_dim: int = Field(128, ge=4, le=2048, description="width of the identity vector (steers every layer)")
+    id_spatial_channels: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="channels of the spatial part of the identity code (0: vector code only, as in the paper)",
+    )
+    id_spatial_resolution: int = Field(16, description="side of the spatial identity map (8 or 16)")
     exp_dim: int = Field(32, ge=2, le=1024)
     mapping_layers: int = Field(4, ge=1, le=16)
     mapping_lr_mul: float = Field(0.1, gt=0, le=1.0, description="equalised-lr multiplier of the mapping MLP")
@@ -99,6 +97,27 @@ class ModelConfig(_Section):
     judge_embed_dim: int = Field(128, ge=8, le=1024)
 
     _res = field_validator("max_resolution")(lambda cls, v: _power_of_two(v, lo=8))
+
+    @field_validator("id_spatial_resolution")
+    @classmethod
+    def _spatial_res(cls, v: int) -> int:
+        if v not in (8, 16):
+            raise ValueError(f"must be 8 or 16, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _spatial_fits(self) -> ModelConfig:
+        if self.id_spatial_channels and self.id_spatial_resolution > self.max_resolution // 2:
+            raise ValueError(
+                f"id_spatial_resolution {self.id_spatial_resolution} must be at most half of "
+                f"max_resolution {self.max_resolution}"
+            )
+        return self
+
+    @property
+    def id_code_dim(self) -> int:
+        """Width of the whole identity code w_id: the vector plus the flattened spatial map."""
+        return self.id_dim + self.id_spatial_channels * self.id_spatial_resolution**2
 
 
 class StageConfig(_Section):
@@ -256,7 +275,7 @@ class GenerateConfig(_Section):
     @field_validator("expressions")
     @classmethod
     def _known_expressions(cls, v: list[str]) -> list[str]:
-        _known_expressions(v)
+        check_expression_names(v)
         if len(set(v)) != len(v):
             raise ValueError(f"expressions repeat: {v}")
         return v

@@ -191,6 +191,12 @@ def evaluate_checkpoint(
         "warnings": warnings,
         "grid": str(grid),
         "config": config_to_dict(cfg),
+        # Training time per GAN stage as the checkpoint recorded it (judges and finalisation excluded).
+        "stage_seconds": {
+            int(s["resolution"]): round(float(s["seconds"]))
+            for s in json.loads(ckpt.get("stage_metrics") or "[]")
+            if "seconds" in s
+        },
     }
     atomic_write_json(out / "eval.json", result)
     report = out / "eval.md"

@@ -28,3 +28,13 @@ def expression_index(name: str) -> int:
     if key not in EXPRESSION_INDEX:
         raise ValueError(f"unknown expression {name!r}; expected one of {', '.join(EXPRESSIONS)}")
     return EXPRESSION_INDEX[key]
+
+
+def check_expression_names(names: list[str]) -> list[str]:
+    """A non-empty list of known expression names, else ValueError naming the bad ones."""
+    bad = [e for e in names if e not in EXPRESSION_INDEX]
+    if bad:
+        raise ValueError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
+    if not names:
+        raise ValueError("at least one expression is needed")
+    return list(names)

@@ -162,6 +162,29 @@ def test_generator_gradients_reach_every_parameter(gen: Generator) -> None:
     gen.zero_grad(set_to_none=True)
 
 
+def test_spatial_identity_map_steers_layout_from_its_resolution_up() -> None:
+    g = Generator(
+        ID_DIM, EXP_DIM, max_resolution=32, channels=16, min_channels=8, spatial_channels=2, spatial_resolution=8
+    )
+    assert g.id_dim == ID_DIM + 2 * 8 * 8
+    w_id, w_exp = torch.randn(2, g.id_dim), torch.randn(2, EXP_DIM)
+    moved = w_id.clone()
+    moved[:, ID_DIM:] = torch.randn(2, 2 * 64)  # same vector, another map
+    # Below the map's resolution the map is not used; from it upwards it changes the image.
+    assert torch.equal(g(w_id, w_exp, 4), g(moved, w_exp, 4))
+    for res in (8, 32):
+        assert (g(w_id, w_exp, res) - g(moved, w_exp, res)).abs().mean() > 1e-2
+    # The vector part still steers every layer (AdaIN), the expression code too.
+    other_vec = w_id.clone()
+    other_vec[:, :ID_DIM] = torch.randn(2, ID_DIM)
+    assert (g(w_id, w_exp, 32) - g(other_vec, w_exp, 32)).abs().mean() > 1e-2
+    assert (g(w_id, w_exp, 32) - g(w_id, torch.randn_like(w_exp), 32)).abs().mean() > 1e-2
+    with pytest.raises(ValueError, match="w_id must be"):
+        g(torch.randn(2, ID_DIM), w_exp, 8)
+    with pytest.raises(ValueError, match="spatial_resolution"):
+        Generator(ID_DIM, EXP_DIM, max_resolution=32, spatial_channels=2, spatial_resolution=64)
+
+
 # --- discriminator --------------------------------------------------------------------------------
 
 
@@ -213,6 +236,36 @@ def test_encoder_small_gradients_reach_mapping() -> None:
     (w_id.square().mean() + w_exp.square().mean()).backward()
     for name, p in enc.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(("backbone", "side"), [("small", 8), ("small", 16), ("resnet18", 8)])
+def test_encoder_spatial_identity_code_is_a_map_of_the_input(backbone: str, side: int) -> None:
+    enc = Encoder(
+        backbone,
+        ID_DIM,
+        EXP_DIM,
+        mapping_layers=1,
+        input_size=64,
+        mapping_hidden=32,
+        spatial_channels=3,
+        spatial_resolution=side,
+    )
+    assert enc.id_dim == ID_DIM + 3 * side * side
+    enc.eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        w_id, w_exp = enc(x)
+        plain = enc.mapping(enc.features(x))
+        # Changing the bottom-right corner of the image moves that corner of the map most.
+        y = x.clone()
+        y[..., 48:, 48:] = -x[..., 48:, 48:]
+        moved = (enc(y)[0] - w_id)[:, ID_DIM:].view(2, 3, side, side).abs().mean(dim=(0, 1))
+    assert w_id.shape == (2, enc.id_dim) and w_exp.shape == (2, EXP_DIM)
+    assert torch.equal(w_id[:, :ID_DIM], plain[0]) and torch.equal(w_exp, plain[1])
+    q = side // 4
+    assert moved[-q:, -q:].mean() > moved[:q, :q].mean()
+    with pytest.raises(ValueError, match="spatial_resolution"):
+        Encoder("small", input_size=32, spatial_channels=2, spatial_resolution=32)
 
 
 def test_encoder_resnet50_forward_and_state_loading() -> None:

@@ -226,7 +226,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         for ident, code in novel_identity_codes(ckpt["codes"], gen.n_novel, gen.seed).items():
             identities.append(PlannedIdentity(ident, NOVEL_SOURCE, None, len(rows)))
             rows.append(code)
-    codes_arr = np.stack(rows).astype(np.float32) if rows else np.zeros((0, cfg.model.id_dim), np.float32)
+    codes_arr = np.stack(rows).astype(np.float32) if rows else np.zeros((0, cfg.model.id_code_dim), np.float32)
     render_key = make_render_key(gen, sha, data_key, res)
     meta = {
         "name": name,

@@ -24,7 +24,7 @@ import torch
 
 from manifests.schema import make_sample_id
 from pipeline.config import GenerateConfig, config_to_dict
-from pipeline.expressions import EXPRESSION_INDEX, EXPRESSIONS
+from pipeline.expressions import EXPRESSION_INDEX, check_expression_names
 from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
 
 PLAN_FILE = "plan.json"
@@ -104,12 +104,11 @@ def _seed(*parts: Any) -> int:
 
 
 def check_expressions(expressions: list[str]) -> list[str]:
-    bad = [e for e in expressions if e not in EXPRESSION_INDEX]
-    if bad:
-        raise PlanError(f"unknown expression(s) {bad}; expected a subset of {list(EXPRESSIONS)}")
-    if not expressions:
-        raise PlanError("no target expressions: generate.expressions is empty")
-    return list(expressions)
+    """The config's own check, again here because a plan can be built from an unvalidated config."""
+    try:
+        return check_expression_names(expressions)
+    except ValueError as exc:
+        raise PlanError(f"generate.expressions: {exc}") from None
 
 
 def cells(gen: GenerateConfig) -> list[tuple[str, float, int]]:

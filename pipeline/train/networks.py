@@ -58,11 +58,21 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         input_size=res,
         backbone_state=backbone_state,
         mapping_lr_mul=m.mapping_lr_mul,
+        spatial_channels=m.id_spatial_channels,
+        spatial_resolution=m.id_spatial_resolution,
     )
-    generator = Generator(m.id_dim, m.exp_dim, res, m.gen_channels, m.gen_min_channels)
+    generator = Generator(
+        m.id_dim,
+        m.exp_dim,
+        res,
+        m.gen_channels,
+        m.gen_min_channels,
+        spatial_channels=m.id_spatial_channels,
+        spatial_resolution=m.id_spatial_resolution,
+    )
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)
-    feedback = FeedbackNetwork(m.id_dim, m.exp_dim, input_size=res, channels=m.feedback_channels)
+    feedback = FeedbackNetwork(m.id_code_dim, m.exp_dim, input_size=res, channels=m.feedback_channels)
     classifier = ExpressionClassifier(m.num_classes, input_size=res, channels=m.judge_channels)
     embedder = IdentityEmbedder(num_identities, embed_dim=m.judge_embed_dim, input_size=res, channels=m.judge_channels)
     return Networks(encoder, generator, generator_ema, discriminator, feedback, classifier, embedder)
