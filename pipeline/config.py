@@ -144,6 +144,11 @@ class LossWeights(_Section):
     ssim: float = Field(
         0.0, ge=0, description="1 - SSIM added to the reconstruction and swap-truth terms (stages >= 16 px)"
     )
+    map_invariance: float = Field(
+        0.0,
+        ge=0,
+        description="pull the spatial identity map of a source towards that of its swap truth (procedural only)",
+    )
 
 
 class TrainConfig(_Section):

@@ -133,6 +133,26 @@ def test_ssim_loss_rewards_structure_not_just_average_colour() -> None:
     assert float(ssim_loss(blurred, img)) > 0.3
 
 
+def test_map_invariance_sees_only_the_map_and_is_scale_free() -> None:
+    from pipeline.train.losses import map_invariance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 10 + 32, generator=g)
+    b = a.clone()
+    b[:, :10] = torch.randn(6, 10, generator=g)  # another identity vector, the same maps
+    assert float(map_invariance(a, b, 10)) == pytest.approx(0.0, abs=1e-7)
+    c = a.clone()
+    c[:, 10:] += 0.5 * torch.randn(6, 32, generator=g)
+    d = map_invariance(a, c, 10)
+    assert float(d) > 0.05
+    # Shrinking every map does not meet the term: the same relative difference scores the same.
+    assert float(map_invariance(a * 0.01, c * 0.01, 10)) == pytest.approx(float(d), rel=1e-4)
+    # Gradients reach both images' maps (the truth's encoding is trained too), never the vector.
+    a.requires_grad_(True)
+    map_invariance(a, c, 10).backward()
+    assert a.grad[:, :10].abs().sum() == 0 and a.grad[:, 10:].abs().sum() > 0
+
+
 def test_generator_and_discriminator_optimisers_follow_their_own_settings(tiny_data: Path, tmp_path: Path) -> None:
     t = Trainer(
         tiny_cfg(tiny_data, tmp_path / "run", "train.gen_betas=[0.9, 0.99]", "train.disc_lr=0.0005", "train.lr=0.004")
@@ -162,8 +182,18 @@ def test_spatial_identity_code_trains_and_its_codes_render(tiny_data: Path, tmp_
     from pipeline.train.codes import expression_target, sample_identities
     from pipeline.train.networks import build_networks
 
-    cfg = tiny_cfg(tiny_data, tmp_path / "run", "model.id_spatial_channels=2", "model.id_spatial_resolution=8")
-    ckpt = load_checkpoint(Trainer(cfg).train())
+    cfg = tiny_cfg(
+        tiny_data,
+        tmp_path / "run",
+        "model.id_spatial_channels=2",
+        "model.id_spatial_resolution=8",
+        "train.loss.map_invariance=1.0",
+    )
+    trainer = Trainer(cfg)
+    trainer.run_judges()
+    trainer.stage_idx = 2  # the 16 px stage, where the map is in use
+    assert "map_inv" in trainer.train_step(16, 1.0)
+    ckpt = load_checkpoint(Trainer(cfg, tmp_path / "full").train())
     width = cfg.model.id_code_dim
     assert width == 16 + 2 * 8 * 8
     codes = ckpt["codes"]

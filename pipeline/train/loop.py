@@ -409,6 +409,10 @@ class Trainer:
                 if use_ssim:
                     terms["swap_ssim"] = L.ssim_loss(fake_sw[valid.to(dev)], truth)
                     loss = loss + w.ssim * terms["swap_ssim"]
+                if w.map_invariance > 0 and self.cfg.model.id_spatial_channels:
+                    w_id_truth, _ = n.encoder(self.data.batch(rows[valid], self.cfg.model.max_resolution, 1.0, dev))
+                    terms["map_inv"] = L.map_invariance(w_id[valid.to(dev)], w_id_truth, self.cfg.model.id_dim)
+                    loss = loss + w.map_invariance * terms["map_inv"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(self.opt_g)
