@@ -162,36 +162,33 @@ class Encoder(nn.Module):
                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
             )
 
-    def _layers(self) -> list[nn.Module]:
-        # Both backbones run their children in order (torchvision's ResNet flattens only before its
-        # fc, which is an Identity here), so walking them gives every intermediate map.
-        return list(self.backbone.children())
+    def _walk(self, x: Tensor, resolution: int) -> tuple[Tensor, Tensor | None]:
+        """(flat features, the last intermediate map `resolution` wide or None) of normalised input.
 
-    def _run_backbone(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(flat features, the last map `spatial_resolution` wide or None) of normalised input."""
-        if not self.spatial_channels:
-            return self.backbone(x), None
+        Both backbones run their children in order (torchvision's ResNet flattens only before its
+        fc, which is an Identity here), so walking them gives every intermediate map.
+        """
         grab = None
-        for layer in self._layers():
+        for layer in self.backbone.children():
             x = layer(x)
-            if x.dim() == 4 and x.shape[-1] == self.spatial_resolution:
+            if x.dim() == 4 and x.shape[-1] == resolution:
                 grab = x
         return x.flatten(1), grab
+
+    def _run_backbone(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self.spatial_channels:
+            return self.backbone(x), None
+        return self._walk(x, self.spatial_resolution)
 
     @torch.no_grad()
     def _channels_at(self, resolution: int) -> int:
         was_training = self.backbone.training
         self.backbone.eval()
-        x = torch.zeros(1, 3, self.input_size, self.input_size)
-        found = None
-        for layer in self._layers():
-            x = layer(x)
-            if x.dim() == 4 and x.shape[-1] == resolution:
-                found = x.shape[1]
+        _, fmap = self._walk(torch.zeros(1, 3, self.input_size, self.input_size), resolution)
         self.backbone.train(was_training)
-        if found is None:
+        if fmap is None:
             raise ValueError(f"the {self.backbone_name} backbone has no {resolution}x{resolution} feature map")
-        return int(found)
+        return int(fmap.shape[1])
 
     def _prepare(self, x: Tensor) -> Tensor:
         check_images(x)

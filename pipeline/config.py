@@ -396,6 +396,8 @@ class Config(_Section):
         top = self.train.stages[-1].resolution
         if top > self.model.max_resolution:
             raise ValueError(f"train.stages ends at {top} px but model.max_resolution is {self.model.max_resolution}")
+        if self.train.loss.map_invariance and not self.model.id_spatial_channels:
+            raise ValueError("train.loss.map_invariance needs a spatial identity code (model.id_spatial_channels > 0)")
         return self
 
 

@@ -52,3 +52,6 @@ def test_spatial_identity_code_width_and_fit() -> None:
     # The map must be at most half the output side (it feeds an upsampling block).
     with pytest.raises(ConfigError, match="id_spatial_resolution 16 must be at most half"):
         load_config(overrides=["model.max_resolution=16", "train.stages=[]", "model.id_spatial_channels=2"])
+    # The map-invariance loss has nothing to work on without a map: refused, not silently ignored.
+    with pytest.raises(ConfigError, match="map_invariance needs a spatial identity code"):
+        load_config(overrides=["train.loss.map_invariance=1"])

@@ -25,7 +25,7 @@ from pipeline.config import Config, config_to_dict
 from pipeline.train import losses as L
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.train.codes import fit_target_codes
-from pipeline.train.data import TrainData, dataset_key, load_split
+from pipeline.train.data import TrainData, dataset_key, downsample, load_split
 from pipeline.train.judges import train_judges
 from pipeline.train.networks import Networks, build_networks, pick_device, update_ema
 
@@ -403,14 +403,15 @@ class Trainer:
             rows = self.data.truth_rows(idx, donor)
             valid = rows >= 0
             if valid.any():
-                truth = self.data.batch(rows[valid], res, alpha, dev)
+                truth_full = self.data.batch(rows[valid], self.cfg.model.max_resolution, 1.0, dev)
+                truth = downsample(truth_full, res, alpha)
                 terms["swap_truth"] = F.l1_loss(fake_sw[valid.to(dev)], truth)
                 loss = loss + w.swap_truth * terms["swap_truth"]
                 if use_ssim:
                     terms["swap_ssim"] = L.ssim_loss(fake_sw[valid.to(dev)], truth)
                     loss = loss + w.ssim * terms["swap_ssim"]
-                if w.map_invariance > 0 and self.cfg.model.id_spatial_channels:
-                    w_id_truth, _ = n.encoder(self.data.batch(rows[valid], self.cfg.model.max_resolution, 1.0, dev))
+                if w.map_invariance > 0:  # the config refuses it without a spatial identity code
+                    w_id_truth, _ = n.encoder(truth_full)
                     terms["map_inv"] = L.map_invariance(w_id[valid.to(dev)], w_id_truth, self.cfg.model.id_dim)
                     loss = loss + w.map_invariance * terms["map_inv"]
         self.opt_g.zero_grad(set_to_none=True)
