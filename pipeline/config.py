@@ -144,6 +144,11 @@ class LossWeights(_Section):
     ssim: float = Field(
         0.0, ge=0, description="1 - SSIM added to the reconstruction and swap-truth terms (stages >= 16 px)"
     )
+    swap_change: float = Field(
+        0.0,
+        ge=0,
+        description="L1 of swaps against truth over only the pixels the expression changes (procedural only)",
+    )
     map_invariance: float = Field(
         0.0,
         ge=0,
@@ -165,6 +170,11 @@ class TrainConfig(_Section):
         False, description="draw training rows uniformly over expression classes rather than over images"
     )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
+    cross_expression_map: bool = Field(
+        False,
+        description="reconstructions take the spatial identity map of the same person and session with another "
+        "expression (procedural data), so the map's expression content never helps the generator",
+    )
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm per optimiser step (None: no clipping)")
     stages: list[StageConfig] = Field(
@@ -398,6 +408,8 @@ class Config(_Section):
             raise ValueError(f"train.stages ends at {top} px but model.max_resolution is {self.model.max_resolution}")
         if self.train.loss.map_invariance and not self.model.id_spatial_channels:
             raise ValueError("train.loss.map_invariance needs a spatial identity code (model.id_spatial_channels > 0)")
+        if self.train.cross_expression_map and not self.model.id_spatial_channels:
+            raise ValueError("train.cross_expression_map needs a spatial identity code (model.id_spatial_channels > 0)")
         return self
 
 

@@ -100,7 +100,7 @@ def evaluate_checkpoint(
     protos = torch.nn.functional.normalize(protos, dim=1)
 
     # Per-batch score arrays, concatenated at the end.
-    rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct = [], [], [], [], []
+    rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct, transfer = [], [], [], [], [], []
     id_hit, id_cos, spread_fake, spread_true = [], [], [], []
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
     for start in range(0, len(src), batch_size):
@@ -142,6 +142,15 @@ def evaluate_checkpoint(
             # the face, pose and light right more than the expression, so read ssim_truth beside it.
             src_u8 = np.repeat(x_u8, n_cls, axis=0)
             copy_ssim.append(ssim_batch(src_u8[have.numpy()], truth_u8, data_range=255))
+            changed = have & (test.labels[src_rep] != tgt)
+            if changed.any():
+                transfer.append(
+                    expression_transfer(
+                        fake[changed.to(device)],
+                        x.repeat_interleave(n_cls, 0)[changed.to(device)],
+                        test.batch(truth_rows[changed], full, 1.0, device),
+                    )
+                )
             if have.all():
                 # Collapse check: how much renders of one source differ across targets vs the truth.
                 f = fake.reshape(n, n_cls, -1)
@@ -166,6 +175,8 @@ def evaluate_checkpoint(
         metrics["ssim_truth"] = float(cat(sw_ssim).mean())
         metrics["psnr_truth"] = float(np.mean(np.minimum(cat(sw_psnr), 100.0)))
         metrics["ssim_truth_copy_source"] = float(cat(copy_ssim).mean())
+    if transfer:
+        metrics["expression_transfer"] = float(cat(transfer).mean())
     per_class = cat(correct).reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     warnings = []
@@ -203,6 +214,21 @@ def evaluate_checkpoint(
     atomic_write_text(report, _markdown(result))
     result["report"] = str(report)
     return result
+
+
+def expression_transfer(render: torch.Tensor, source: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """Where each render lies on the line from its source image to its truth, per swap (judge-free).
+
+    ``(|render - source|^2 - |render - truth|^2) / |truth - source|^2``: 1 when the render moved all
+    the way to the truth along the source-to-truth difference, -1 when it copied the source, 0 halfway
+    (a blur of both scores 0 too). It is linear in the render, so it reads the expression change itself
+    where SSIM is dominated by face, pose and light, and no classifier's blind spots enter it.
+    Meaningful only for swaps whose target expression differs from the source's.
+    """
+    d_src = (render - source).pow(2).flatten(1).sum(1)
+    d_truth = (render - truth).pow(2).flatten(1).sum(1)
+    gap = (truth - source).pow(2).flatten(1).sum(1).clamp_min(1e-8)
+    return ((d_src - d_truth) / gap).cpu().numpy()
 
 
 def _embed_all(emb, data: TrainData, idx: torch.Tensor, full: int, device, bs: int) -> torch.Tensor:

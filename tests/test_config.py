@@ -55,3 +55,5 @@ def test_spatial_identity_code_width_and_fit() -> None:
     # The map-invariance loss has nothing to work on without a map: refused, not silently ignored.
     with pytest.raises(ConfigError, match="map_invariance needs a spatial identity code"):
         load_config(overrides=["train.loss.map_invariance=1"])
+    with pytest.raises(ConfigError, match="cross_expression_map needs a spatial identity code"):
+        load_config(overrides=["train.cross_expression_map=true"])

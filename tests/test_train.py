@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -151,6 +152,66 @@ def test_map_invariance_sees_only_the_map_and_is_scale_free() -> None:
     a.requires_grad_(True)
     map_invariance(a, c, 10).backward()
     assert a.grad[:, :10].abs().sum() == 0 and a.grad[:, 10:].abs().sum() > 0
+
+
+def test_cross_expression_map_swaps_only_the_map_and_only_where_there_is_a_truth() -> None:
+    from pipeline.train.loop import _with_other_map
+
+    g = torch.Generator().manual_seed(0)
+    w_id = torch.randn(4, 5 + 8, generator=g, requires_grad=True)
+    other = torch.randn(2, 5 + 8, generator=g, requires_grad=True)  # encodings of the two valid rows' truths
+    valid = torch.tensor([True, False, True, False])
+    out = _with_other_map(w_id, other, valid, 5)
+    assert torch.equal(out[:, :5], w_id[:, :5])  # the vector code stays the source's
+    assert torch.equal(out[valid, 5:], other[:, 5:])
+    assert torch.equal(out[~valid, 5:], w_id[~valid, 5:])  # no truth: the source's own map
+    out.sum().backward()  # both encodings are trained through the reconstruction
+    assert other.grad[:, 5:].abs().sum() > 0 and other.grad[:, :5].abs().sum() == 0
+    assert w_id.grad[valid, 5:].abs().sum() == 0 and w_id.grad[~valid, 5:].abs().sum() > 0
+
+
+def test_cross_expression_map_needs_paired_truths(tiny_data: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from manifests.labels import read_labels, write_labels
+
+    spatial = ("model.id_spatial_channels=2", "model.id_spatial_resolution=8", "train.cross_expression_map=true")
+    terms = Trainer(tiny_cfg(tiny_data, tmp_path / "run1", *spatial, "train.loss.swap_change=5")).train_step(16, 1.0)
+    assert math.isfinite(terms["recon"]) and math.isfinite(terms["swap_change"])
+    # A photo set (no known truth for a swap) is refused up front, naming the option.
+    root = tmp_path / "photos"
+    shutil.copytree(tiny_data, root)
+    frame, meta = read_labels(root)
+    write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
+    with pytest.raises(ValueError, match="cross_expression_map needs images of each person"):
+        Trainer(tiny_cfg(root, tmp_path / "run2", *spatial))
+
+
+def test_changed_pixels_l1_weighs_the_expression_pixels_alone() -> None:
+    from pipeline.train.losses import changed_pixels_l1
+
+    src = torch.zeros(2, 3, 16, 16)
+    truth = src.clone()
+    truth[:, :, 10:12, 6:10] = 0.8  # a small "mouth" that the expression changes
+    assert float(changed_pixels_l1(truth, truth, src)) == 0.0
+    off = truth.clone()
+    off[:, :, 0:4, 0:4] += 0.5  # wrong only far from the change: not this term's business
+    assert float(changed_pixels_l1(off, truth, src)) == 0.0
+    # Copying the source's mouth costs the difference averaged over the changed pixels and their
+    # one-pixel border (8 of 24), however small the region; a whole-image L1 dilutes it to 8 of 256.
+    assert float(changed_pixels_l1(src, truth, src)) == pytest.approx(0.8 * 8 / 24, rel=1e-5)
+    assert float(changed_pixels_l1(src, src, src)) == 0.0  # nothing changed: no pixels, no loss
+
+
+def test_expression_transfer_places_renders_between_source_and_truth() -> None:
+    from pipeline.evaluate import expression_transfer
+
+    g = torch.Generator().manual_seed(0)
+    src, truth = torch.rand(3, 3, 8, 8, generator=g), torch.rand(3, 3, 8, 8, generator=g)
+    assert expression_transfer(truth, src, truth) == pytest.approx([1.0] * 3)
+    assert expression_transfer(src, src, truth) == pytest.approx([-1.0] * 3)
+    assert expression_transfer((src + truth) / 2, src, truth) == pytest.approx([0.0] * 3, abs=1e-6)
+    assert expression_transfer(0.25 * src + 0.75 * truth, src, truth) == pytest.approx([0.5] * 3, abs=1e-5)
 
 
 def test_generator_and_discriminator_optimisers_follow_their_own_settings(tiny_data: Path, tmp_path: Path) -> None:
