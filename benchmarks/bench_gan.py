@@ -4,7 +4,8 @@
 
 Scores every (test identity, target expression) swap with `pipeline.evaluate.evaluate_checkpoint`
 (independent judges, exact procedural truth) and prints each figure beside its floor, plus the
-GAN stages' training time the checkpoint recorded (peak memory: run training under `/usr/bin/time -v`). Needs the checkpoint's dataset
+GAN stages' training time the checkpoint recorded (peak memory: run training under
+`/usr/bin/time -v`). Needs the checkpoint's dataset
 (`fersynth data make --config configs/cpu-64.yaml --out data/procedural-64`). A release checkpoint
 (`checkpoints/cpu-64.pt`) works too: it keeps the evaluation judges.
 """
@@ -37,7 +38,14 @@ def main() -> None:
     for key, floor in FLOORS.items():
         verdict = "meets" if m[key] >= floor else "BELOW"
         print(f"  {key:<12} {m[key]:.3f}   floor {floor:.2f}   {verdict}")
-    for key in ("id_cosine", "psnr_truth", "recon_ssim", "ssim_truth_copy_source", "expression_spread_ratio"):
+    for key in (
+        "id_cosine",
+        "psnr_truth",
+        "recon_ssim",
+        "ssim_truth_copy_source",
+        "expression_transfer",  # 1: renders reach the truth, -1: they copy the source's expression
+        "expression_spread_ratio",
+    ):
         if key in m:
             print(f"  {key:<24} {m[key]:.3f}")
     per_class = {k.removeprefix("expr_acc_"): round(v, 2) for k, v in m.items() if k.startswith("expr_acc_")}

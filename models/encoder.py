@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from models.layers import EqualLinear, PixelNorm, check_images, resize_square
+from models.layers import EqualLinear, PixelNorm, check_images, identity_code_width, resize_square
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,7 +115,7 @@ class Encoder(nn.Module):
         self.spatial_channels = spatial_channels
         self.spatial_resolution = spatial_resolution
         # w_id is the vector followed by the flattened spatial map (when there is one).
-        self.id_dim = id_dim + spatial_channels * spatial_resolution**2
+        self.id_dim = identity_code_width(id_dim, spatial_channels, spatial_resolution)
         self.exp_dim = exp_dim
         if backbone in ("resnet50", "resnet18"):
             net = getattr(torchvision.models, backbone)(weights=None)

@@ -26,6 +26,7 @@ from models.layers import (
     EqualLinear,
     check_alpha,
     check_resolution,
+    identity_code_width,
     progressive_channels,
     progressive_resolutions,
 )
@@ -99,7 +100,7 @@ class Generator(nn.Module):
     ) -> None:
         super().__init__()
         self.id_vector_dim = id_dim
-        self.id_dim = id_dim + spatial_channels * spatial_resolution**2
+        self.id_dim = identity_code_width(id_dim, spatial_channels, spatial_resolution)
         self.exp_dim = exp_dim
         self.max_resolution = max_resolution
         self._resolutions = progressive_resolutions(max_resolution)

@@ -117,6 +117,7 @@ class ModelConfig(_Section):
     @property
     def id_code_dim(self) -> int:
         """Width of the whole identity code w_id: the vector plus the flattened spatial map."""
+        # Same layout as models.layers.identity_code_width; not imported, the config stays torch-free.
         return self.id_dim + self.id_spatial_channels * self.id_spatial_resolution**2
 
 
