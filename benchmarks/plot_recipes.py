@@ -39,7 +39,7 @@ def main() -> None:
             ap.error(f"expected NAME=path/to/eval.json, got {spec!r}")
         runs.append((name, json.loads(Path(path).read_text())["metrics"]))
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
     classes = [c for c in EXPRESSIONS if any(f"expr_acc_{c}" in m for _, m in runs)]
     width = 0.8 / len(runs)
     x = np.arange(len(classes) + 1)
@@ -50,7 +50,7 @@ def main() -> None:
     ax1.set_xticks(x, [*classes, "ALL"])
     ax1.set_ylim(0, 1.05)
     ax1.set_ylabel("expression accuracy of swaps")
-    ax1.legend(fontsize=8, loc="lower left")
+    ax1.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=3)
 
     names = [n for n, _ in runs]
     pos = np.arange(len(runs))
@@ -66,7 +66,7 @@ def main() -> None:
     if copy:
         ax2.axhline(copy[0], color="grey", lw=0.8, ls="--", label=f"SSIM of the unchanged source {copy[0]:.2f}")
     ax2.axhline(0.80, color="k", lw=0.8, ls=":", label="SSIM floor 0.80")
-    ax2.set_xticks(pos, names, fontsize=8)
+    ax2.set_xticks(pos, names, fontsize=8, rotation=20, ha="right")
     ax2.set_ylim(min(0.0, *[m.get("expression_transfer", 0.0) for _, m in runs]) - 0.05, 1.4)
     ax2.axhline(0.0, color="k", lw=0.5)
     ax2.legend(fontsize=8, loc="upper left", ncol=2)

@@ -148,7 +148,8 @@ class LossWeights(_Section):
     swap_change: float = Field(
         0.0,
         ge=0,
-        description="L1 of swaps against truth over only the pixels the expression changes (procedural only)",
+        description="L1 of swaps against truth over only the pixels the expression changes (procedural only; "
+        "measured no better, see losses.changed_pixels_l1)",
     )
     map_invariance: float = Field(
         0.0,
