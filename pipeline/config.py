@@ -408,10 +408,13 @@ class Config(_Section):
         top = self.train.stages[-1].resolution
         if top > self.model.max_resolution:
             raise ValueError(f"train.stages ends at {top} px but model.max_resolution is {self.model.max_resolution}")
-        if self.train.loss.map_invariance and not self.model.id_spatial_channels:
-            raise ValueError("train.loss.map_invariance needs a spatial identity code (model.id_spatial_channels > 0)")
-        if self.train.cross_expression_map and not self.model.id_spatial_channels:
-            raise ValueError("train.cross_expression_map needs a spatial identity code (model.id_spatial_channels > 0)")
+        map_options = {
+            "train.loss.map_invariance": self.train.loss.map_invariance,
+            "train.cross_expression_map": self.train.cross_expression_map,
+        }
+        for name, value in map_options.items():
+            if value and not self.model.id_spatial_channels:
+                raise ValueError(f"{name} needs a spatial identity code (model.id_spatial_channels > 0)")
         return self
 
 

@@ -135,26 +135,29 @@ def evaluate_checkpoint(
         )
         have = truth_rows >= 0
         if have.any():
-            truth_u8 = to_uint8(test.batch(truth_rows[have], full, 1.0, device))
+            # The truths are loaded once; every score below reads them.
+            truth = test.batch(truth_rows[have], full, 1.0, device)
+            truth_u8 = to_uint8(truth)
             sw_ssim.append(ssim_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
             sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
             # Reference: the unchanged source scored against the same truths. SSIM rewards getting
             # the face, pose and light right more than the expression, so read ssim_truth beside it.
             src_u8 = np.repeat(x_u8, n_cls, axis=0)
             copy_ssim.append(ssim_batch(src_u8[have.numpy()], truth_u8, data_range=255))
-            changed = have & (test.labels[src_rep] != tgt)
+            changed = (test.labels[src_rep] != tgt)[have]  # among the rows that have a truth
             if changed.any():
+                on_dev = have.to(device)
                 transfer.append(
                     expression_transfer(
-                        fake[changed.to(device)],
-                        x.repeat_interleave(n_cls, 0)[changed.to(device)],
-                        test.batch(truth_rows[changed], full, 1.0, device),
+                        fake[on_dev][changed.to(device)],
+                        x.repeat_interleave(n_cls, 0)[on_dev][changed.to(device)],
+                        truth[changed.to(device)],
                     )
                 )
             if have.all():
                 # Collapse check: how much renders of one source differ across targets vs the truth.
                 f = fake.reshape(n, n_cls, -1)
-                tr = test.batch(truth_rows, full, 1.0, device).reshape(n, n_cls, -1)
+                tr = truth.reshape(n, n_cls, -1)
                 spread_fake.append(f.std(1).mean(1).cpu().numpy())
                 spread_true.append(tr.std(1).mean(1).cpu().numpy())
         if progress:

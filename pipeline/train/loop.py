@@ -355,8 +355,10 @@ class Trainer:
         w_id, w_exp = n.encoder(x_full)
         w_exp_sw = w_exp[perm.to(dev)]
         # Swap truths: each source's person and session with the donor's expression (procedural data).
+        # Loaded whenever any term reads them, so no truth-based option is silently skipped.
         truth_full, valid, w_id_truth = None, None, None
-        if self.data.truth_key and (w.swap_truth > 0 or t.cross_expression_map):
+        needs_truth = w.swap_truth > 0 or w.swap_change > 0 or w.map_invariance > 0 or t.cross_expression_map
+        if self.data.truth_key and needs_truth:
             rows = self.data.truth_rows(idx, donor)
             valid = (rows >= 0).to(dev)
             if valid.any():
@@ -416,16 +418,16 @@ class Trainer:
         if use_ssim:
             terms["recon_ssim"] = L.ssim_loss(fake_rec, x)
             loss = loss + w.ssim * terms["recon_ssim"]
-        if truth_full is not None and w.swap_truth > 0:
-            truth = downsample(truth_full, res, alpha)
+        truth = downsample(truth_full, res, alpha) if truth_full is not None else None
+        if truth is not None and w.swap_truth > 0:
             terms["swap_truth"] = F.l1_loss(fake_sw[valid], truth)
             loss = loss + w.swap_truth * terms["swap_truth"]
             if use_ssim:
                 terms["swap_ssim"] = L.ssim_loss(fake_sw[valid], truth)
                 loss = loss + w.ssim * terms["swap_ssim"]
-            if w.swap_change > 0:
-                terms["swap_change"] = L.changed_pixels_l1(fake_sw[valid], truth, x[valid])
-                loss = loss + w.swap_change * terms["swap_change"]
+        if truth is not None and w.swap_change > 0:
+            terms["swap_change"] = L.changed_pixels_l1(fake_sw[valid], truth, x[valid])
+            loss = loss + w.swap_change * terms["swap_change"]
         if w_id_truth is not None and w.map_invariance > 0:  # the config refuses it without a spatial code
             terms["map_inv"] = L.map_invariance(w_id[valid], w_id_truth, self.cfg.model.id_dim)
             loss = loss + w.map_invariance * terms["map_inv"]
