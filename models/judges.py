@@ -58,6 +58,17 @@ class ExpressionClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.trunk(x))
 
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits and the feature map after each of the trunk's four stages (for a perceptual loss)."""
+        check_images(x)
+        h = resize_square(x, self.trunk.input_size)
+        maps: list[Tensor] = []
+        for layer in self.trunk.net:
+            h = layer(h)
+            if isinstance(layer, nn.MaxPool2d):
+                maps.append(h)
+        return self.head(h), maps
+
 
 class IdentityEmbedder(nn.Module):
     """Image in [-1, 1] -> unit-norm identity embedding; trained as a cosine classifier.

@@ -151,6 +151,12 @@ class LossWeights(_Section):
         description="L1 of swaps against truth over only the pixels the expression changes (procedural only; "
         "measured no better, see losses.changed_pixels_l1)",
     )
+    perceptual: float = Field(
+        0.0,
+        ge=0,
+        description="distance in the frozen expression judge's feature maps: reconstruction vs input, and "
+        "swap vs its truth where the data has truths (see losses.perceptual_distance)",
+    )
     map_invariance: float = Field(
         0.0,
         ge=0,

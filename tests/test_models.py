@@ -311,6 +311,15 @@ def test_judges_small_input_size() -> None:
     assert emb(torch.randn(2, 3, 8, 8)).shape == (2, 3)
 
 
+def test_expression_classifier_features_are_its_own_stages() -> None:
+    clf = ExpressionClassifier(num_classes=7, input_size=32, channels=4).eval()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1  # resized to 32 inside, as forward does
+    with torch.no_grad():
+        logits, maps = clf.forward_with_features(x)
+        torch.testing.assert_close(logits, clf(x))
+    assert [tuple(m.shape) for m in maps] == [(3, 4, 16, 16), (3, 8, 8, 8), (3, 16, 4, 4), (3, 32, 2, 2)]
+
+
 def test_identity_embedder_unit_norm_and_margin() -> None:
     emb = IdentityEmbedder(num_identities=5, embed_dim=16, channels=8)
     x = torch.randn(4, 3, 32, 32)  # resized to 64 internally

@@ -187,6 +187,43 @@ def test_cross_expression_map_needs_paired_truths(tiny_data: Path, tmp_path: Pat
         Trainer(tiny_cfg(root, tmp_path / "run2", *spatial))
 
 
+def test_perceptual_distance_compares_feature_directions() -> None:
+    from pipeline.train.losses import perceptual_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 8, 4, 4, generator=g)]
+    assert float(perceptual_distance(a, a)) == 0.0
+    # Unit-normalised over channels: scaling a feature vector (contrast, brightness of a response)
+    # is no difference; only its direction counts.
+    assert float(perceptual_distance(a, [2.5 * f for f in a])) == pytest.approx(0.0, abs=1e-6)
+    # Opposite directions are the farthest apart: squared distance 4 at every position, per layer.
+    assert float(perceptual_distance(a, [-f for f in a])) == pytest.approx(8.0, rel=1e-5)
+    with pytest.raises(ValueError):
+        perceptual_distance(a, a[:1])
+
+
+def test_perceptual_term_trains_renders_not_the_judge(tiny_data: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from manifests.labels import read_labels, write_labels
+
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "run1", "train.loss.perceptual=2"))
+    trainer.run_judges()
+    frozen = {k: v.clone() for k, v in trainer.nets.classifier.state_dict().items()}
+    terms = trainer.train_step(16, 1.0)
+    assert terms["perceptual"] > 0 and math.isfinite(terms["perceptual"])
+    for k, v in trainer.nets.classifier.state_dict().items():
+        assert torch.equal(v, frozen[k]), k  # the judge is a fixed yardstick, never trained by it
+    # A photo set has no swap truths: the term still works, on reconstructions alone.
+    root = tmp_path / "photos"
+    shutil.copytree(tiny_data, root)
+    frame, meta = read_labels(root)
+    write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
+    photo = Trainer(tiny_cfg(root, tmp_path / "run2", "train.loss.perceptual=2"))
+    photo.run_judges()
+    assert math.isfinite(photo.train_step(16, 1.0)["perceptual"])
+
+
 def test_changed_pixels_l1_weighs_the_expression_pixels_alone() -> None:
     from pipeline.train.losses import changed_pixels_l1
 

@@ -357,7 +357,9 @@ class Trainer:
         # Swap truths: each source's person and session with the donor's expression (procedural data).
         # Loaded whenever any term reads them, so no truth-based option is silently skipped.
         truth_full, valid, w_id_truth = None, None, None
-        needs_truth = w.swap_truth > 0 or w.swap_change > 0 or w.map_invariance > 0 or t.cross_expression_map
+        needs_truth = (
+            w.swap_truth > 0 or w.swap_change > 0 or w.perceptual > 0 or w.map_invariance > 0 or t.cross_expression_map
+        )
         if self.data.truth_key and needs_truth:
             rows = self.data.truth_rows(idx, donor)
             valid = (rows >= 0).to(dev)
@@ -397,7 +399,7 @@ class Trainer:
         terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([y, y_sw]))
         terms["recon"] = F.l1_loss(fake_rec, x)
         up_sw = _to_full(fake_sw, self.cfg.model.max_resolution)
-        swap_logits = n.classifier(up_sw)
+        swap_logits, swap_feats = n.classifier.forward_with_features(up_sw)
         terms["swap_cls"] = F.cross_entropy(swap_logits, y_sw)
         terms["identity"] = L.identity_loss(n.embedder, up_sw, x_full)
         fb_sw = n.feedback(fake_sw)
@@ -428,6 +430,9 @@ class Trainer:
         if truth is not None and w.swap_change > 0:
             terms["swap_change"] = L.changed_pixels_l1(fake_sw[valid], truth, x[valid])
             loss = loss + w.swap_change * terms["swap_change"]
+        if w.perceptual > 0:
+            terms["perceptual"] = self._perceptual(fake_rec, x, swap_feats, valid, truth)
+            loss = loss + w.perceptual * terms["perceptual"]
         if w_id_truth is not None and w.map_invariance > 0:  # the config refuses it without a spatial code
             terms["map_inv"] = L.map_invariance(w_id[valid], w_id_truth, self.cfg.model.id_dim)
             loss = loss + w.map_invariance * terms["map_inv"]
@@ -442,6 +447,29 @@ class Trainer:
         metrics = self._check_finite({**terms_d, **terms, "loss_g": loss})
         metrics["swap_acc"] = float((swap_logits.argmax(1) == y_sw).float().mean())
         return metrics
+
+    def _perceptual(
+        self,
+        fake_rec: torch.Tensor,
+        x: torch.Tensor,
+        swap_feats: list[torch.Tensor],
+        valid: torch.Tensor | None,
+        truth: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Expression-judge feature distance of reconstructions to their inputs and, where the data
+        has them, of swaps to their truths. Targets are taken at the stage's resolution and scaled up
+        like the renders, so a low-resolution stage is not asked for detail it cannot draw. The judge
+        is frozen; only the renders get gradients."""
+        clf, full = self.train_nets.classifier, self.cfg.model.max_resolution
+        _, rec_feats = clf.forward_with_features(_to_full(fake_rec, full))
+        with torch.no_grad():
+            _, real_feats = clf.forward_with_features(_to_full(x, full))
+        dist = L.perceptual_distance(rec_feats, real_feats)
+        if truth is not None and valid is not None:
+            with torch.no_grad():
+                _, truth_feats = clf.forward_with_features(_to_full(truth, full))
+            dist = dist + L.perceptual_distance([f[valid] for f in swap_feats], truth_feats)
+        return dist
 
     def sample_rows(self, b: int) -> torch.Tensor:
         """Training rows for one step: uniform over images, or over classes with train.balanced_classes.

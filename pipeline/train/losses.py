@@ -48,6 +48,21 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return 1.0 - ssim
 
 
+def perceptual_distance(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
+    """LPIPS-style distance (Zhang et al. 2018, without learned layer weights) between two lists of
+    feature maps: each map unit-normalised over channels, squared difference, mean over positions,
+    summed over layers.
+
+    Fed with the frozen expression judge's maps, it asks a render to match its target in what that
+    judge looks at (mouth corners, brows), which pixel L1 and SSIM weigh as a few percent of the face.
+    """
+    total = feats_a[0].new_zeros(())
+    for a, b in zip(feats_a, feats_b, strict=True):
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        total = total + (a - b).pow(2).sum(1).mean()
+    return total
+
+
 def map_invariance(w_id: torch.Tensor, w_id_truth: torch.Tensor, vector_dim: int) -> torch.Tensor:
     """Mean squared difference of the spatial identity maps of two images of one identity and session
     that differ only in expression, relative to the maps' spread over the batch.
