@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,15 @@ class Trainer:
             raise ValueError(
                 f"{cfg.data.root}: train.cross_expression_map needs images of each person and session in "
                 "several expressions (procedural data); this dataset has none"
+            )
+        unpaired = [k for k in ("swap_truth", "swap_change", "map_invariance") if getattr(cfg.train.loss, k) > 0]
+        if unpaired and not self.data.truth_key:
+            # A warning, not an error: one recipe should train on procedural and photo data alike.
+            warnings.warn(
+                f"{cfg.data.root}: no image of a person's session in another expression (photo data), so "
+                f"{', '.join('train.loss.' + k for k in unpaired)} cannot apply and are skipped; set them to 0 "
+                "to silence this",
+                stacklevel=2,
             )
         self.data_key = dataset_key(cfg.data.root)
         torch.manual_seed(cfg.train.seed)  # network initialisation is part of the run's determinism
