@@ -80,6 +80,11 @@ def read_labels(root: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return df, meta
 
 
+def dataset_kind(df: pd.DataFrame) -> str:
+    """'procedural' when every image is the project's own rendering (ground truth exists), else 'photo'."""
+    return "procedural" if bool((df["source"] == "procedural").all()) else "photo"
+
+
 def validate_frame(df: pd.DataFrame, source: str) -> None:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:

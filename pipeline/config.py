@@ -252,6 +252,13 @@ class QualityConfig(_Section):
     fid_torch_fidelity_weights: Path | None = Field(
         None, description="local torch-fidelity Inception weights for torchmetrics' default extractor"
     )
+    calibration_max_images: int = Field(
+        1000, ge=4, description="real validation photos FaceNet's identity threshold is calibrated on (photo data)"
+    )
+    calibration: dict[str, Any] = Field(
+        default_factory=dict,
+        description="written by generation, not read: how the calibrated thresholds were derived (for the card)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
 

@@ -141,6 +141,30 @@ def test_unknown_expression_and_zero_identities_are_clear_errors(tiny: Path, tmp
         make_plan(cfg_for(tiny, "generate.repeats=2", "generate.exp_jitter=0"), tiny, load_checkpoint(tiny))
 
 
+def test_photo_data_gets_a_facenet_threshold_calibrated_on_its_photos(
+    tiny: Path, tmp_path: Path, facenet_weights: Path
+) -> None:
+    import shutil
+
+    from manifests.labels import read_labels, write_labels
+
+    root = tmp_path / "photos"  # the tiny faces relabelled as photos: judged by FaceNet, not the embedder
+    shutil.copytree(tiny.parents[2] / "data", root)
+    frame, meta = read_labels(root)
+    write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
+    sets = [f"data.root={root}", "quality.face_detection=false", f"quality.facenet_weights={facenet_weights}"]
+    cfg, _ = resolve_config(None, tiny, sets)
+    cal = cfg.quality.calibration
+    assert cal["facenet"]["n_identities"] == 8 and cal["facenet"]["n_faces"] == len(frame), cal
+    assert cfg.quality.identity_threshold == round(cal["facenet"]["identity_threshold"], 4) != 0.5
+    # The tiny run has one validation identity, too few for the judges' own calibration: recorded too.
+    assert "different pairs, got 7 and 0" in cal["checkpoint"]["error"]
+    # An explicit value wins and nothing is calibrated for it; procedural data never asks FaceNet.
+    explicit, _ = resolve_config(None, tiny, [*sets, "quality.identity_threshold=0.42"])
+    assert explicit.quality.identity_threshold == 0.42 and "facenet" not in explicit.quality.calibration
+    assert "facenet" not in resolve_config(None, tiny)[0].quality.calibration
+
+
 def test_checkpoint_config_mismatch_is_refused(tiny: Path, tmp_path: Path) -> None:
     cfg = cfg_for(tiny)
     other = load_config(None, [f"data.root={cfg.data.root}", "model.backbone=small", "model.id_dim=32"])

@@ -187,3 +187,22 @@ def test_embedder_scorer_and_factory(facenet_weights: Path) -> None:
         fn.make_identity_scorer("embedder", "photos")
     with pytest.raises(KeyError, match="ghost"):
         fn.identity_scores({"r": torch.ones(3)}, torch.ones(1, 3), ["ghost"])
+
+
+def test_photo_threshold_calibrated_between_people(detect_scorer: fn.FaceIdentityScorer) -> None:
+    from pipeline.calibration import calibrate_photo_identity_threshold
+
+    people = _people()
+    images = torch.cat(
+        [_variants(img) for img in people.values()] + [torch.full((1, 3, 512, 512), 128, dtype=torch.uint8)]
+    )
+    ids = [name for name in people for _ in range(5)] + ["blank"]
+    info = calibrate_photo_identity_threshold(detect_scorer, images, ids)
+    # The faceless image is left out; the threshold sits in the wide same/different gap (see above).
+    assert (info["n_images"], info["n_faces"], info["n_identities"]) == (16, 15, 3)
+    assert info["identity_eer"] == 0.0 and 0.35 < info["identity_threshold"] < 0.8
+    # Capped: whole identities in sorted order (blank, cameraman, collins; not hopper) up to max_images.
+    capped = calibrate_photo_identity_threshold(detect_scorer, images, ids, max_images=12)
+    assert (capped["n_images"], capped["n_identities"]) == (11, 2)
+    with pytest.raises(ValueError, match="at least two people"):
+        calibrate_photo_identity_threshold(detect_scorer, images[:5], ids[:5])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from scipy.stats import norm
 
@@ -152,3 +153,17 @@ def test_report_written(tmp_path: Path) -> None:
         with Image.open(paths[key]) as im:
             assert im.format == "PNG" and im.size[0] > 100
     assert not list((tmp_path / "quality_report").glob(".tmp-*"))
+
+
+def test_leave_one_out_scores_never_compare_an_image_with_itself() -> None:
+    from pipeline.calibration import leave_one_out_scores
+
+    e = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0], [0.1, 1.0], [0.0, -1.0]]), dim=1
+    )
+    ids = torch.tensor([0, 0, 1, 1, 2])  # identity 2 has one image: no "same" score for it
+    same, diff = leave_one_out_scores(e, ids)
+    # Each image of a pair against the other one (its leave-one-out prototype), never 1.0 against itself.
+    torch.testing.assert_close(same, (e[[1, 0, 3, 2]] * e[:4]).sum(1).double())
+    assert diff.shape == (5 * 2,)  # every image against the two other identities' prototypes
+    assert float(same.min()) > float(diff.max())

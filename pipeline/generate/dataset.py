@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from manifests.card import CARD_MD, package_versions
+from manifests.labels import dataset_kind, read_labels
 from manifests.writer import finalize, read_shards_table
 from pipeline.config import Config, config_to_dict, load_config
 from pipeline.expressions import EXPRESSIONS
@@ -152,14 +153,51 @@ def resolve_config(
 
 
 def _apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> None:
-    """Use the thresholds calibrated on the real validation split at training time
-    (pipeline.calibration), except where the user set a value explicitly."""
-    cal = ckpt.get("calibration") or {}
-    if cfg.quality.thresholds != "calibrated" or "expression_threshold" not in cal:
+    """Use thresholds calibrated on the real validation split, except where the user set a value
+    explicitly: the judges' ones from training time (pipeline.calibration, in the checkpoint) and,
+    for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here. How each was
+    derived is recorded in `quality.calibration` (the dataset card shows it)."""
+    q = cfg.quality
+    q.calibration = {}
+    if q.thresholds != "calibrated":
         return
-    for name in ("embedder_identity_threshold", "expression_threshold"):
-        if name not in explicit:
-            setattr(cfg.quality, name, round(float(cal[name]), 4))
+    cal = ckpt.get("calibration") or {}
+    if "expression_threshold" in cal:
+        applied = [n for n in ("embedder_identity_threshold", "expression_threshold") if n not in explicit]
+        for name in applied:
+            setattr(q, name, round(float(cal[name]), 4))
+        keys = ("split", "n_images", "n_identities", "identity_eer", "expression_val_accuracy")
+        q.calibration["checkpoint"] = {**{k: cal[k] for k in keys if k in cal}, "applied": applied}
+    elif "error" in cal:  # e.g. too few validation identities at training time: config values kept
+        q.calibration["checkpoint"] = {"error": cal["error"]}
+    if "identity_threshold" not in explicit:
+        _calibrate_facenet(cfg)
+
+
+def _calibrate_facenet(cfg: Config) -> None:
+    from pipeline.cache import load_tensors
+    from pipeline.calibration import calibrate_photo_identity_threshold
+    from pipeline.quality.facenet import make_identity_scorer, resolve_identity_backend
+
+    q, root = cfg.quality, Path(cfg.data.root)
+    if not (root / "labels.parquet").is_file():
+        return  # _check_data names the problem when the plan is made
+    images, frame = load_tensors(root, cfg.model.max_resolution, cfg.data.cache_dir)
+    kind = dataset_kind(frame)
+    if resolve_identity_backend(q.identity_backend, kind) != "facenet":
+        return
+    scorer = make_identity_scorer(
+        "facenet", kind, facenet_weights=q.facenet_weights, detect=q.face_detection, device=q.device
+    )
+    # Every split: FaceNet never saw any of these people (unlike the project's embedder, which is
+    # calibrated on held-out identities), and the sources of the renders are among them.
+    try:
+        info = calibrate_photo_identity_threshold(scorer, images, frame["identity"].tolist(), q.calibration_max_images)
+    except ValueError as exc:  # too few faces or people: keep the config value, say why
+        q.calibration["facenet"] = {"error": f"{root}: {exc}; config value kept"}
+        return
+    q.identity_threshold = round(float(info["identity_threshold"]), 4)
+    q.calibration["facenet"] = {"split": "all", **info}
 
 
 def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
@@ -182,7 +220,6 @@ def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
 
 def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | None = None) -> SweepPlan:
     """Resolve identities (encoding real ones with the checkpoint's encoder) and expand the sweep."""
-    from manifests.labels import read_labels
     from pipeline.cache import load_tensors
     from pipeline.evaluate import load_trained
     from pipeline.train.checkpoint import checkpoint_sha256
@@ -441,9 +478,12 @@ def finish(
         "packages": package_versions(),
     }
     finalize(staging, meta, n_shards=plan.n_shards)
+    from pipeline.quality.facenet import resolve_identity_backend
+
+    kind = dataset_kind(read_labels(Path(cfg.data.root))[0])
     ident_thr = (
         cfg.quality.identity_threshold
-        if cfg.quality.identity_backend == "facenet"
+        if resolve_identity_backend(cfg.quality.identity_backend, kind) == "facenet"
         else cfg.quality.embedder_identity_threshold
     )
     sub = _subset(len(df), cfg.generate.report_max_images, cfg.generate.seed + 2)

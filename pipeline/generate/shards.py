@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from manifests.labels import dataset_kind
 from manifests.schema import parse_dataset_metadata
 from manifests.writer import shard_path, shard_problem, write_shard
 from pipeline.config import Config
@@ -115,7 +116,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
     clf, emb = load_eval_judges(cfg, ckpt, device)
     res = cfg.model.max_resolution
     images, labels = load_tensors(Path(cfg.data.root), res, cfg.data.cache_dir)
-    procedural = bool((labels["source"] == "procedural").all())
+    procedural = dataset_kind(labels) == "procedural"
     q = cfg.quality
     scorer = make_identity_scorer(
         q.identity_backend,

@@ -230,6 +230,15 @@ class EmbedderIdentityScorer:
         return emb, found
 
 
+def resolve_identity_backend(kind: str, dataset_kind: str) -> Literal["facenet", "embedder"]:
+    """'auto' is the project's embedder for procedural data and FaceNet for photos."""
+    if kind not in ("auto", "facenet", "embedder"):
+        raise ValueError(f"identity backend must be auto, facenet or embedder, got {kind!r}")
+    if kind == "auto":
+        return "embedder" if dataset_kind == "procedural" else "facenet"
+    return kind  # type: ignore[return-value]
+
+
 def make_identity_scorer(
     kind: Literal["auto", "facenet", "embedder"],
     dataset_kind: str,
@@ -242,9 +251,7 @@ def make_identity_scorer(
     batch_size: int = 32,
 ) -> IdentityScorer:
     """Pick the identity backend: 'auto' uses the embedder for procedural data, FaceNet otherwise."""
-    if kind not in ("auto", "facenet", "embedder"):
-        raise ValueError(f"identity backend must be auto, facenet or embedder, got {kind!r}")
-    chosen = kind if kind != "auto" else ("embedder" if dataset_kind == "procedural" else "facenet")
+    chosen = resolve_identity_backend(kind, dataset_kind)
     if chosen == "embedder":
         if embedder is None:
             raise ValueError(

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from manifests.labels import dataset_kind
 from pipeline.cache import load_tensors
 from pipeline.expressions import EXPRESSIONS
 
@@ -89,7 +90,7 @@ def load_split(root: Path, resolution: int, split: str, cache_dir: Path | None =
     intensity_code = torch.tensor(np.rint(inten * 100).astype(int), dtype=torch.long)
     session = torch.tensor([_session_of(n) for n in frame["nuisance"]], dtype=torch.long)
     truth_key: dict[tuple[int, int, int, int], int] = {}
-    if (frame["source"] == "procedural").all():
+    if dataset_kind(frame) == "procedural":
         for i in range(len(frame)):
             truth_key[(int(identity[i]), int(session[i]), int(labels[i]), int(intensity_code[i]))] = i
     return TrainData(images, frame, labels, identity, names, truth_key, session, intensity_code)
