@@ -11,7 +11,7 @@ The result is stored in the checkpoint (`calibration`) and used by generation un
 `quality.thresholds: config` asks for the fixed config values.
 
 Photo datasets are judged for identity by FaceNet, whose threshold generation calibrates the same
-way on the real validation photos (`calibrate_photo_identity_threshold`): FaceNet's weights are a
+way on the dataset's photos (`calibrate_photo_identity_threshold`): FaceNet's weights are a
 generation-time input, not part of the checkpoint.
 """
 
@@ -85,7 +85,7 @@ def calibrate_photo_identity_threshold(
     scorer: IdentityScorer,
     images: torch.Tensor,
     identities: list[str],
-    max_images: int = 1000,
+    max_images: int = 300,
 ) -> dict[str, Any]:
     """FaceNet's identity threshold at the equal-error point on real photos of distinct people.
 

@@ -18,7 +18,7 @@ import pipeline.generate.shards as shards_mod
 from manifests.audit import audit_dataset
 from manifests.reader import read_manifest
 from manifests.writer import list_shards, shard_path
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, config_to_dict, load_config
 from pipeline.generate import (
     REJECTED_MARKER,
     STAGING_DIR,
@@ -159,6 +159,9 @@ def test_photo_data_gets_a_facenet_threshold_calibrated_on_its_photos(
     assert cfg.quality.identity_threshold == round(cal["facenet"]["identity_threshold"], 4) != 0.5
     # The tiny run has one validation identity, too few for the judges' own calibration: recorded too.
     assert "different pairs, got 7 and 0" in cal["checkpoint"]["error"]
+    # The flow hands the resolved config on as a dict: resolved again, it keeps values and record.
+    again, _ = resolve_config(Config.model_validate(config_to_dict(cfg)), tiny)
+    assert again.quality == cfg.quality
     # An explicit value wins and nothing is calibrated for it; procedural data never asks FaceNet.
     explicit, _ = resolve_config(None, tiny, [*sets, "quality.identity_threshold=0.42"])
     assert explicit.quality.identity_threshold == 0.42 and "facenet" not in explicit.quality.calibration

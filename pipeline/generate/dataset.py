@@ -158,6 +158,8 @@ def _apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) ->
     for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here. How each was
     derived is recorded in `quality.calibration` (the dataset card shows it)."""
     q = cfg.quality
+    if "calibration" in explicit:  # a config that was resolved before (the flow's): already done
+        return
     q.calibration = {}
     if q.thresholds != "calibrated":
         return
