@@ -54,6 +54,7 @@ from pipeline.generate.plan import (
 )
 from pipeline.generate.shards import render_shard, resolve_device, why_render
 from pipeline.io_utils import atomic_write_json
+from pipeline.quality.facenet import resolve_identity_backend
 from pipeline.quality.gates import GateReport, evaluate_gates
 from pipeline.train.grids import compose_grid, save_png
 
@@ -153,9 +154,9 @@ def resolve_config(
 
 
 def _apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> None:
-    """Use thresholds calibrated on the real validation split, except where the user set a value
-    explicitly: the judges' ones from training time (pipeline.calibration, in the checkpoint) and,
-    for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here. How each was
+    """Use thresholds calibrated on real data, except where the user set a value explicitly: the
+    judges' ones from the real validation split at training time (pipeline.calibration, in the
+    checkpoint) and, for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here. How each was
     derived is recorded in `quality.calibration` (the dataset card shows it)."""
     q = cfg.quality
     if "calibration" in explicit:  # a config that was resolved before (the flow's): already done
@@ -179,15 +180,15 @@ def _apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) ->
 def _calibrate_facenet(cfg: Config) -> None:
     from pipeline.cache import load_tensors
     from pipeline.calibration import calibrate_photo_identity_threshold
-    from pipeline.quality.facenet import make_identity_scorer, resolve_identity_backend
+    from pipeline.quality.facenet import make_identity_scorer
 
     q, root = cfg.quality, Path(cfg.data.root)
     if not (root / "labels.parquet").is_file():
         return  # _check_data names the problem when the plan is made
-    images, frame = load_tensors(root, cfg.model.max_resolution, cfg.data.cache_dir)
-    kind = dataset_kind(frame)
+    kind = dataset_kind(read_labels(root)[0])
     if resolve_identity_backend(q.identity_backend, kind) != "facenet":
         return
+    images, frame = load_tensors(root, cfg.model.max_resolution, cfg.data.cache_dir)
     scorer = make_identity_scorer(
         "facenet", kind, facenet_weights=q.facenet_weights, detect=q.face_detection, device=q.device
     )
@@ -480,8 +481,6 @@ def finish(
         "packages": package_versions(),
     }
     finalize(staging, meta, n_shards=plan.n_shards)
-    from pipeline.quality.facenet import resolve_identity_backend
-
     kind = dataset_kind(read_labels(Path(cfg.data.root))[0])
     ident_thr = (
         cfg.quality.identity_threshold
