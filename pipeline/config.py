@@ -198,6 +198,11 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(200, ge=1)
     sample_every: int = Field(500, ge=1)
     num_threads: int | None = Field(None, ge=1, le=256)
+    channels_last: bool = Field(
+        True,
+        description="NHWC weights for the conv nets: ~10% faster training steps on CPU (oneDNN), the usual "
+        "layout for GPU convolutions; a speed setting only (a run may resume with the other layout)",
+    )
     out_dir: Path = Path("runs/default")
 
     @model_validator(mode="after")

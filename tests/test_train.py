@@ -225,6 +225,23 @@ def test_perceptual_term_trains_renders_not_the_judge(tiny_data: Path, tmp_path:
     assert math.isfinite(photo.train_step(16, 1.0)["perceptual"])
 
 
+def test_channels_last_is_a_speed_setting_only(tiny_data: Path, tmp_path: Path) -> None:
+    steps = []
+    for cl in ("true", "false"):
+        trainer = Trainer(tiny_cfg(tiny_data, tmp_path / cl, f"train.channels_last={cl}", "train.judge_steps=2"))
+        trainer.run_judges()
+        weight = next(p for p in trainer.nets.discriminator.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+        assert weight.is_contiguous(memory_format=torch.channels_last) == (cl == "true")
+        steps.append(trainer.train_step(16, 1.0))
+    for k in ("recon", "swap_truth", "latent", "g_adv"):  # same maths, another memory layout
+        assert steps[0][k] == pytest.approx(steps[1][k], rel=1e-3), k
+    trainer.save()
+    # A run started with one layout resumes with the other (not a config mismatch).
+    again = Trainer(tiny_cfg(tiny_data, tmp_path / "false", "train.channels_last=true", "train.judge_steps=2"))
+    theirs = trainer.nets.generator.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in again.nets.generator.state_dict().items())
+
+
 def test_changed_pixels_l1_weighs_the_expression_pixels_alone() -> None:
     from pipeline.train.losses import changed_pixels_l1
 

@@ -31,6 +31,8 @@ from pipeline.train.judges import train_judges
 from pipeline.train.networks import Networks, build_networks, pick_device, update_ema
 
 LAST = "last.pt"
+# Settings that change where or how fast a run computes, not what it learns: a run may resume with others.
+SPEED_SETTINGS = ("out_dir", "device", "num_threads", "channels_last", "cache_dir")
 FINAL = "final.pt"
 
 
@@ -83,6 +85,9 @@ class Trainer:
         self.data_key = dataset_key(cfg.data.root)
         torch.manual_seed(cfg.train.seed)  # network initialisation is part of the run's determinism
         self.nets = build_networks(cfg, len(self.data.identity_names), self._backbone_state()).to(self.device)
+        if cfg.train.channels_last:
+            for m in self.nets.modules().values():
+                m.to(memory_format=torch.channels_last)
         n = self.nets
         t = cfg.train
         self.opt_g = torch.optim.Adam(
@@ -161,12 +166,8 @@ class Trainer:
         saved_cfg = config_to_dict(Config.model_validate(json.loads(ckpt["config"])))
         mine = config_to_dict(self.cfg)
         for section in ("model", "train", "data"):
-            a = {
-                k: v
-                for k, v in saved_cfg[section].items()
-                if k not in ("out_dir", "device", "num_threads", "cache_dir")
-            }
-            b = {k: v for k, v in mine[section].items() if k not in ("out_dir", "device", "num_threads", "cache_dir")}
+            a = {k: v for k, v in saved_cfg[section].items() if k not in SPEED_SETTINGS}
+            b = {k: v for k, v in mine[section].items() if k not in SPEED_SETTINGS}
             if a != b:
                 diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
                 raise CheckpointError(
