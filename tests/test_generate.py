@@ -371,3 +371,18 @@ def test_rejected_dataset_is_re_judged_without_re_rendering(
         manifest_of(third.dataset_dir)[["sample_id", "sha256"]],
     )
     assert audit_dataset(second.dataset_dir).ok
+
+
+def test_judged_alike_ignores_how_thresholds_were_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import manifests.reader as reader
+    from pipeline.generate.dataset import _judged_alike
+
+    cfg = load_config(None, ["quality.expression_threshold=0.7"])
+    card = config_to_dict(cfg.quality)
+    for k in ("calibration", "calibration_max_images"):  # a card written before these existed
+        card.pop(k)
+    monkeypatch.setattr(reader, "read_dataset_meta", lambda final: {"thresholds": card})
+    cfg.quality.calibration = {"checkpoint": {"applied": ["expression_threshold"]}}
+    assert _judged_alike(tmp_path, cfg)  # a rerun of the same command stays a no-op
+    cfg.quality.expression_threshold = 0.8
+    assert not _judged_alike(tmp_path, cfg)  # another threshold: the dataset must be judged again

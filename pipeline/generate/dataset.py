@@ -326,10 +326,15 @@ def _judged_alike(final: Path, cfg: Config) -> bool:
     """The published dataset was judged with the thresholds asked for now (else it must be redone)."""
     from manifests.reader import read_dataset_meta
 
+    # The calibration record and its sample size say how thresholds were found, not what they are:
+    # a dataset published before they existed is still judged alike.
+    record = ("calibration", "calibration_max_images")
     try:
-        return read_dataset_meta(final).get("thresholds") == config_to_dict(cfg.quality)
+        theirs = read_dataset_meta(final).get("thresholds") or {}
     except ValueError:
         return False
+    mine = config_to_dict(cfg.quality)
+    return {k: v for k, v in theirs.items() if k not in record} == {k: v for k, v in mine.items() if k not in record}
 
 
 def pending_shards(staging: Path, plan: SweepPlan | None = None) -> list[int]:
