@@ -42,8 +42,18 @@ class _JudgeTrunk(nn.Module):
         self.out_dim = 8 * channels * 16
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_maps(x)[0]
+
+    def forward_with_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The flat vector and the feature map after each of the four stages."""
         check_images(x)
-        return self.net(resize_square(x, self.input_size))
+        h = resize_square(x, self.input_size)
+        maps: list[Tensor] = []
+        for layer in self.net:
+            h = layer(h)
+            if isinstance(layer, nn.MaxPool2d):
+                maps.append(h)
+        return h, maps
 
 
 class ExpressionClassifier(nn.Module):
@@ -60,14 +70,8 @@ class ExpressionClassifier(nn.Module):
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Logits and the feature map after each of the trunk's four stages (for a perceptual loss)."""
-        check_images(x)
-        h = resize_square(x, self.trunk.input_size)
-        maps: list[Tensor] = []
-        for layer in self.trunk.net:
-            h = layer(h)
-            if isinstance(layer, nn.MaxPool2d):
-                maps.append(h)
-        return self.head(h), maps
+        flat, maps = self.trunk.forward_with_maps(x)
+        return self.head(flat), maps
 
 
 class IdentityEmbedder(nn.Module):

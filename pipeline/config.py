@@ -269,6 +269,10 @@ class QualityConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
 
+    def identity_threshold_for(self, backend: str) -> float:
+        """The identity threshold of a resolved backend ('facenet' or 'embedder'): their cosines differ."""
+        return self.identity_threshold if backend == "facenet" else self.embedder_identity_threshold
+
 
 class GenerateConfig(_Section):
     """Dataset generation (`fersynth generate`): the identity x expression sweep, sharding, FID and runners.

@@ -146,12 +146,12 @@ def evaluate_checkpoint(
             copy_ssim.append(ssim_batch(src_u8[have.numpy()], truth_u8, data_range=255))
             changed = (test.labels[src_rep] != tgt)[have]  # among the rows that have a truth
             if changed.any():
-                on_dev = have.to(device)
+                have_d, changed_d = have.to(device), changed.to(device)
                 transfer.append(
                     expression_transfer(
-                        fake[on_dev][changed.to(device)],
-                        x.repeat_interleave(n_cls, 0)[on_dev][changed.to(device)],
-                        truth[changed.to(device)],
+                        fake[have_d][changed_d],
+                        x.repeat_interleave(n_cls, 0)[have_d][changed_d],
+                        truth[changed_d],
                     )
                 )
             if have.all():

@@ -487,11 +487,7 @@ def finish(
     }
     finalize(staging, meta, n_shards=plan.n_shards)
     kind = dataset_kind(read_labels(Path(cfg.data.root))[0])
-    ident_thr = (
-        cfg.quality.identity_threshold
-        if resolve_identity_backend(cfg.quality.identity_backend, kind) == "facenet"
-        else cfg.quality.embedder_identity_threshold
-    )
+    ident_thr = cfg.quality.identity_threshold_for(resolve_identity_backend(cfg.quality.identity_backend, kind))
     sub = _subset(len(df), cfg.generate.report_max_images, cfg.generate.seed + 2)
     paths = write_quality_report(
         staging,

@@ -130,7 +130,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         device=device,
         batch_size=cfg.generate.batch_size,
     )
-    thr = q.embedder_identity_threshold if scorer.name == "embedder" else q.identity_threshold
+    thr = q.identity_threshold_for(scorer.name)
     codes = {k: v.to(device) for k, v in ckpt["codes"].items()}
     present = (
         codes["exp_present"].bool()

@@ -101,7 +101,7 @@ def per_image_flags(
     if df.empty:
         raise ValueError("per-image table is empty: nothing to check")
     out = df.copy()
-    id_thr = cfg.identity_threshold if identity_backend == "facenet" else cfg.embedder_identity_threshold
+    id_thr = cfg.identity_threshold_for(identity_backend)
     face = out[COL_FACE].astype(bool) if COL_FACE in out else pd.Series(True, index=out.index)
     cos = out[COL_IDENTITY].astype(float)
     out["identity_pass"] = face & cos.notna() & (cos >= id_thr)

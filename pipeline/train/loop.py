@@ -33,6 +33,8 @@ from pipeline.train.networks import Networks, build_networks, pick_device, updat
 LAST = "last.pt"
 # Settings that change where or how fast a run computes, not what it learns: a run may resume with others.
 SPEED_SETTINGS = ("out_dir", "device", "num_threads", "channels_last", "cache_dir")
+# Loss terms that exist only where the data holds each swap's true image (procedural data).
+TRUTH_TERMS = ("swap_truth", "swap_change", "map_invariance")
 FINAL = "final.pt"
 
 
@@ -73,7 +75,7 @@ class Trainer:
                 f"{cfg.data.root}: train.cross_expression_map needs images of each person and session in "
                 "several expressions (procedural data); this dataset has none"
             )
-        unpaired = [k for k in ("swap_truth", "swap_change", "map_invariance") if getattr(cfg.train.loss, k) > 0]
+        unpaired = [k for k in TRUTH_TERMS if getattr(cfg.train.loss, k) > 0]
         if unpaired and not self.data.truth_key:
             # A warning, not an error: one recipe should train on procedural and photo data alike.
             warnings.warn(
@@ -368,9 +370,8 @@ class Trainer:
         # Swap truths: each source's person and session with the donor's expression (procedural data).
         # Loaded whenever any term reads them, so no truth-based option is silently skipped.
         truth_full, valid, w_id_truth = None, None, None
-        needs_truth = (
-            w.swap_truth > 0 or w.swap_change > 0 or w.perceptual > 0 or w.map_invariance > 0 or t.cross_expression_map
-        )
+        # perceptual uses them where there are any (and reconstructions otherwise).
+        needs_truth = any(getattr(w, k) > 0 for k in TRUTH_TERMS) or w.perceptual > 0 or t.cross_expression_map
         if self.data.truth_key and needs_truth:
             rows = self.data.truth_rows(idx, donor)
             valid = (rows >= 0).to(dev)
