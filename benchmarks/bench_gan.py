@@ -25,6 +25,7 @@ FLOORS = {"expr_acc": 0.90, "id_top1": 0.90, "ssim_truth": 0.80}
 
 def main() -> None:
     from pipeline.evaluate import evaluate_checkpoint
+    from pipeline.expressions import EXPRESSIONS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", type=Path, default=Path("runs/cpu-64/checkpoints/final.pt"))
@@ -48,8 +49,12 @@ def main() -> None:
     ):
         if key in m:
             print(f"  {key:<24} {m[key]:.3f}")
-    per_class = {k.removeprefix("expr_acc_"): round(v, 2) for k, v in m.items() if k.startswith("expr_acc_")}
+    per_class = {c: round(m[f"expr_acc_{c}"], 2) for c in EXPRESSIONS if f"expr_acc_{c}" in m}
     print(f"  expression accuracy per class: {per_class}")
+    for key in sorted(k for k in m if k.startswith("expr_acc_intensity_")):
+        level = key.removeprefix("expr_acc_intensity_")
+        ssim = m.get(f"ssim_truth_intensity_{level}", float("nan"))
+        print(f"  swaps to intensity {level} (expressive classes): expression {m[key]:.3f}, SSIM to truth {ssim:.3f}")
     print(
         f"  judges on real test images: expression {m['judge_expr_acc_real']:.3f}, identity {m['judge_id_top1_real']:.3f}"
     )

@@ -128,8 +128,21 @@ class StageConfig(_Section):
     batch_size: int | None = Field(
         None, ge=2, le=4096, description="overrides train.batch_size (low resolutions are cheap)"
     )
+    decay_steps: int = Field(
+        0,
+        ge=0,
+        description="every learning rate falls linearly to 0 over the stage's last decay_steps steps "
+        "(0: constant); a final polish for the encoder, which has no EMA copy",
+    )
 
     _res = field_validator("resolution")(lambda cls, v: _power_of_two(v, lo=4))
+
+    def lr_scale(self, step: int) -> float:
+        """Multiplier of every learning rate at `step` (0-based) of this stage."""
+        start = self.steps - self.decay_steps
+        if self.decay_steps == 0 or step < start:
+            return 1.0
+        return (self.steps - step) / self.decay_steps
 
 
 class LossWeights(_Section):
@@ -215,6 +228,11 @@ class TrainConfig(_Section):
         for i, s in enumerate(self.stages):
             if s.fade_steps > s.steps:
                 raise ValueError(f"stages.{i}.fade_steps ({s.fade_steps}) exceeds stages.{i}.steps ({s.steps})")
+            if s.decay_steps > s.steps - s.fade_steps:
+                raise ValueError(
+                    f"stages.{i}.decay_steps ({s.decay_steps}) overlaps the fade-in: at most steps - fade_steps "
+                    f"({s.steps - s.fade_steps})"
+                )
         return self
 
 

@@ -164,6 +164,7 @@ def evaluate_checkpoint(
             progress("evaluate", min(start + batch_size, len(src)), len(src), {})
 
     cat = np.concatenate
+    lower = _lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size)
     metrics: dict[str, Any] = {
         "n_test_identities": len(test.identity_names),
         "n_swaps": int(sum(len(c) for c in correct)),
@@ -182,6 +183,7 @@ def evaluate_checkpoint(
         metrics["expression_transfer"] = float(cat(transfer).mean())
     per_class = cat(correct).reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
+    metrics.update(lower)
     warnings = []
     if spread_fake:
         ratio = float(cat(spread_fake).mean() / max(cat(spread_true).mean(), 1e-8))
@@ -217,6 +219,47 @@ def evaluate_checkpoint(
     atomic_write_text(report, _markdown(result))
     result["report"] = str(report)
     return result
+
+
+def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, device, bs) -> dict[str, float]:
+    """Expression accuracy and SSIM to truth of swaps to every intensity below a class's top one.
+
+    The same sources as the main scores, each rendered with every expressive class at each lower
+    intensity the test split has (procedural: 0.5); neutral has no intensity and is left out.
+    """
+    out: dict[str, float] = {}
+    levels = sorted({int(v) for v in test.intensity_code.tolist()} - {0})
+    for level in levels:
+        classes = [c for c, t in top.items() if c and level < t and (test.labels == c).any()]
+        if not classes:
+            continue
+        cls = torch.tensor(classes, device=device)
+        targets = expression_target(codes, cls, torch.full((len(classes),), level / 100, device=device))
+        correct, ssims = [], []
+        for start in range(0, len(src), bs):
+            rows = src[start : start + bs]
+            w_id, _ = nets.encoder(test.batch(rows, full, 1.0, device))
+            fake = nets.generator_ema(
+                w_id.repeat_interleave(len(classes), 0), targets.repeat(len(rows), 1), full, 1.0
+            ).clamp(-1, 1)
+            tgt = cls.repeat(len(rows))
+            correct.append((clf(fake).argmax(1) == tgt).cpu().numpy())
+            src_rep = rows.repeat_interleave(len(classes))
+            truth_rows = torch.tensor(
+                [
+                    test.truth_key.get((int(test.identity[r]), int(test.session[r]), t, level), -1)
+                    for r, t in zip(src_rep.tolist(), tgt.tolist(), strict=True)
+                ]
+            )
+            have = truth_rows >= 0
+            if have.any():
+                truth_u8 = to_uint8(test.batch(truth_rows[have], full, 1.0, device))
+                ssims.append(ssim_batch(to_uint8(fake)[have.numpy()], truth_u8, data_range=255))
+        name = f"{level / 100:g}"
+        out[f"expr_acc_intensity_{name}"] = float(np.concatenate(correct).mean())
+        if ssims:
+            out[f"ssim_truth_intensity_{name}"] = float(np.concatenate(ssims).mean())
+    return out
 
 
 def expression_transfer(render: torch.Tensor, source: torch.Tensor, truth: torch.Tensor) -> np.ndarray:

@@ -74,6 +74,30 @@ def test_training_runs_and_resumes_exactly(tiny_data: Path, tmp_path: Path) -> N
         torch.testing.assert_close(a[k], b[k], msg=f"resumed run differs from uninterrupted run at {k}")
 
 
+def test_stage_decay_scales_every_learning_rate_over_the_stage_end(tiny_data: Path, tmp_path: Path) -> None:
+    seen: list[tuple[float, ...]] = []
+
+    def record(info) -> None:
+        if info.phase == "stage-4":
+            seen.append(tuple(g["lr"] for opt in (t.opt_g, t.opt_d) for g in opt.param_groups))
+
+    stages = "train.stages=[{resolution: 4, steps: 6, decay_steps: 4}, {resolution: 8, steps: 2, fade_steps: 1}]"
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", stages, "train.judge_steps=2", "train.lr=0.004", "train.disc_lr=0.001")
+    t = Trainer(cfg, progress=record)
+    base = (0.004, 0.004, cfg.train.encoder_lr, 0.001)  # generator, feedback, encoder | discriminator
+    t.run_stage()
+    scales = [1.0, 1.0, 1.0, 0.75, 0.5, 0.25]  # the last four of six steps fall linearly towards 0
+    assert seen == [pytest.approx(tuple(b * s for b in base)) for s in scales]
+    t.run_stage()  # the next stage starts again from the configured rates
+    assert [g["lr"] for g in t.opt_g.param_groups] == pytest.approx(base[:3])
+    with pytest.raises(ValueError, match=r"stages.1.decay_steps \(2\) overlaps the fade-in"):
+        tiny_cfg(
+            tiny_data,
+            tmp_path,
+            "train.stages=[{resolution: 4, steps: 6}, {resolution: 8, steps: 3, fade_steps: 2, decay_steps: 2}]",
+        )
+
+
 def test_resume_with_other_config_is_refused(tiny_data: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.stages=[{resolution: 4, steps: 5}]", "model.max_resolution=16")
     Trainer(cfg).train()

@@ -80,3 +80,16 @@ def export(
 
     path = guarded(lambda: export_release(checkpoint, out, half=half))
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)[:16]}…)")
+
+
+@app.command("refit-codes")
+def refit_codes_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A finished checkpoint (final.pt or a release).")],
+    data: Annotated[Path | None, typer.Option(help="Its training data (default: the path in its config).")] = None,
+) -> None:
+    """Re-fit a checkpoint's target expression codes and identity distribution (rewrites it in place)."""
+    from pipeline.train.codes import refit_codes
+
+    codes = guarded(lambda: refit_codes(checkpoint, data))
+    levels = ", ".join(f"{v:g}" for v in codes["exp_levels"].tolist())
+    console.print(f"rewrote {checkpoint}: expression anchors at intensities {levels}")

@@ -1,11 +1,16 @@
 """Target codes computed after training and saved with the checkpoint.
 
-- expression targets: per-class centroid of w_exp over the training split at the highest
-  intensity, with intensity as interpolation from the neutral centroid;
+- expression targets: per-class centroid of w_exp over the training split at every intensity the
+  split has (anchors), with intensity as piecewise-linear interpolation from the neutral centroid
+  through them. The code space is not linear in intensity: on the committed recipe, halfway from
+  neutral to the full-intensity centroid is read as the target in 31% of renders from test
+  identities, the fitted half-intensity centroid in 93% (benchmarks/bench_gan.py prints both);
 - novel identities: a Gaussian fitted to the per-identity mean w_id.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -42,6 +47,16 @@ def fit_target_codes(
         centroids[c] = w_exp[sel].mean(0)
         present[c] = True
     neutral = centroids[0] if present[0] else w_exp.mean(0)
+    # Anchors at every intensity above 0 the split has (photos: intensity unknown, counted as 1).
+    levels = torch.unique(data.intensity_code[data.intensity_code > 0]).sort().values
+    anchors = torch.zeros(num_classes, len(levels), exp_dim)
+    anchor_present = torch.zeros(num_classes, len(levels), dtype=torch.bool)
+    for c in range(1, num_classes):  # neutral has no intensity: its target is always `neutral`
+        for k, level in enumerate(levels.tolist()):
+            sel = (data.labels == c) & (data.intensity_code == level)
+            if sel.any():
+                anchors[c, k] = w_exp[sel].mean(0)
+                anchor_present[c, k] = True
     per_id = torch.stack([w_id[data.identity == i].mean(0) for i in range(len(data.identity_names))])
     mean = per_id.mean(0)
     centred = per_id - mean
@@ -53,18 +68,69 @@ def fit_target_codes(
         "exp_centroids": centroids,
         "exp_present": present,
         "exp_neutral": neutral,
+        "exp_levels": levels.float() / 100,
+        "exp_anchors": anchors,
+        "exp_anchor_present": anchor_present,
         "id_mean": mean,
         "id_chol": chol,
     }
 
 
 def expression_target(codes: dict[str, torch.Tensor], class_idx: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
-    """w_exp for (class, intensity): lerp from the neutral centroid to the class centroid."""
+    """w_exp for (class, intensity): piecewise-linear from the neutral centroid through the class's anchors.
+
+    Between two fitted intensities the code is interpolated; past the last one the last segment is
+    extended. Checkpoints from before anchors existed interpolate from neutral to the class centroid.
+    Neutral (class 0) is the neutral centroid at any intensity.
+    """
     cent = codes["exp_centroids"][class_idx]
     neutral = codes["exp_neutral"].expand_as(cent)
-    return torch.lerp(neutral, cent, intensity.to(cent.dtype).unsqueeze(1))
+    t = intensity.to(device=cent.device, dtype=cent.dtype)
+    if "exp_anchors" not in codes:
+        return torch.lerp(neutral, cent, t.unsqueeze(1))
+    out = torch.lerp(neutral, cent, t.unsqueeze(1))  # classes without anchors (none in a fitted split)
+    zero = torch.zeros(1, dtype=cent.dtype, device=cent.device)
+    for c in torch.unique(class_idx).tolist():
+        rows = class_idx == c
+        have = codes["exp_anchor_present"][c]
+        if c == 0:
+            out[rows] = codes["exp_neutral"]
+        elif have.any():
+            levels = torch.cat([zero, codes["exp_levels"][have].to(cent.dtype)])
+            points = torch.cat([codes["exp_neutral"][None], codes["exp_anchors"][c][have]])
+            tc = t[rows]
+            # segment k joins levels[k] and levels[k + 1]; intensities past the ends extend the end segments
+            k = (torch.searchsorted(levels, tc, right=True) - 1).clamp(0, len(levels) - 2)
+            lo, hi = levels[k], levels[k + 1]
+            w = ((tc - lo) / (hi - lo)).unsqueeze(1)
+            out[rows] = torch.lerp(points[k], points[k + 1], w)
+    return out
 
 
 def sample_identities(codes: dict[str, torch.Tensor], n: int, generator: torch.Generator) -> torch.Tensor:
     z = torch.randn(n, codes["id_mean"].shape[0], generator=generator)
     return codes["id_mean"] + z @ codes["id_chol"].T
+
+
+def refit_codes(checkpoint: Path, data_root: Path | None = None) -> dict[str, torch.Tensor]:
+    """Re-derive a finished checkpoint's target codes from its encoder and training split, in place.
+
+    For checkpoints written before a change to how codes are fitted (the encoder and generator are
+    untouched, so renders of a given code do not change). Refuses data other than what it was
+    trained on. The checkpoint is rewritten atomically; its file hash changes.
+    """
+    from pipeline.evaluate import load_trained
+    from pipeline.train.checkpoint import CheckpointError, save_checkpoint
+    from pipeline.train.data import dataset_key, load_split
+
+    cfg, nets, ckpt = load_trained(checkpoint)
+    root = Path(data_root or cfg.data.root)
+    if dataset_key(root) != ckpt.get("data_key"):
+        raise CheckpointError(f"{root}: not the data {checkpoint} was trained on (content key differs)")
+    device = next(nets.encoder.parameters()).device
+    data = load_split(root, cfg.model.max_resolution, "train", cfg.data.cache_dir)
+    codes = fit_target_codes(nets.encoder, data, cfg.model.num_classes, device)
+    dtype = ckpt["codes"]["exp_centroids"].dtype  # a half-precision release stays half
+    ckpt["codes"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in codes.items()}
+    save_checkpoint(Path(checkpoint), {k: v for k, v in ckpt.items() if k != "format"})
+    return ckpt["codes"]

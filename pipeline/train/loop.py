@@ -260,6 +260,7 @@ class Trainer:
         count = 0
         started = time.perf_counter()
         while self.stage_step < stage.steps:
+            self._scale_lr(stage.lr_scale(self.stage_step))
             m = self.train_step(stage.resolution, self.alpha())
             self.stage_step += 1
             self.global_step += 1
@@ -286,6 +287,14 @@ class Trainer:
         if self.finished:
             self.save(FINAL)
         return summary
+
+    def _scale_lr(self, scale: float) -> None:
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                # The configured lr, kept in the group so it travels with the optimiser's checkpoint
+                # (a checkpoint from before stage decay existed holds the configured lr itself).
+                base = group.setdefault("base_lr", group["lr"])
+                group["lr"] = base * scale
 
     def finalize(self) -> None:
         """After the last stage: target codes, and the independent judges used for scoring."""
