@@ -131,7 +131,7 @@ class StageConfig(_Section):
     decay_steps: int = Field(
         0,
         ge=0,
-        description="every learning rate falls linearly to 0 over the stage's last decay_steps steps "
+        description="every learning rate falls linearly towards 0 over the stage's last decay_steps steps "
         "(0: constant); a final polish for the encoder, which has no EMA copy",
     )
 
