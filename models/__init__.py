@@ -6,7 +6,7 @@ Modules only: no file I/O, no weight downloads, no training loops; the pipeline 
 from models.discriminator import Discriminator
 from models.encoder import Encoder, MappingNetwork
 from models.feedback import FeedbackNetwork
-from models.generator import Generator
+from models.generator import Generator, composite
 from models.judges import ExpressionClassifier, IdentityEmbedder
 from models.layers import AdaIN, EqualConv2d, EqualLinear, MinibatchStdDev, PixelNorm
 
@@ -23,4 +23,5 @@ __all__ = [
     "MappingNetwork",
     "MinibatchStdDev",
     "PixelNorm",
+    "composite",
 ]

@@ -9,6 +9,12 @@ With a spatial identity code (see ``models.encoder``) the map is added, through 
 upsampled features entering the block that makes ``spatial_resolution``; the styled convs after it
 (steered by the vector codes, expression included) then redraw what the expression changes.
 
+With ``edit_mask`` (GANimation, Pumarola et al. 2018) every resolution also emits a one-channel mask
+logit beside its RGB, faded in the same way. Given the source photo, a render is then
+``m * rgb + (1 - m) * source`` with ``m = sigmoid(logit)``: what the expression does not change (hair,
+glasses, background, noise) is the source's own pixels, and the generator spends its capacity on the
+regions it must redraw. Without a source (novel identities) the plain RGB is the render.
+
 Output has no final activation (as in ProGAN): tanh saturates and slows early training; images are
 nominally in [-1, 1] and clamping for rendering is the pipeline's job. No per-pixel noise is added,
 so the same codes always render the same image (the pipeline relies on determinism).
@@ -76,6 +82,13 @@ class _UpBlock(nn.Module):
         return self.conv2(self.conv1(x, w), w)
 
 
+def composite(rgb: Tensor, mask_logit: Tensor, source: Tensor) -> Tensor:
+    """``sigmoid(mask) * rgb + (1 - sigmoid(mask)) * source``; a larger source is area-downsampled to fit."""
+    if source.shape[-1] != rgb.shape[-1]:
+        source = F.adaptive_avg_pool2d(source, rgb.shape[-2:])
+    return torch.lerp(source, rgb, torch.sigmoid(mask_logit))
+
+
 class Generator(nn.Module):
     """(w_id, w_exp) -> image at any supported resolution, with ProGAN fade-in.
 
@@ -86,6 +99,7 @@ class Generator(nn.Module):
         min_channels: floor for the halving.
         spatial_channels, spatial_resolution: the spatial part of w_id (0 channels: none). w_id is
             then (N, id_dim + spatial_channels * spatial_resolution**2), the vector first.
+        edit_mask: also emit a mask per resolution, so a render can be composited over its source.
     """
 
     def __init__(
@@ -97,6 +111,7 @@ class Generator(nn.Module):
         min_channels: int = 32,
         spatial_channels: int = 0,
         spatial_resolution: int = 16,
+        edit_mask: bool = False,
     ) -> None:
         super().__init__()
         self.id_vector_dim = id_dim
@@ -114,6 +129,8 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(_UpBlock(chans[i], chans[i + 1], w_dim) for i in range(len(chans) - 1))
         # Images come out of a linear 1x1 conv (gain 1, ProGAN's toRGB).
         self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
+        # Mask logits start at 0 (an even blend) and, like toRGB, come out of a linear 1x1 conv.
+        self.to_mask = nn.ModuleList(EqualConv2d(c, 1, 1, gain=1.0) for c in chans) if edit_mask else None
         self.spatial_in: EqualConv2d | None = None
         if spatial_channels:
             if spatial_resolution not in self._resolutions[1:]:
@@ -127,13 +144,36 @@ class Generator(nn.Module):
         """Supported output resolutions, ascending (4, 8, ..., max_resolution)."""
         return list(self._resolutions)
 
-    def forward(self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0) -> Tensor:
+    @property
+    def has_mask(self) -> bool:
+        return self.to_mask is not None
+
+    def forward(
+        self,
+        w_id: Tensor,
+        w_exp: Tensor,
+        resolution: int,
+        alpha: float = 1.0,
+        source: Tensor | None = None,
+        with_parts: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor | None]:
         """Render (N, 3, resolution, resolution) images.
 
         With ``alpha < 1`` the newest block is faded in:
         ``lerp(upsample(toRGB_prev(features_prev)), toRGB_cur(features_cur), alpha)``; at alpha=0 the
-        output equals the previous resolution's output, nearest-upsampled, exactly.
+        output equals the previous resolution's output, nearest-upsampled, exactly. With an edit mask
+        and a ``source`` (N, 3, H, W) the render is composited over the source; otherwise it is the RGB.
+        ``with_parts`` returns ``(render, rgb, mask_logit or None)`` (training reads all three; one call,
+        so DistributedDataParallel sees one forward).
         """
+        rgb, mask = self.forward_parts(w_id, w_exp, resolution, alpha)
+        render = rgb if mask is None or source is None else composite(rgb, mask, source)
+        return (render, rgb, mask) if with_parts else render
+
+    def forward_parts(
+        self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0
+    ) -> tuple[Tensor, Tensor | None]:
+        """(RGB, mask logit or None): the two outputs before compositing (training needs both)."""
         stage = check_resolution(resolution, self._resolutions)
         alpha = check_alpha(alpha)
         if w_id.dim() != 2 or w_id.shape[1] != self.id_dim:
@@ -153,8 +193,12 @@ class Generator(nn.Module):
                 x = block(x, w, self.spatial_in(spatial))
             else:
                 x = block(x, w)
-        rgb = self.to_rgb[stage](x)
-        if stage > 0 and alpha < 1.0:
-            skip = F.interpolate(self.to_rgb[stage - 1](prev), scale_factor=2, mode="nearest")
-            rgb = torch.lerp(skip, rgb, alpha)
-        return rgb
+        heads = [self.to_rgb] if self.to_mask is None else [self.to_rgb, self.to_mask]
+        outs = []
+        for head in heads:
+            out = head[stage](x)
+            if stage > 0 and alpha < 1.0:
+                skip = F.interpolate(head[stage - 1](prev), scale_factor=2, mode="nearest")
+                out = torch.lerp(skip, out, alpha)
+            outs.append(out)
+        return outs[0], (outs[1] if len(outs) > 1 else None)

@@ -84,6 +84,11 @@ class ModelConfig(_Section):
         description="channels of the spatial part of the identity code (0: vector code only, as in the paper)",
     )
     id_spatial_resolution: int = Field(16, description="side of the spatial identity map (8 or 16)")
+    edit_mask: bool = Field(
+        False,
+        description="the generator also draws a mask; a render of a real face is composited over its source "
+        "photo (GANimation), so only what the expression changes is redrawn",
+    )
     exp_dim: int = Field(32, ge=2, le=1024)
     mapping_layers: int = Field(4, ge=1, le=16)
     mapping_lr_mul: float = Field(0.1, gt=0, le=1.0, description="equalised-lr multiplier of the mapping MLP")
@@ -174,6 +179,11 @@ class LossWeights(_Section):
         0.0,
         ge=0,
         description="pull the spatial identity map of a source towards that of its swap truth (procedural only)",
+    )
+    mask: float = Field(
+        0.1,
+        ge=0,
+        description="mean of the edit mask on swaps (model.edit_mask): redraw only what must change (GANimation)",
     )
 
 

@@ -101,6 +101,8 @@ def evaluate_checkpoint(
 
     # Per-batch score arrays, concatenated at the end.
     rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct, transfer = [], [], [], [], [], []
+    has_mask = nets.generator_ema.has_mask
+    raw_correct, raw_ssim = [], []
     id_hit, id_cos, spread_fake, spread_true = [], [], [], []
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
     for start in range(0, len(src), batch_size):
@@ -113,11 +115,17 @@ def evaluate_checkpoint(
         n = len(rows)
         ids = w_id.repeat_interleave(n_cls, 0)
         exps = targets.repeat(n, 1)
-        fake = nets.generator_ema(ids, exps, full, 1.0).clamp(-1, 1)
+        # With an edit mask a swap is drawn over its source photo (how real identities are rendered);
+        # the raw RGB (what a novel identity gets) is scored beside it.
+        fake, raw, _ = nets.generator_ema(ids, exps, full, 1.0, source=x.repeat_interleave(n_cls, 0), with_parts=True)
+        fake = fake.clamp(-1, 1)
         tgt = torch.arange(n_cls).repeat(n)
         src_rep = rows.repeat_interleave(n_cls)
         pred = clf(fake).argmax(1).cpu()
         correct.append((pred == tgt).numpy())
+        if has_mask:
+            raw = raw.clamp(-1, 1)
+            raw_correct.append((clf(raw).argmax(1).cpu() == tgt).numpy())
         e = emb.embed(fake)
         sims = e @ protos.T
         own = test.identity[src_rep].to(device)
@@ -140,6 +148,8 @@ def evaluate_checkpoint(
             truth_u8 = to_uint8(truth)
             sw_ssim.append(ssim_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
             sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
+            if has_mask:
+                raw_ssim.append(ssim_batch(to_uint8(raw)[have.numpy()], truth_u8, data_range=255))
             # Reference: the unchanged source scored against the same truths. SSIM rewards getting
             # the face, pose and light right more than the expression, so read ssim_truth beside it.
             src_u8 = np.repeat(x_u8, n_cls, axis=0)
@@ -181,6 +191,10 @@ def evaluate_checkpoint(
         metrics["ssim_truth_copy_source"] = float(cat(copy_ssim).mean())
     if transfer:
         metrics["expression_transfer"] = float(cat(transfer).mean())
+    if has_mask:  # the renders a novel identity (no source photo) gets
+        metrics["expr_acc_raw"] = float(cat(raw_correct).mean())
+        if raw_ssim:
+            metrics["ssim_truth_raw"] = float(cat(raw_ssim).mean())
     per_class = cat(correct).reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     metrics.update(lower)
@@ -238,9 +252,14 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
         correct, ssims = [], []
         for start in range(0, len(src), bs):
             rows = src[start : start + bs]
-            w_id, _ = nets.encoder(test.batch(rows, full, 1.0, device))
+            x = test.batch(rows, full, 1.0, device)
+            w_id, _ = nets.encoder(x)
             fake = nets.generator_ema(
-                w_id.repeat_interleave(len(classes), 0), targets.repeat(len(rows), 1), full, 1.0
+                w_id.repeat_interleave(len(classes), 0),
+                targets.repeat(len(rows), 1),
+                full,
+                1.0,
+                source=x.repeat_interleave(len(classes), 0),
             ).clamp(-1, 1)
             tgt = cls.repeat(len(rows))
             correct.append((clf(fake).argmax(1) == tgt).cpu().numpy())

@@ -258,6 +258,57 @@ def test_render_is_independent_of_batch_composition(tiny: Path) -> None:
     assert np.abs(together.astype(int) - alone.astype(int)).max() <= 1
 
 
+def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: Path, tmp_path: Path) -> None:
+    import torch
+
+    from pipeline.generate.plan import base_image_paths
+    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.train.loop import Trainer
+
+    data = cfg_for(tiny).data.root  # the module's tiny data, trained on again with an edit mask
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"data.root={data}", f"train.out_dir={tmp_path / 'run'}", "model.edit_mask=true"],
+    )
+    ckpt = Trainer(cfg).train()
+    gen_cfg = cfg_for(ckpt, "generate.identity_sources=[real, novel]", "generate.n_novel=1")
+    plan = make_plan(gen_cfg, ckpt, load_checkpoint(ckpt))
+    plan.meta["name"] = "x"
+    labels = pd.read_parquet(Path(data) / "labels.parquet")
+    real = [p for p in plan.identities if p.source.startswith("real")]
+    novel = [p for p in plan.identities if p.source == "novel"]
+    assert real and novel and all(p.base_image is None for p in novel)
+    for p in real:  # the identity's neutral photo of its first session
+        row = labels[labels["path"] == p.base_image].iloc[0]
+        assert row["identity"] == p.identity_id and row["expression"] == "neutral"
+        assert '"session":0' in row["nuisance"]
+    assert base_image_paths(labels, [real[0].identity_id]) == {real[0].identity_id: real[0].base_image}
+
+    ctx = shards_mod.get_context(plan)
+    items = [it for it in plan.items if it.identity_id in (real[0].identity_id, novel[0].identity_id)][:10]
+    mixed = shards_mod.render_items(ctx, plan, items)
+    alone = np.concatenate([shards_mod.render_items(ctx, plan, [it]) for it in items])
+    assert np.abs(mixed.astype(int) - alone.astype(int)).max() <= 1  # a batch's mix changes nothing
+    head = ctx.generator.to_mask[-1]
+    saved = head.bias.detach().clone(), head.weight.detach().clone()
+    try:
+        with torch.no_grad():  # a mask that keeps every pixel: real renders are their base photo
+            head.weight.zero_()
+            head.bias.fill_(-50.0)
+        kept = shards_mod.render_items(ctx, plan, items)
+    finally:
+        with torch.no_grad():
+            head.bias.copy_(saved[0])
+            head.weight.copy_(saved[1])
+    base = ctx.images[ctx.base_rows[real[0].identity_id]].permute(1, 2, 0).numpy()
+    for it, img in zip(items, kept, strict=True):
+        if it.identity_id == real[0].identity_id:
+            assert np.abs(img.astype(int) - base.astype(int)).max() <= 1
+        else:  # a novel identity has no photo: drawn from its codes alone, as before
+            assert np.abs(img.astype(int) - base.astype(int)).mean() > 5
+    shards_mod._CONTEXTS.clear()
+
+
 # --------------------------------------------------------------------------- gates / publish
 
 

@@ -185,6 +185,35 @@ def test_spatial_identity_map_steers_layout_from_its_resolution_up() -> None:
         Generator(ID_DIM, EXP_DIM, max_resolution=32, spatial_channels=2, spatial_resolution=64)
 
 
+def test_edit_mask_composites_the_render_over_its_source() -> None:
+    g = Generator(ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8, edit_mask=True)
+    w_id, w_exp = _codes(2)
+    source = torch.rand(2, 3, 16, 16) * 2 - 1
+    render, rgb, mask = g(w_id, w_exp, 16, source=source, with_parts=True)
+    assert mask is not None and mask.shape == (2, 1, 16, 16)
+    m = torch.sigmoid(mask)
+    torch.testing.assert_close(render, m * rgb + (1 - m) * source)
+    torch.testing.assert_close(g(w_id, w_exp, 16), rgb)  # no source (a novel identity): the plain RGB
+    # The mask decides, pixel by pixel: all "keep" gives the source back, all "redraw" the RGB.
+    last = g.to_mask[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-50.0)
+        torch.testing.assert_close(g(w_id, w_exp, 16, source=source), source)
+        last.bias.fill_(50.0)
+        torch.testing.assert_close(g(w_id, w_exp, 16, source=source), rgb)
+    # A larger source is area-downsampled to the stage's side; the mask fades in like the RGB.
+    big = torch.rand(2, 3, 16, 16)
+    r8, rgb8, m8 = g(w_id, w_exp, 8, alpha=0.0, source=big, with_parts=True)
+    torch.testing.assert_close(r8, torch.lerp(F.adaptive_avg_pool2d(big, 8), rgb8, torch.sigmoid(m8)))
+    _, _, m4 = g(w_id, w_exp, 4, with_parts=True)
+    torch.testing.assert_close(m8, F.interpolate(m4, scale_factor=2, mode="nearest"))
+    # Without an edit mask a source changes nothing.
+    plain = Generator(ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8)
+    assert plain.to_mask is None and not plain.has_mask
+    torch.testing.assert_close(plain(w_id, w_exp, 16, source=source), plain(w_id, w_exp, 16))
+
+
 # --- discriminator --------------------------------------------------------------------------------
 
 

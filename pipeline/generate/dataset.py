@@ -42,6 +42,7 @@ from pipeline.generate.plan import (
     PlanError,
     PlannedIdentity,
     SweepPlan,
+    base_image_paths,
     build_plan,
     load_plan,
     make_render_key,
@@ -257,8 +258,12 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         codes = real_identity_codes(
             nets.encoder, images[torch.as_tensor(sel)], frame["identity"].iloc[sel].tolist(), device, gen.batch_size
         )
+        # An edit-mask generator draws each real identity's renders over one of its photos.
+        bases = base_image_paths(labels, wanted) if nets.generator_ema.has_mask else {}
         for ident in wanted:
-            identities.append(PlannedIdentity(ident, f"real:{split_of[ident]}", split_of[ident], len(rows)))
+            identities.append(
+                PlannedIdentity(ident, f"real:{split_of[ident]}", split_of[ident], len(rows), bases.get(ident))
+            )
             rows.append(codes[ident])
     if "novel" in gen.identity_sources:
         if gen.n_novel == 0:
@@ -469,9 +474,16 @@ def finish(
     report = evaluate_gates(per_image, metrics, cfg.quality)
     status = "published" if report.passed else "rejected"
     gates = report.to_dict()["gates"]
+    description = f"{len(df)} synthetic facial-expression renders of {len(plan.identities)} identities"
+    n_based = sum(p.base_image is not None for p in plan.identities)
+    if n_based:
+        description += (
+            f"; the renders of {n_based} real identities are drawn over one photo of each through the generator's "
+            "edit mask (plan.json: identities[].base_image)"
+        )
     meta = {
         "name": plan.meta.get("name"),
-        "description": f"{len(df)} synthetic facial-expression renders of {len(plan.identities)} identities",
+        "description": description,
         "status": status,
         "run_id": run_id,
         "gates": gates,

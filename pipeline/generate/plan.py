@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from manifests.schema import make_sample_id
 from pipeline.config import GenerateConfig, config_to_dict
 from pipeline.expressions import EXPRESSION_INDEX, check_expression_names
 from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
+from pipeline.train.data import session_of
 
 PLAN_FILE = "plan.json"
 CODES_FILE = "identity_codes.npy"
@@ -46,6 +48,8 @@ class PlannedIdentity:
     source: str  # manifest identity_source: real:<split> or novel
     split: str | None  # the data split of a real identity
     code_row: int  # row in identity_codes.npy
+    # Edit-mask checkpoints: the real photo (labels `path`) this identity's renders are drawn over.
+    base_image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,25 @@ def real_identity_codes(
                 sums[name] = sums[name] + v if name in sums else v
                 counts[name] = counts.get(name, 0) + 1
     return {k: (sums[k] / counts[k]).float().numpy() for k in sorted(sums)}
+
+
+def base_image_paths(labels: pd.DataFrame, identities: list[str]) -> dict[str, str]:
+    """The photo each identity's renders are composited over (checkpoints with an edit mask).
+
+    Its neutral image of its first session when it has one (a swap then changes only the
+    expression, and procedural ground truth is drawn in that same session), else its first image
+    by path: a pure function of the labels table, so a plan always picks the same photos.
+    """
+    rows = labels[labels["identity"].isin(identities)]
+    order = pd.DataFrame(
+        {
+            "identity": rows["identity"],
+            "not_neutral": rows["expression"] != "neutral",
+            "session": rows["nuisance"].map(session_of) if "nuisance" in rows else 0,
+            "path": rows["path"],
+        }
+    ).sort_values(["identity", "not_neutral", "session", "path"])
+    return dict(order.groupby("identity", sort=False)["path"].first())
 
 
 def novel_identity_codes(codes: dict[str, torch.Tensor], n: int, seed: int) -> dict[str, np.ndarray]:

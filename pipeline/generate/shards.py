@@ -71,6 +71,8 @@ class RenderContext:
     procedural: bool
     checkpoint_sha256: str
     checkpoint_step: int
+    # Edit-mask checkpoints: identity -> row in `images` of the photo its renders are drawn over.
+    base_rows: dict[str, int] = field(default_factory=dict)
     prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
     truths: dict[tuple[str, str, float], np.ndarray | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -142,6 +144,11 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
     # identity Gaussian, so a jitter of 0.1 means "a tenth of the natural variation" in either code.
     exp_scale = cent.std(0) if cent.shape[0] > 1 else torch.ones_like(cent[0])
     id_scale = codes["id_chol"].square().sum(1).sqrt()
+    row_of_path = {p: i for i, p in enumerate(labels["path"])}
+    missing = [p.base_image for p in plan.identities if p.base_image and p.base_image not in row_of_path]
+    if missing:
+        raise ValueError(f"{cfg.data.root}: base image(s) named in the plan are not in the data: {missing[:5]}")
+    base_rows = {p.identity_id: row_of_path[p.base_image] for p in plan.identities if p.base_image}
     return RenderContext(
         cfg=cfg,
         plan_key=plan.key,
@@ -159,6 +166,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         procedural=procedural,
         checkpoint_sha256=sha,
         checkpoint_step=int(ckpt["global_step"]),
+        base_rows=base_rows,
     )
 
 
@@ -191,7 +199,14 @@ def sample_codes(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
 def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> np.ndarray:
     """uint8 NHWC renders of `items` (what goes into the PNGs)."""
     w_id, w_exp = sample_codes(ctx, plan, items)
-    return to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1))
+    rows = [ctx.base_rows.get(it.identity_id) for it in items]
+    if not any(r is not None for r in rows):  # no edit mask, or only novel identities: codes alone
+        return to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1))
+    has_base = torch.tensor([r is not None for r in rows], device=ctx.device)[:, None, None, None]
+    base = ctx.images[torch.tensor([r if r is not None else 0 for r in rows])]
+    base = base.to(device=ctx.device, dtype=torch.float32) / 127.5 - 1.0
+    render, rgb, _ = ctx.generator(w_id, w_exp, ctx.resolution, 1.0, source=base, with_parts=True)
+    return to_uint8(torch.where(has_base, render, rgb).clamp(-1, 1))
 
 
 def write_png(path: Path, data: bytes) -> None:

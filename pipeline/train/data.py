@@ -64,7 +64,7 @@ def downsample(x: torch.Tensor, resolution: int, alpha: float = 1.0) -> torch.Te
     return x
 
 
-def _session_of(nuisance_json: str | None) -> int:
+def session_of(nuisance_json: str | None) -> int:
     # Procedural nuisance JSON carries the session (nuisance draw) index; photos have none.
     if not nuisance_json:
         return 0
@@ -88,7 +88,7 @@ def load_split(root: Path, resolution: int, split: str, cache_dir: Path | None =
     labels = torch.tensor(frame["expression_index"].astype(int).to_numpy(), dtype=torch.long)
     inten = frame["intensity"].fillna(1.0).to_numpy()
     intensity_code = torch.tensor(np.rint(inten * 100).astype(int), dtype=torch.long)
-    session = torch.tensor([_session_of(n) for n in frame["nuisance"]], dtype=torch.long)
+    session = torch.tensor([session_of(n) for n in frame["nuisance"]], dtype=torch.long)
     truth_key: dict[tuple[int, int, int, int], int] = {}
     if dataset_kind(frame) == "procedural":
         for i in range(len(frame)):

@@ -59,7 +59,10 @@ def expression_grid(
     n, k = w_id.shape[0], exp_codes.shape[0]
     ids = w_id.repeat_interleave(k, 0)
     exps = exp_codes.repeat(n, 1)
-    out = to_uint8(generator(ids, exps, resolution, 1.0)).reshape(n, k, resolution, resolution, 3)
-    src = to_uint8(torch.nn.functional.interpolate(sources, size=(resolution, resolution), mode="area"))
+    small = torch.nn.functional.interpolate(sources, size=(resolution, resolution), mode="area")
+    # With an edit mask the swaps are drawn over their source, as the product renders real identities.
+    out = generator(ids, exps, resolution, 1.0, source=small.repeat_interleave(k, 0))
+    out = to_uint8(out).reshape(n, k, resolution, resolution, 3)
+    src = to_uint8(small)
     rows = [[src[i], *list(out[i])] for i in range(n)]
     return compose_grid(rows, ["source", *EXPRESSIONS[:k]], row_labels)

@@ -391,8 +391,10 @@ class Trainer:
         w_id_rec = w_id
         if t.cross_expression_map and w_id_truth is not None:
             w_id_rec = _with_other_map(w_id, w_id_truth, valid, self.cfg.model.id_dim)
+        # Reconstructions are the plain RGB (what novel identities, which have no photo, get); with an
+        # edit mask the swaps are composited over their source, and the raw RGB is kept for its own loss.
         fake_rec = n.generator(w_id_rec, w_exp, res, alpha)
-        fake_sw = n.generator(w_id, w_exp_sw, res, alpha)
+        fake_sw, raw_sw, mask_sw = n.generator(w_id, w_exp_sw, res, alpha, source=x, with_parts=True)
 
         # ---- discriminator
         n.discriminator.requires_grad_(True)
@@ -427,7 +429,7 @@ class Trainer:
         fb_rec = n.feedback(fake_rec)
         terms["latent"] = L.latent_recovery(fb_sw, w_id, w_exp_sw) + L.latent_recovery(fb_rec, w_id_rec, w_exp)
         # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
-        cyc = n.generator(fb_sw[0], w_exp, res, alpha)
+        cyc = n.generator(fb_sw[0], w_exp, res, alpha, source=fake_sw)
         terms["cycle"] = F.l1_loss(cyc, x)
         loss = (
             w.adv * (terms["g_adv"] + terms["g_cls"])
@@ -448,6 +450,12 @@ class Trainer:
             if use_ssim:
                 terms["swap_ssim"] = L.ssim_loss(fake_sw[valid], truth)
                 loss = loss + w.ssim * terms["swap_ssim"]
+            if mask_sw is not None:  # the raw RGB too: novel identities are rendered without a source
+                terms["swap_truth_raw"] = F.l1_loss(raw_sw[valid], truth)
+                loss = loss + w.swap_truth * terms["swap_truth_raw"]
+                if use_ssim:
+                    terms["swap_ssim_raw"] = L.ssim_loss(raw_sw[valid], truth)
+                    loss = loss + w.ssim * terms["swap_ssim_raw"]
         if truth is not None and w.swap_change > 0:
             terms["swap_change"] = L.changed_pixels_l1(fake_sw[valid], truth, x[valid])
             loss = loss + w.swap_change * terms["swap_change"]
@@ -457,6 +465,10 @@ class Trainer:
         if w_id_truth is not None and w.map_invariance > 0:  # the config refuses it without a spatial code
             terms["map_inv"] = L.map_invariance(w_id[valid], w_id_truth, self.cfg.model.id_dim)
             loss = loss + w.map_invariance * terms["map_inv"]
+        if mask_sw is not None:
+            # GANimation's mask penalty: where the source already looks right, keep its pixels.
+            terms["mask"] = torch.sigmoid(mask_sw).mean()
+            loss = loss + w.mask * terms["mask"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(self.opt_g)
@@ -564,7 +576,7 @@ def swap_check(
     nets.encoder.eval()
     w_id, w_exp = nets.encoder(x_full)
     rec = nets.generator_ema(w_id, w_exp, res, 1.0)
-    sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0)
+    sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0, source=downsample(x_full, res))
     y_sw = data.labels[idx][perm].to(device)
     acc = (nets.classifier(_to_full(sw, full)).argmax(1) == y_sw).float().mean()
     recon = F.l1_loss(rec, data.batch(idx, res, 1.0, device))

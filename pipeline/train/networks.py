@@ -69,6 +69,7 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         m.gen_min_channels,
         spatial_channels=m.id_spatial_channels,
         spatial_resolution=m.id_spatial_resolution,
+        edit_mask=m.edit_mask,
     )
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)
