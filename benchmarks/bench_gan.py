@@ -46,6 +46,8 @@ def main() -> None:
         "ssim_truth_copy_source",
         "expression_transfer",  # 1: renders reach the truth, -1: they copy the source's expression
         "expression_spread_ratio",
+        "expr_acc_raw",  # edit-mask checkpoints: the plain RGB, what a novel identity (no photo) gets
+        "ssim_truth_raw",
     ):
         if key in m:
             print(f"  {key:<24} {m[key]:.3f}")
