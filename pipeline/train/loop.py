@@ -445,17 +445,14 @@ class Trainer:
             loss = loss + w.ssim * terms["recon_ssim"]
         truth = downsample(truth_full, res, alpha) if truth_full is not None else None
         if truth is not None and w.swap_truth > 0:
-            terms["swap_truth"] = F.l1_loss(fake_sw[valid], truth)
-            loss = loss + w.swap_truth * terms["swap_truth"]
-            if use_ssim:
-                terms["swap_ssim"] = L.ssim_loss(fake_sw[valid], truth)
-                loss = loss + w.ssim * terms["swap_ssim"]
-            if mask_sw is not None:  # the raw RGB too: novel identities are rendered without a source
-                terms["swap_truth_raw"] = F.l1_loss(raw_sw[valid], truth)
-                loss = loss + w.swap_truth * terms["swap_truth_raw"]
+            # With an edit mask the raw RGB is held to the truth too: novel identities have no source.
+            swaps = {"": fake_sw} if mask_sw is None else {"": fake_sw, "_raw": raw_sw}
+            for suffix, render in swaps.items():
+                terms[f"swap_truth{suffix}"] = F.l1_loss(render[valid], truth)
+                loss = loss + w.swap_truth * terms[f"swap_truth{suffix}"]
                 if use_ssim:
-                    terms["swap_ssim_raw"] = L.ssim_loss(raw_sw[valid], truth)
-                    loss = loss + w.ssim * terms["swap_ssim_raw"]
+                    terms[f"swap_ssim{suffix}"] = L.ssim_loss(render[valid], truth)
+                    loss = loss + w.ssim * terms[f"swap_ssim{suffix}"]
         if truth is not None and w.swap_change > 0:
             terms["swap_change"] = L.changed_pixels_l1(fake_sw[valid], truth, x[valid])
             loss = loss + w.swap_change * terms["swap_change"]
@@ -576,7 +573,7 @@ def swap_check(
     nets.encoder.eval()
     w_id, w_exp = nets.encoder(x_full)
     rec = nets.generator_ema(w_id, w_exp, res, 1.0)
-    sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0, source=downsample(x_full, res))
+    sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0, source=x_full)  # composite() resizes it
     y_sw = data.labels[idx][perm].to(device)
     acc = (nets.classifier(_to_full(sw, full)).argmax(1) == y_sw).float().mean()
     recon = F.l1_loss(rec, data.batch(idx, res, 1.0, device))
