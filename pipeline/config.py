@@ -185,6 +185,12 @@ class LossWeights(_Section):
         ge=0,
         description="mean of the edit mask on swaps (model.edit_mask): redraw only what must change (GANimation)",
     )
+    mask_target: float = Field(
+        0.0,
+        ge=0,
+        description="class-balanced BCE of the edit mask against the pixels a swap's truth changes "
+        "(model.edit_mask, procedural only; see losses.mask_target_bce)",
+    )
 
 
 class TrainConfig(_Section):

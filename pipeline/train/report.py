@@ -13,7 +13,21 @@ import matplotlib.pyplot as plt
 
 from pipeline.io_utils import atomic_path, atomic_write_text
 
-CURVES = ("recon", "swap_truth", "recon_ssim", "swap_ssim", "swap_cls", "identity", "latent", "cycle", "g_adv", "d_adv")
+CURVES = (
+    "recon",
+    "swap_truth",
+    "swap_truth_raw",  # edit mask: the plain RGB that novel identities get
+    "recon_ssim",
+    "swap_ssim",
+    "swap_cls",
+    "identity",
+    "latent",
+    "cycle",
+    "mask",  # edit mask: mean opening
+    "mask_target",
+    "g_adv",
+    "d_adv",
+)
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> Path | None:
@@ -61,7 +75,10 @@ def write_training_report(
         "seconds",
         "recon",
         "swap_truth",
+        "swap_truth_raw",
         "swap_acc",
+        "mask",
+        "mask_target",
         "identity",
         "latent",
         "cycle",
