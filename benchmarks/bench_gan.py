@@ -48,6 +48,8 @@ def main() -> None:
         "expression_spread_ratio",
         "expr_acc_raw",  # edit-mask checkpoints: the plain RGB, what a novel identity (no photo) gets
         "ssim_truth_raw",
+        "mask_open_changed",  # edit mask: mean opening over the pixels the truth changes (decisive: ~1)
+        "mask_open_kept",  # ... and over the rest (decisive: ~0)
     ):
         if key in m:
             print(f"  {key:<24} {m[key]:.3f}")

@@ -27,6 +27,7 @@ from pipeline.train.codes import expression_target
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import compose_grid, save_png, to_uint8
 from pipeline.train.judges import judge_accuracy
+from pipeline.train.losses import changed_pixels
 from pipeline.train.networks import Networks, build_networks, pick_device
 
 RENDER_NETS = ("encoder", "generator_ema")
@@ -102,7 +103,7 @@ def evaluate_checkpoint(
     # Per-batch score arrays, concatenated at the end.
     rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct, transfer = [], [], [], [], [], []
     has_mask = nets.generator_ema.has_mask
-    raw_correct, raw_ssim = [], []
+    raw_correct, raw_ssim, mask_changed, mask_kept = [], [], [], []
     id_hit, id_cos, spread_fake, spread_true = [], [], [], []
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
     for start in range(0, len(src), batch_size):
@@ -117,7 +118,9 @@ def evaluate_checkpoint(
         exps = targets.repeat(n, 1)
         # With an edit mask a swap is drawn over its source photo (how real identities are rendered);
         # the raw RGB (what a novel identity gets) is scored beside it.
-        fake, raw, _ = nets.generator_ema(ids, exps, full, 1.0, source=x.repeat_interleave(n_cls, 0), with_parts=True)
+        fake, raw, mask_logit = nets.generator_ema(
+            ids, exps, full, 1.0, source=x.repeat_interleave(n_cls, 0), with_parts=True
+        )
         fake = fake.clamp(-1, 1)
         tgt = torch.arange(n_cls).repeat(n)
         src_rep = rows.repeat_interleave(n_cls)
@@ -150,6 +153,13 @@ def evaluate_checkpoint(
             sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
             if has_mask:
                 raw_ssim.append(ssim_batch(to_uint8(raw)[have.numpy()], truth_u8, data_range=255))
+                # How far the mask opens where the truth differs from the source, and elsewhere: a
+                # decisive mask is near 1 and 0; a blend of the source and the RGB is near 0.5.
+                have_d = have.to(device)
+                where = changed_pixels(truth, x.repeat_interleave(n_cls, 0)[have_d])
+                m = torch.sigmoid(mask_logit[have_d])
+                mask_changed.append(float((m * where).sum() / where.sum().clamp_min(1.0)))
+                mask_kept.append(float((m * (1 - where)).sum() / (1 - where).sum().clamp_min(1.0)))
             # Reference: the unchanged source scored against the same truths. SSIM rewards getting
             # the face, pose and light right more than the expression, so read ssim_truth beside it.
             src_u8 = np.repeat(x_u8, n_cls, axis=0)
@@ -195,6 +205,8 @@ def evaluate_checkpoint(
         metrics["expr_acc_raw"] = float(cat(raw_correct).mean())
         if raw_ssim:
             metrics["ssim_truth_raw"] = float(cat(raw_ssim).mean())
+            metrics["mask_open_changed"] = float(np.mean(mask_changed))
+            metrics["mask_open_kept"] = float(np.mean(mask_kept))
     per_class = cat(correct).reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     metrics.update(lower)
