@@ -30,8 +30,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", type=Path, default=Path("runs/cpu-64/checkpoints/final.pt"))
     ap.add_argument("--out", type=Path, default=None, help="where eval.json / swap_grid.png go")
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], help="config override, e.g. generate.composite=mask"
+    )
     args = ap.parse_args()
-    result = evaluate_checkpoint(args.checkpoint, out_dir=args.out)
+    result = evaluate_checkpoint(args.checkpoint, out_dir=args.out, overrides=args.sets or None)
     m = result["metrics"]
     print(
         f"checkpoint {args.checkpoint} (step {result['step']}), {m['n_test_identities']} test identities, {m['n_swaps']} swaps"
@@ -46,10 +49,10 @@ def main() -> None:
         "ssim_truth_copy_source",
         "expression_transfer",  # 1: renders reach the truth, -1: they copy the source's expression
         "expression_spread_ratio",
-        "expr_acc_raw",  # edit-mask checkpoints: the plain RGB, what a novel identity (no photo) gets
+        "expr_acc_raw",  # swaps drawn over the source: the plain RGB, what a novel identity (no photo) gets
         "ssim_truth_raw",
-        "mask_open_changed",  # edit mask: mean opening over the pixels the truth changes (decisive: ~1)
-        "mask_open_kept",  # ... and over the rest (decisive: ~0)
+        "mask_open_changed",  # swaps drawn over the source: mask over the pixels the truth changes (~1 is decisive)
+        "mask_open_kept",  # ... and over the rest (~0 is decisive)
     ):
         if key in m:
             print(f"  {key:<24} {m[key]:.3f}")

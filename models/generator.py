@@ -89,6 +89,25 @@ def composite(rgb: Tensor, mask_logit: Tensor, source: Tensor) -> Tensor:
     return torch.lerp(source, rgb, torch.sigmoid(mask_logit))
 
 
+def difference_mask(
+    rgb: Tensor, rgb_source_expression: Tensor, low: float = 0.1, high: float = 0.25, dilation: int = 2
+) -> Tensor:
+    """(N, 1, H, W) in [0, 1]: where a render for the target expression differs from the render of
+    the same identity code with the source photo's own expression code.
+
+    The per-pixel largest channel difference ramps from 0 at ``low`` to 1 at ``high`` (images in
+    [-1, 1]), is dilated by ``dilation`` pixels so that the edges of a mouth or brow are redrawn
+    too, and is softened by a 3x3 mean so that the seam does not show. The generator's learned mask
+    cannot know this: it sees only the codes, not which expression the photo has, so it settles on
+    a blend wherever an expression *might* change (measured: 0.46 open over the pixels that do).
+    """
+    diff = (rgb - rgb_source_expression).abs().amax(1, keepdim=True)
+    m = ((diff - low) / (high - low)).clamp(0, 1)
+    if dilation > 0:
+        m = F.max_pool2d(m, 2 * dilation + 1, stride=1, padding=dilation)
+    return F.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=False)
+
+
 class Generator(nn.Module):
     """(w_id, w_exp) -> image at any supported resolution, with ProGAN fade-in.
 
@@ -169,6 +188,23 @@ class Generator(nn.Module):
         rgb, mask = self.forward_parts(w_id, w_exp, resolution, alpha)
         render = rgb if mask is None or source is None else composite(rgb, mask, source)
         return (render, rgb, mask) if with_parts else render
+
+    def edit(
+        self, w_id: Tensor, w_exp: Tensor, w_exp_source: Tensor, source: Tensor, resolution: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Redraw a photo with another expression: ``(render, rgb, mask)``.
+
+        ``source`` (N, 3, H, W) is the photo, ``w_exp_source`` its own expression code (the encoder's)
+        and ``w_id`` its identity code. The RGB for ``w_exp`` replaces the photo where it differs
+        from the RGB for ``w_exp_source`` (:func:`difference_mask`); elsewhere the photo's own
+        pixels stay. Works with any generator, with or without a learned mask (which is not used).
+        """
+        both, _ = self.forward_parts(torch.cat([w_id, w_id]), torch.cat([w_exp, w_exp_source]), resolution)
+        rgb, rgb_src = both.chunk(2)
+        if source.shape[-1] != rgb.shape[-1]:
+            source = F.adaptive_avg_pool2d(source, rgb.shape[-2:])
+        mask = difference_mask(rgb, rgb_src)
+        return torch.lerp(source, rgb, mask), rgb, mask
 
     def forward_parts(
         self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0

@@ -185,12 +185,6 @@ class LossWeights(_Section):
         ge=0,
         description="mean of the edit mask on swaps (model.edit_mask): redraw only what must change (GANimation)",
     )
-    mask_target: float = Field(
-        0.0,
-        ge=0,
-        description="class-balanced BCE of the edit mask against the pixels a swap's truth changes "
-        "(model.edit_mask, procedural only; see losses.mask_target_bce)",
-    )
 
 
 class TrainConfig(_Section):
@@ -335,6 +329,12 @@ class GenerateConfig(_Section):
     )
     id_jitter: float = Field(
         0.0, ge=0.0, le=2.0, description="w_id noise of repeats > 0, in units of the fitted w_id std"
+    )
+    composite: Literal["difference", "mask"] = Field(
+        "difference",
+        description="how a real identity is drawn over its photo: difference (redraw where the render for the "
+        "target expression differs from the render for the photo's own; any checkpoint) or mask (the "
+        "generator's learned edit mask, model.edit_mask); `fersynth evaluate` scores swaps the same way",
     )
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="images per manifest shard (one task per shard)")
     batch_size: int = Field(64, ge=1, le=4096, description="render/check batch size")

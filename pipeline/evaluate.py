@@ -102,7 +102,10 @@ def evaluate_checkpoint(
 
     # Per-batch score arrays, concatenated at the end.
     rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct, transfer = [], [], [], [], [], []
-    has_mask = nets.generator_ema.has_mask
+    # Swaps are drawn over their source photo as the product draws real identities (generate.composite):
+    # by the difference of two renders (any checkpoint) or by the learned edit mask (mask checkpoints);
+    # the plain RGB (what a novel identity gets) is scored beside them.
+    composited = cfg.generate.composite == "difference" or nets.generator_ema.has_mask
     raw_correct, raw_ssim, mask_changed, mask_kept = [], [], [], []
     id_hit, id_cos, spread_fake, spread_true = [], [], [], []
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
@@ -116,17 +119,13 @@ def evaluate_checkpoint(
         n = len(rows)
         ids = w_id.repeat_interleave(n_cls, 0)
         exps = targets.repeat(n, 1)
-        # With an edit mask a swap is drawn over its source photo (how real identities are rendered);
-        # the raw RGB (what a novel identity gets) is scored beside it.
-        fake, raw, mask_logit = nets.generator_ema(
-            ids, exps, full, 1.0, source=x.repeat_interleave(n_cls, 0), with_parts=True
-        )
+        fake, raw, mask = _swap(nets, ids, exps, w_exp.repeat_interleave(n_cls, 0), x.repeat_interleave(n_cls, 0), cfg)
         fake = fake.clamp(-1, 1)
         tgt = torch.arange(n_cls).repeat(n)
         src_rep = rows.repeat_interleave(n_cls)
         pred = clf(fake).argmax(1).cpu()
         correct.append((pred == tgt).numpy())
-        if has_mask:
+        if composited:
             raw = raw.clamp(-1, 1)
             raw_correct.append((clf(raw).argmax(1).cpu() == tgt).numpy())
         e = emb.embed(fake)
@@ -151,13 +150,13 @@ def evaluate_checkpoint(
             truth_u8 = to_uint8(truth)
             sw_ssim.append(ssim_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
             sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
-            if has_mask:
+            if composited:
                 raw_ssim.append(ssim_batch(to_uint8(raw)[have.numpy()], truth_u8, data_range=255))
                 # How far the mask opens where the truth differs from the source, and elsewhere: a
                 # decisive mask is near 1 and 0; a blend of the source and the RGB is near 0.5.
                 have_d = have.to(device)
                 where = changed_pixels(truth, x.repeat_interleave(n_cls, 0)[have_d])
-                m = torch.sigmoid(mask_logit[have_d])
+                m = mask[have_d]
                 mask_changed.append(float((m * where).sum() / where.sum().clamp_min(1.0)))
                 mask_kept.append(float((m * (1 - where)).sum() / (1 - where).sum().clamp_min(1.0)))
             # Reference: the unchanged source scored against the same truths. SSIM rewards getting
@@ -184,7 +183,7 @@ def evaluate_checkpoint(
             progress("evaluate", min(start + batch_size, len(src)), len(src), {})
 
     cat = np.concatenate
-    lower = _lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size)
+    lower = _lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size, cfg)
     metrics: dict[str, Any] = {
         "n_test_identities": len(test.identity_names),
         "n_swaps": int(sum(len(c) for c in correct)),
@@ -201,7 +200,7 @@ def evaluate_checkpoint(
         metrics["ssim_truth_copy_source"] = float(cat(copy_ssim).mean())
     if transfer:
         metrics["expression_transfer"] = float(cat(transfer).mean())
-    if has_mask:  # the renders a novel identity (no source photo) gets
+    if composited:  # the renders a novel identity (no source photo) gets
         metrics["expr_acc_raw"] = float(cat(raw_correct).mean())
         if raw_ssim:
             metrics["ssim_truth_raw"] = float(cat(raw_ssim).mean())
@@ -247,7 +246,7 @@ def evaluate_checkpoint(
     return result
 
 
-def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, device, bs) -> dict[str, float]:
+def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, device, bs, cfg) -> dict[str, float]:
     """Expression accuracy and SSIM to truth of swaps to every intensity below a class's top one.
 
     The same sources as the main scores, each rendered with every expressive class at each lower
@@ -265,14 +264,10 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
         for start in range(0, len(src), bs):
             rows = src[start : start + bs]
             x = test.batch(rows, full, 1.0, device)
-            w_id, _ = nets.encoder(x)
-            fake = nets.generator_ema(
-                w_id.repeat_interleave(len(classes), 0),
-                targets.repeat(len(rows), 1),
-                full,
-                1.0,
-                source=x.repeat_interleave(len(classes), 0),
-            ).clamp(-1, 1)
+            w_id, w_exp = nets.encoder(x)
+            k = len(classes)
+            ids, exps, srcs = w_id.repeat_interleave(k, 0), w_exp.repeat_interleave(k, 0), x.repeat_interleave(k, 0)
+            fake = _swap(nets, ids, targets.repeat(len(rows), 1), exps, srcs, cfg)[0].clamp(-1, 1)
             tgt = cls.repeat(len(rows))
             correct.append((clf(fake).argmax(1) == tgt).cpu().numpy())
             src_rep = rows.repeat_interleave(len(classes))
@@ -291,6 +286,22 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
         if ssims:
             out[f"ssim_truth_intensity_{name}"] = float(np.concatenate(ssims).mean())
     return out
+
+
+def _swap(
+    nets: Networks,
+    w_id: torch.Tensor,
+    w_exp: torch.Tensor,
+    w_exp_source: torch.Tensor,
+    source: torch.Tensor,
+    cfg: Config,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(render, plain RGB, mask in [0, 1] or None) of swaps of `source` photos, drawn as generation draws them."""
+    g = nets.generator_ema
+    if cfg.generate.composite == "difference":
+        return g.edit(w_id, w_exp, w_exp_source, source, cfg.model.max_resolution)
+    render, rgb, logit = g(w_id, w_exp, cfg.model.max_resolution, 1.0, source=source, with_parts=True)
+    return render, rgb, None if logit is None else torch.sigmoid(logit)
 
 
 def expression_transfer(render: torch.Tensor, source: torch.Tensor, truth: torch.Tensor) -> np.ndarray:

@@ -29,7 +29,8 @@ from pipeline.generate import (
     resolve_config,
 )
 from pipeline.generate.dataset import make_plan
-from pipeline.train.checkpoint import CheckpointError
+from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+from pipeline.train.grids import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,7 +272,7 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
         [f"data.root={data}", f"train.out_dir={tmp_path / 'run'}", "model.edit_mask=true"],
     )
     ckpt = Trainer(cfg).train()
-    gen_cfg = cfg_for(ckpt, "generate.identity_sources=[real, novel]", "generate.n_novel=1")
+    gen_cfg = cfg_for(ckpt, "generate.identity_sources=[real, novel]", "generate.n_novel=1", "generate.composite=mask")
     plan = make_plan(gen_cfg, ckpt, load_checkpoint(ckpt))
     plan.meta["name"] = "x"
     labels = pd.read_parquet(Path(data) / "labels.parquet")
@@ -306,6 +307,33 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
             assert np.abs(img.astype(int) - base.astype(int)).max() <= 1
         else:  # a novel identity has no photo: drawn from its codes alone, as before
             assert np.abs(img.astype(int) - base.astype(int)).mean() > 5
+    shards_mod._CONTEXTS.clear()
+
+
+def test_difference_composite_draws_real_identities_over_their_photo_with_its_own_expression(tiny: Path) -> None:
+    import torch
+
+    # Any checkpoint (the module's has no edit mask): real identities get a base photo, novel ones not.
+    plan = make_plan(
+        cfg_for(tiny, "generate.identity_sources=[real, novel]", "generate.n_novel=1"), tiny, load_checkpoint(tiny)
+    )
+    plan.meta["name"] = "x"
+    real = [p for p in plan.identities if p.source.startswith("real")]
+    novel = [p for p in plan.identities if p.source == "novel"]
+    assert real and all(p.base_image for p in real) and all(p.base_image is None for p in novel)
+    ctx = shards_mod.get_context(plan)
+    items = [it for it in plan.items if it.identity_id in (real[0].identity_id, novel[0].identity_id)][:10]
+    got = shards_mod.render_items(ctx, plan, items)
+    w_id, w_exp = shards_mod.sample_codes(ctx, plan, items)
+    with torch.no_grad():
+        photo = ctx.images[ctx.base_rows[real[0].identity_id]][None].float() / 127.5 - 1.0
+        _, own = ctx.encoder(photo)  # the expression the photo has, as the encoder reads it
+        for i, it in enumerate(items):
+            if it.identity_id == real[0].identity_id:
+                want = ctx.generator.edit(w_id[i : i + 1], w_exp[i : i + 1], own, photo, ctx.resolution)[0]
+            else:
+                want = ctx.generator(w_id[i : i + 1], w_exp[i : i + 1], ctx.resolution, 1.0)
+            assert np.abs(got[i].astype(int) - to_uint8(want.clamp(-1, 1))[0].astype(int)).max() <= 1, it.sample_id
     shards_mod._CONTEXTS.clear()
 
 

@@ -185,6 +185,38 @@ def test_spatial_identity_map_steers_layout_from_its_resolution_up() -> None:
         Generator(ID_DIM, EXP_DIM, max_resolution=32, spatial_channels=2, spatial_resolution=64)
 
 
+def test_difference_mask_opens_where_two_renders_differ_and_nowhere_else() -> None:
+    from models.generator import difference_mask
+
+    a = torch.zeros(1, 3, 16, 16)
+    b = a.clone()
+    b[:, 0, 6:8, 6:8] = 0.5  # a changed "mouth"
+    b[:, 1, 0:2, 12:16] = 0.05  # a change below the ramp's start (a render's noise)
+    m = difference_mask(b, a)
+    assert m.shape == (1, 1, 16, 16) and float(m.min()) >= 0.0 and float(m.max()) <= 1.0
+    assert float(m[0, 0, 6:8, 6:8].min()) == pytest.approx(1.0)  # redrawn in full, not blended
+    assert float(m[0, 0, 5, 5]) == pytest.approx(1.0)  # and its edge (dilated)
+    assert float(m[0, 0, 12:, :].max()) == 0.0 and float(m[0, 0, 0:2, 12:].max()) == 0.0
+    assert float(difference_mask(a, a).max()) == 0.0
+
+
+def test_edit_redraws_a_photo_only_where_the_expression_changes_its_render() -> None:
+    g = Generator(ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8)
+    w_id, w_exp = _codes(2)
+    photo = torch.rand(2, 3, 16, 16) * 2 - 1
+    # Asked for the photo's own expression: nothing differs, the photo comes back untouched.
+    render, rgb, mask = g.edit(w_id, w_exp, w_exp, photo, 16)
+    torch.testing.assert_close(render, photo)
+    assert float(mask.max()) == 0.0
+    torch.testing.assert_close(rgb, g(w_id, w_exp, 16))
+    # Another expression: the RGB where the two renders differ, the photo elsewhere.
+    other = w_exp + 3 * torch.randn_like(w_exp)
+    render, rgb, mask = g.edit(w_id, other, w_exp, photo, 16)
+    torch.testing.assert_close(rgb, g(w_id, other, 16))
+    torch.testing.assert_close(render, mask * rgb + (1 - mask) * photo)
+    assert float(mask.mean()) > 0.0
+
+
 def test_edit_mask_composites_the_render_over_its_source() -> None:
     g = Generator(ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8, edit_mask=True)
     w_id, w_exp = _codes(2)

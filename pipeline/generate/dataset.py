@@ -258,8 +258,9 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         codes = real_identity_codes(
             nets.encoder, images[torch.as_tensor(sel)], frame["identity"].iloc[sel].tolist(), device, gen.batch_size
         )
-        # An edit-mask generator draws each real identity's renders over one of its photos.
-        bases = base_image_paths(labels, wanted) if nets.generator_ema.has_mask else {}
+        # Each real identity's renders are drawn over one of its photos (generate.composite).
+        over_photo = gen.composite == "difference" or nets.generator_ema.has_mask
+        bases = base_image_paths(labels, wanted) if over_photo else {}
         for ident in wanted:
             identities.append(
                 PlannedIdentity(ident, f"real:{split_of[ident]}", split_of[ident], len(rows), bases.get(ident))
@@ -477,9 +478,14 @@ def finish(
     description = f"{len(df)} synthetic facial-expression renders of {len(plan.identities)} identities"
     n_based = sum(p.base_image is not None for p in plan.identities)
     if n_based:
+        how = (
+            "redrawn where the render for the target expression differs from the render for the photo's own"
+            if cfg.generate.composite == "difference"
+            else "through the generator's edit mask"
+        )
         description += (
-            f"; the renders of {n_based} real identities are drawn over one photo of each through the generator's "
-            "edit mask (plan.json: identities[].base_image)"
+            f"; the renders of {n_based} real identities are drawn over one photo of each ({how}; "
+            "plan.json: identities[].base_image)"
         )
     meta = {
         "name": plan.meta.get("name"),

@@ -203,6 +203,7 @@ def make_render_key(
         "seed": gen.seed,
         "exp_jitter": gen.exp_jitter,
         "id_jitter": gen.id_jitter,
+        "composite": gen.composite,
     }
     key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return key

@@ -71,8 +71,9 @@ class RenderContext:
     procedural: bool
     checkpoint_sha256: str
     checkpoint_step: int
-    # Edit-mask checkpoints: identity -> row in `images` of the photo its renders are drawn over.
+    # Real identities: identity -> row in `images` of the photo its renders are drawn over.
     base_rows: dict[str, int] = field(default_factory=dict)
+    encoder: nn.Module | None = None  # the photo's own expression code (generate.composite: difference)
     prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
     truths: dict[tuple[str, str, float], np.ndarray | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -167,6 +168,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         checkpoint_sha256=sha,
         checkpoint_step=int(ckpt["global_step"]),
         base_rows=base_rows,
+        encoder=nets.encoder,
     )
 
 
@@ -200,12 +202,16 @@ def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
     """uint8 NHWC renders of `items` (what goes into the PNGs)."""
     w_id, w_exp = sample_codes(ctx, plan, items)
     rows = [ctx.base_rows.get(it.identity_id) for it in items]
-    if not any(r is not None for r in rows):  # no edit mask, or only novel identities: codes alone
+    if not any(r is not None for r in rows):  # only novel identities (or no photos): codes alone
         return to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1))
     has_base = torch.tensor([r is not None for r in rows], device=ctx.device)[:, None, None, None]
     base = ctx.images[torch.tensor([r if r is not None else 0 for r in rows])]
     base = base.to(device=ctx.device, dtype=torch.float32) / 127.5 - 1.0
-    render, rgb, _ = ctx.generator(w_id, w_exp, ctx.resolution, 1.0, source=base, with_parts=True)
+    if ctx.cfg.generate.composite == "difference" and ctx.encoder is not None:
+        _, w_exp_base = ctx.encoder(base)
+        render, rgb, _ = ctx.generator.edit(w_id, w_exp, w_exp_base, base, ctx.resolution)
+    else:
+        render, rgb, _ = ctx.generator(w_id, w_exp, ctx.resolution, 1.0, source=base, with_parts=True)
     return to_uint8(torch.where(has_base, render, rgb).clamp(-1, 1))
 
 

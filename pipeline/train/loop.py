@@ -34,7 +34,7 @@ LAST = "last.pt"
 # Settings that change where or how fast a run computes, not what it learns: a run may resume with others.
 SPEED_SETTINGS = ("out_dir", "device", "num_threads", "channels_last", "cache_dir")
 # Loss terms that exist only where the data holds each swap's true image (procedural data).
-TRUTH_TERMS = ("swap_truth", "swap_change", "map_invariance", "mask_target")
+TRUTH_TERMS = ("swap_truth", "swap_change", "map_invariance")
 FINAL = "final.pt"
 
 
@@ -466,9 +466,6 @@ class Trainer:
             # GANimation's mask penalty: where the source already looks right, keep its pixels.
             terms["mask"] = torch.sigmoid(mask_sw).mean()
             loss = loss + w.mask * terms["mask"]
-            if truth is not None and w.mask_target > 0:
-                terms["mask_target"] = L.mask_target_bce(mask_sw[valid], truth, x[valid])
-                loss = loss + w.mask_target * terms["mask_target"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(self.opt_g)

@@ -83,24 +83,6 @@ def changed_pixels(truth: torch.Tensor, source: torch.Tensor, threshold: float =
     return F.max_pool2d(mask, 3, stride=1, padding=1)
 
 
-def mask_target_bce(mask_logit: torch.Tensor, truth: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Class-balanced BCE of an edit-mask logit against the pixels its swap must change.
-
-    With only the GANimation terms (mask mean + the composite's truth L1/SSIM) the mask of the default
-    recipe settled half-open over mouths and brows (0.43-0.55 there, 0.08-0.12 elsewhere): a blend of
-    a not-quite-right RGB with the source costs less L1 than either alone, and the swaps came out
-    as ghosted double mouths (expression transfer -0.10 while the plain RGB alone had +0.37). On
-    data with swap truths the pixels to redraw are known, so the mask is told: open there, shut
-    elsewhere. Changed and unchanged pixels are averaged separately and weighted equally (changed
-    ones are a few percent of a face); a pair with nothing changed asks for a shut mask.
-    """
-    target = changed_pixels(truth, source)
-    bce = F.binary_cross_entropy_with_logits(mask_logit, target, reduction="none")
-    changed = (bce * target).sum() / target.sum().clamp_min(1.0)
-    kept = (bce * (1 - target)).sum() / (1 - target).sum().clamp_min(1.0)
-    return 0.5 * (changed + kept)
-
-
 def changed_pixels_l1(
     fake: torch.Tensor, truth: torch.Tensor, source: torch.Tensor, threshold: float = 0.1
 ) -> torch.Tensor:

@@ -24,7 +24,6 @@ CURVES = (
     "latent",
     "cycle",
     "mask",  # edit mask: mean opening
-    "mask_target",
     "g_adv",
     "d_adv",
 )
@@ -78,7 +77,6 @@ def write_training_report(
         "swap_truth_raw",
         "swap_acc",
         "mask",
-        "mask_target",
         "identity",
         "latent",
         "cycle",
