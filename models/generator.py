@@ -82,11 +82,14 @@ class _UpBlock(nn.Module):
         return self.conv2(self.conv1(x, w), w)
 
 
+def _fit(source: Tensor, rgb: Tensor) -> Tensor:
+    """A larger source photo area-downsampled to the render's side (a stage below full size)."""
+    return F.adaptive_avg_pool2d(source, rgb.shape[-2:]) if source.shape[-1] != rgb.shape[-1] else source
+
+
 def composite(rgb: Tensor, mask_logit: Tensor, source: Tensor) -> Tensor:
     """``sigmoid(mask) * rgb + (1 - sigmoid(mask)) * source``; a larger source is area-downsampled to fit."""
-    if source.shape[-1] != rgb.shape[-1]:
-        source = F.adaptive_avg_pool2d(source, rgb.shape[-2:])
-    return torch.lerp(source, rgb, torch.sigmoid(mask_logit))
+    return torch.lerp(_fit(source, rgb), rgb, torch.sigmoid(mask_logit))
 
 
 def difference_mask(
@@ -201,10 +204,8 @@ class Generator(nn.Module):
         """
         both, _ = self.forward_parts(torch.cat([w_id, w_id]), torch.cat([w_exp, w_exp_source]), resolution)
         rgb, rgb_src = both.chunk(2)
-        if source.shape[-1] != rgb.shape[-1]:
-            source = F.adaptive_avg_pool2d(source, rgb.shape[-2:])
         mask = difference_mask(rgb, rgb_src)
-        return torch.lerp(source, rgb, mask), rgb, mask
+        return torch.lerp(_fit(source, rgb), rgb, mask), rgb, mask
 
     def forward_parts(
         self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0
