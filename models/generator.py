@@ -89,7 +89,8 @@ def _fit(source: Tensor, rgb: Tensor) -> Tensor:
 
 def composite(rgb: Tensor, mask_logit: Tensor, source: Tensor) -> Tensor:
     """``sigmoid(mask) * rgb + (1 - sigmoid(mask)) * source``; a larger source is area-downsampled to fit."""
-    return torch.lerp(_fit(source, rgb), rgb, torch.sigmoid(mask_logit))
+    # Under mixed precision rgb is in the autocast dtype while the photo stays float32.
+    return torch.lerp(_fit(source, rgb).to(rgb.dtype), rgb, torch.sigmoid(mask_logit).to(rgb.dtype))
 
 
 def difference_mask(

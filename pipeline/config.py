@@ -226,6 +226,12 @@ class TrainConfig(_Section):
         description="NHWC weights for the conv nets: ~10% faster training steps on CPU (oneDNN), the usual "
         "layout for GPU convolutions; a speed setting only (a run may resume with the other layout)",
     )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="GAN training steps under bfloat16 autocast (weights, optimiser state and judges stay "
+        "float32); auto: bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, CUDA GPUs "
+        "with bf16), fp32 elsewhere",
+    )
     out_dir: Path = Path("runs/default")
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text
 from pipeline.judging import load_eval_judges
 from pipeline.quality.ssim import psnr_batch, ssim_batch
+from pipeline.swaps import draws_over_photo, render_over_photo
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 from pipeline.train.codes import expression_target
 from pipeline.train.data import TrainData, load_split
@@ -105,7 +106,7 @@ def evaluate_checkpoint(
     # Swaps are drawn over their source photo as the product draws real identities (generate.composite):
     # by the difference of two renders (any checkpoint) or by the learned edit mask (mask checkpoints);
     # the plain RGB (what a novel identity gets) is scored beside them.
-    composited = cfg.generate.composite == "difference" or nets.generator_ema.has_mask
+    composited = draws_over_photo(cfg.generate.composite, nets.generator_ema)
     raw_correct, raw_ssim, mask_changed, mask_kept = [], [], [], []
     id_hit, id_cos, spread_fake, spread_true = [], [], [], []
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
@@ -119,7 +120,7 @@ def evaluate_checkpoint(
         n = len(rows)
         ids = w_id.repeat_interleave(n_cls, 0)
         exps = targets.repeat(n, 1)
-        fake, raw, mask = _swap(nets, ids, exps, w_exp.repeat_interleave(n_cls, 0), x.repeat_interleave(n_cls, 0), cfg)
+        fake, raw, mask = _swap(nets, cfg, ids, exps, w_exp.repeat_interleave(n_cls, 0), x.repeat_interleave(n_cls, 0))
         fake = fake.clamp(-1, 1)
         tgt = torch.arange(n_cls).repeat(n)
         src_rep = rows.repeat_interleave(n_cls)
@@ -267,7 +268,7 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
             w_id, w_exp = nets.encoder(x)
             k = len(classes)
             ids, exps, srcs = w_id.repeat_interleave(k, 0), w_exp.repeat_interleave(k, 0), x.repeat_interleave(k, 0)
-            fake = _swap(nets, ids, targets.repeat(len(rows), 1), exps, srcs, cfg)[0].clamp(-1, 1)
+            fake = _swap(nets, cfg, ids, targets.repeat(len(rows), 1), exps, srcs)[0].clamp(-1, 1)
             tgt = cls.repeat(len(rows))
             correct.append((clf(fake).argmax(1) == tgt).cpu().numpy())
             src_rep = rows.repeat_interleave(len(classes))
@@ -288,22 +289,6 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
     return out
 
 
-def _swap(
-    nets: Networks,
-    w_id: torch.Tensor,
-    w_exp: torch.Tensor,
-    w_exp_source: torch.Tensor,
-    source: torch.Tensor,
-    cfg: Config,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(render, plain RGB, mask in [0, 1] or None) of swaps of `source` photos, drawn as generation draws them."""
-    g = nets.generator_ema
-    if cfg.generate.composite == "difference":
-        return g.edit(w_id, w_exp, w_exp_source, source, cfg.model.max_resolution)
-    render, rgb, logit = g(w_id, w_exp, cfg.model.max_resolution, 1.0, source=source, with_parts=True)
-    return render, rgb, None if logit is None else torch.sigmoid(logit)
-
-
 def expression_transfer(render: torch.Tensor, source: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     """Where each render lies on the line from its source image to its truth, per swap (judge-free).
 
@@ -317,6 +302,19 @@ def expression_transfer(render: torch.Tensor, source: torch.Tensor, truth: torch
     d_truth = (render - truth).pow(2).flatten(1).sum(1)
     gap = (truth - source).pow(2).flatten(1).sum(1).clamp_min(1e-8)
     return ((d_src - d_truth) / gap).cpu().numpy()
+
+
+def _swap(
+    nets: Networks,
+    cfg: Config,
+    w_id: torch.Tensor,
+    w_exp: torch.Tensor,
+    w_exp_source: torch.Tensor,
+    source: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Swaps of test photos, drawn as generation draws a real identity's renders."""
+    g = nets.generator_ema
+    return render_over_photo(g, cfg.generate.composite, w_id, w_exp, w_exp_source, source, cfg.model.max_resolution)
 
 
 def _embed_all(emb, data: TrainData, idx: torch.Tensor, full: int, device, bs: int) -> torch.Tensor:

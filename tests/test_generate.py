@@ -19,6 +19,7 @@ from manifests.audit import audit_dataset
 from manifests.reader import read_manifest
 from manifests.writer import list_shards, shard_path
 from pipeline.config import Config, ConfigError, config_to_dict, load_config
+from pipeline.evaluate import load_trained
 from pipeline.generate import (
     REJECTED_MARKER,
     STAGING_DIR,
@@ -327,7 +328,8 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
     w_id, w_exp = shards_mod.sample_codes(ctx, plan, items)
     with torch.no_grad():
         photo = ctx.images[ctx.base_rows[real[0].identity_id]][None].float() / 127.5 - 1.0
-        _, own = ctx.encoder(photo)  # the expression the photo has, as the encoder reads it
+        encoder = load_trained(Path(plan.meta["checkpoint"]["path"]))[1].encoder
+        _, own = encoder(photo)  # the expression the photo has, as the encoder reads it
         for i, it in enumerate(items):
             if it.identity_id == real[0].identity_id:
                 want = ctx.generator.edit(w_id[i : i + 1], w_exp[i : i + 1], own, photo, ctx.resolution)[0]

@@ -375,3 +375,50 @@ def test_edit_mask_trains_composited_swaps_and_evaluate_scores_both_renders(tiny
     assert diff["expr_acc_raw"] == plain["expr_acc"]  # the same plain RGB, scored beside the composite
     # (22 steps: the renders for any two expressions still differ everywhere, so the mask is open.)
     assert 0.0 <= diff["mask_open_kept"] <= diff["mask_open_changed"] <= 1.0
+
+
+def test_precision_setting_picks_bf16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.train import networks
+
+    cpu = torch.device("cpu")
+    assert networks.autocast_dtype("fp32", cpu) is None
+    monkeypatch.setattr(networks, "native_bf16", lambda device: True)
+    assert networks.autocast_dtype("auto", cpu) is torch.bfloat16
+    assert networks.autocast_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(networks, "native_bf16", lambda device: False)  # emulated bf16 is slower: fp32
+    assert networks.autocast_dtype("auto", cpu) is None
+    with pytest.raises(ValueError, match=r"train\.precision=bf16.*no native bfloat16"):
+        networks.autocast_dtype("bf16", cpu)
+
+
+def test_ssim_loss_is_computed_in_float32_under_bf16_autocast() -> None:
+    from pipeline.train.losses import ssim_loss
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(4, 3, 32, 32, generator=gen) * 2 - 1
+    fake = (real + 0.05 * torch.randn(4, 3, 32, 32, generator=gen)).clamp(-1, 1)
+    want = float(ssim_loss(fake, real))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim_loss(fake.bfloat16(), real)  # renders come out of bf16 convolutions
+    assert got.dtype == torch.float32
+    # Only the inputs' rounding to bf16 remains, not bf16 arithmetic in the variances.
+    assert float(got) == pytest.approx(want, abs=5e-3)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="CPU without native bfloat16")
+def test_bf16_training_step_runs_convolutions_in_bf16_and_keeps_float32_state(tiny_data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "bf16", "train.precision=bf16", "train.judge_steps=2"))
+    trainer.run_judges()
+    seen = []
+    hook = trainer.nets.generator.register_forward_hook(
+        lambda m, i, out: seen.append((out[0] if isinstance(out, tuple) else out).dtype)
+    )
+    before = {k: v.clone() for k, v in trainer.nets.generator.state_dict().items()}
+    metrics = trainer.train_step(16, 1.0)
+    hook.remove()
+    assert torch.bfloat16 in seen  # the renders came out of bf16 convolutions
+    assert all(math.isfinite(v) for v in metrics.values())
+    after = trainer.nets.generator.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], v) for k, v in after.items())  # and it learnt
+    assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.opt_g.state.values())

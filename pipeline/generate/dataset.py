@@ -57,6 +57,7 @@ from pipeline.generate.shards import render_shard, resolve_device, why_render
 from pipeline.io_utils import atomic_write_json
 from pipeline.quality.facenet import resolve_identity_backend
 from pipeline.quality.gates import GateReport, evaluate_gates
+from pipeline.swaps import draws_over_photo
 from pipeline.train.grids import compose_grid, save_png
 
 STAGING_DIR = ".staging"
@@ -259,7 +260,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
             nets.encoder, images[torch.as_tensor(sel)], frame["identity"].iloc[sel].tolist(), device, gen.batch_size
         )
         # Each real identity's renders are drawn over one of its photos (generate.composite).
-        over_photo = gen.composite == "difference" or nets.generator_ema.has_mask
+        over_photo = draws_over_photo(gen.composite, nets.generator_ema)
         bases = base_image_paths(labels, wanted) if over_photo else {}
         for ident in wanted:
             identities.append(

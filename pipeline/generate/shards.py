@@ -41,6 +41,7 @@ from pipeline.quality.expression import expression_scores
 from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
 from pipeline.quality.gates import per_image_flags
 from pipeline.quality.ssim import ssim_batch
+from pipeline.swaps import render_over_photo
 from pipeline.train.codes import expression_target
 from pipeline.train.grids import to_uint8
 
@@ -71,9 +72,10 @@ class RenderContext:
     procedural: bool
     checkpoint_sha256: str
     checkpoint_step: int
-    # Real identities: identity -> row in `images` of the photo its renders are drawn over.
+    # Real identities: identity -> row in `images` of the photo its renders are drawn over, and
+    # (generate.composite: difference) that photo's own expression code, encoded once here.
     base_rows: dict[str, int] = field(default_factory=dict)
-    encoder: nn.Module | None = None  # the photo's own expression code (generate.composite: difference)
+    base_exp: dict[str, torch.Tensor] = field(default_factory=dict)
     prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
     truths: dict[tuple[str, str, float], np.ndarray | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -150,6 +152,11 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
     if missing:
         raise ValueError(f"{cfg.data.root}: base image(s) named in the plan are not in the data: {missing[:5]}")
     base_rows = {p.identity_id: row_of_path[p.base_image] for p in plan.identities if p.base_image}
+    base_exp = (
+        _photo_expression_codes(nets.encoder, images, base_rows, device, cfg.generate.batch_size)
+        if cfg.generate.composite == "difference"
+        else {}
+    )
     return RenderContext(
         cfg=cfg,
         plan_key=plan.key,
@@ -168,8 +175,23 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         checkpoint_sha256=sha,
         checkpoint_step=int(ckpt["global_step"]),
         base_rows=base_rows,
-        encoder=nets.encoder,
+        base_exp=base_exp,
     )
+
+
+@torch.no_grad()
+def _photo_expression_codes(
+    encoder: nn.Module, images: torch.Tensor, rows: dict[str, int], device: torch.device, batch_size: int
+) -> dict[str, torch.Tensor]:
+    """identity -> the encoder's expression code of its base photo (one pass per identity, not per render)."""
+    names = list(rows)
+    out: dict[str, torch.Tensor] = {}
+    for start in range(0, len(names), batch_size):
+        chunk = names[start : start + batch_size]
+        x = images[torch.tensor([rows[n] for n in chunk])].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        _, w_exp = encoder(x)
+        out.update(zip(chunk, w_exp, strict=True))
+    return out
 
 
 # --------------------------------------------------------------------------- rendering
@@ -207,11 +229,13 @@ def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
     has_base = torch.tensor([r is not None for r in rows], device=ctx.device)[:, None, None, None]
     base = ctx.images[torch.tensor([r if r is not None else 0 for r in rows])]
     base = base.to(device=ctx.device, dtype=torch.float32) / 127.5 - 1.0
-    if ctx.cfg.generate.composite == "difference" and ctx.encoder is not None:
-        _, w_exp_base = ctx.encoder(base)
-        render, rgb, _ = ctx.generator.edit(w_id, w_exp, w_exp_base, base, ctx.resolution)
-    else:
-        render, rgb, _ = ctx.generator(w_id, w_exp, ctx.resolution, 1.0, source=base, with_parts=True)
+    w_exp_base = None
+    if ctx.base_exp:  # rows without a photo take any code: their render is the plain RGB below
+        w_exp_base = torch.stack(
+            [ctx.base_exp[it.identity_id] if r is not None else w_exp[0] for it, r in zip(items, rows, strict=True)]
+        )
+    composite = ctx.cfg.generate.composite
+    render, rgb, _ = render_over_photo(ctx.generator, composite, w_id, w_exp, w_exp_base, base, ctx.resolution)
     return to_uint8(torch.where(has_base, render, rgb).clamp(-1, 1))
 
 

@@ -28,11 +28,12 @@ from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_che
 from pipeline.train.codes import fit_target_codes
 from pipeline.train.data import TrainData, dataset_key, downsample, load_split
 from pipeline.train.judges import train_judges
-from pipeline.train.networks import Networks, build_networks, pick_device, update_ema
+from pipeline.train.networks import Networks, autocast_dtype, build_networks, pick_device, update_ema
 
 LAST = "last.pt"
 # Settings that change where or how fast a run computes, not what it learns: a run may resume with others.
-SPEED_SETTINGS = ("out_dir", "device", "num_threads", "channels_last", "cache_dir")
+# precision is among them: weights and optimiser state are float32 either way.
+SPEED_SETTINGS = ("out_dir", "device", "num_threads", "channels_last", "precision", "cache_dir")
 # Loss terms that exist only where the data holds each swap's true image (procedural data).
 TRUTH_TERMS = ("swap_truth", "swap_change", "map_invariance")
 FINAL = "final.pt"
@@ -62,6 +63,7 @@ class Trainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = pick_device(cfg.train.device)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         self.data = load_split(cfg.data.root, cfg.model.max_resolution, "train", cfg.data.cache_dir)
         present = int(self.data.labels.max()) + 1
         n_cls = len(set(self.data.labels.tolist()))
@@ -361,6 +363,13 @@ class Trainer:
         return out
 
     def train_step(self, res: int, alpha: float) -> dict[str, float]:
+        # Autocast covers forward passes and losses; backward follows the forward's dtypes.
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            return self._train_step(res, alpha)
+
+    def _train_step(self, res: int, alpha: float) -> dict[str, float]:
         n, t, w = self.train_nets, self.cfg.train, self.cfg.train.loss
         dev = self.device
         b = self.stage.batch_size or t.batch_size

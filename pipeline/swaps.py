@@ -1,0 +1,42 @@
+"""How a real identity's render is drawn over its photo (``generate.composite``).
+
+Generation and evaluation draw swaps the same way, so the figures `fersynth evaluate` reports are
+the figures of the images a dataset holds:
+- ``difference`` (any checkpoint): the photo, redrawn only where the render for the target expression
+  differs from the render for the photo's own expression code (`Generator.edit`);
+- ``mask``: the generator's learned edit mask, for checkpoints that have one; a checkpoint without
+  one gives the plain RGB.
+Novel identities have no photo and always get the plain RGB.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.generator import Generator
+
+
+def draws_over_photo(composite: str, generator: Generator) -> bool:
+    """Whether real identities' renders are drawn over a photo of them (and so need one in the plan)."""
+    return composite == "difference" or generator.has_mask
+
+
+def render_over_photo(
+    generator: Generator,
+    composite: str,
+    w_id: torch.Tensor,
+    w_exp: torch.Tensor,
+    w_exp_source: torch.Tensor | None,
+    source: torch.Tensor,
+    resolution: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(render, plain RGB, mask in [0, 1] or None) of swaps of ``source`` photos.
+
+    ``w_exp_source`` is each photo's own expression code (the encoder's); only ``difference`` reads it.
+    """
+    if composite == "difference":
+        if w_exp_source is None:
+            raise ValueError("generate.composite=difference needs each photo's own expression code")
+        return generator.edit(w_id, w_exp, w_exp_source, source, resolution)
+    render, rgb, logit = generator(w_id, w_exp, resolution, 1.0, source=source, with_parts=True)
+    return render, rgb, None if logit is None else torch.sigmoid(logit)
