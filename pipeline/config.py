@@ -200,6 +200,11 @@ class TrainConfig(_Section):
     balanced_classes: bool = Field(
         False, description="draw training rows uniformly over expression classes rather than over images"
     )
+    balanced_targets: bool = Field(
+        False,
+        description="draw each swap's target (donor) image uniformly over expression classes, sources as "
+        "balanced_classes says; the donors are encoded beside the sources (one more encoder pass per step)",
+    )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
     cross_expression_map: bool = Field(
         False,
@@ -218,6 +223,13 @@ class TrainConfig(_Section):
     )
     loss: LossWeights = Field(default_factory=LossWeights)
     judge_steps: int = Field(600, ge=1, description="steps to train the expression classifier / identity embedder")
+    judge_soften: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of the judges' training batches blurred or resampled, so they judge expressions "
+        "and identities rather than sharpness (0: the judges of checkpoints from before this option)",
+    )
     checkpoint_every: int = Field(200, ge=1)
     sample_every: int = Field(500, ge=1)
     num_threads: int | None = Field(None, ge=1, le=256)

@@ -46,6 +46,7 @@ def train_eval_judges(
         device,
         cfg.train.seed + SEED_OFFSET,
         progress,
+        cfg.train.judge_soften,
     )
     return {"classifier": clf.state_dict(), "embedder": emb.state_dict(), "stats": stats}
 

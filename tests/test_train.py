@@ -422,3 +422,25 @@ def test_bf16_training_step_runs_convolutions_in_bf16_and_keeps_float32_state(ti
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
     assert any(not torch.equal(before[k], v) for k, v in after.items())  # and it learnt
     assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.opt_g.state.values())
+
+
+def test_balanced_targets_draw_classes_equally_and_encode_the_donors(tiny_data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "bt", "train.balanced_targets=true", "train.judge_steps=2"))
+    # Skew the labels as a photo set might be (half the rows one class) to see the draw undo it.
+    labels = trainer.data.labels
+    skewed = torch.where(torch.arange(len(labels)) % 2 == 0, torch.ones_like(labels), labels)
+    trainer.__dict__.pop("_row_weights", None)
+    trainer.data.labels = skewed
+    share = torch.bincount(skewed[trainer.sample_targets(7000)], minlength=7).double() / 7000
+    trainer.data.labels = labels
+    trainer.__dict__.pop("_row_weights", None)
+    assert torch.allclose(share, torch.full((7,), 1 / 7, dtype=torch.float64), atol=0.02)
+
+    trainer.run_judges()
+    batches = []
+    hook = trainer.nets.encoder.register_forward_hook(lambda m, i, out: batches.append(i[0].shape[0]))
+    metrics = trainer.train_step(16, 1.0)
+    hook.remove()
+    b = trainer.stage.batch_size or trainer.cfg.train.batch_size
+    assert batches[0] == 2 * b  # sources and their own donors, in one pass
+    assert all(math.isfinite(v) for v in metrics.values())

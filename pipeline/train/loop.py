@@ -246,6 +246,7 @@ class Trainer:
             self.device,
             t.seed + 1,
             report,
+            t.judge_soften,
         )
         self.judges_done = True
         self.save()
@@ -374,17 +375,24 @@ class Trainer:
         dev = self.device
         b = self.stage.batch_size or t.batch_size
         idx = self.sample_rows(b)
-        perm = torch.randperm(b, generator=self.gen)
-        donor = idx[perm]
+        full = self.cfg.model.max_resolution
+        # Swap targets: the sources' own expressions permuted within the batch (no extra encoder
+        # pass), or with train.balanced_targets rows of their own, encoded beside the sources.
+        perm = None if t.balanced_targets else torch.randperm(b, generator=self.gen)
+        donor = self.sample_targets(b) if perm is None else idx[perm]
         y = self.data.labels[idx].to(dev)
-        y_sw = y[perm.to(dev)]
-        x_full = self.data.batch(idx, self.cfg.model.max_resolution, 1.0, dev)
+        y_sw = self.data.labels[donor].to(dev)
+        x_full = self.data.batch(idx, full, 1.0, dev)
         x = self.data.batch(idx, res, alpha, dev)
 
         n.encoder.train()
         n.generator.train()
-        w_id, w_exp = n.encoder(x_full)
-        w_exp_sw = w_exp[perm.to(dev)]
+        if perm is None:
+            w_id, w_exp_all = n.encoder(torch.cat([x_full, self.data.batch(donor, full, 1.0, dev)]))
+            w_id, w_exp, w_exp_sw = w_id[:b], w_exp_all[:b], w_exp_all[b:]
+        else:
+            w_id, w_exp = n.encoder(x_full)
+            w_exp_sw = w_exp[perm.to(dev)]
         # Swap truths: each source's person and session with the donor's expression (procedural data).
         # Loaded whenever any term reads them, so no truth-based option is silently skipped.
         truth_full, valid, w_id_truth = None, None, None
@@ -521,6 +529,15 @@ class Trainer:
         """
         if not self.cfg.train.balanced_classes:
             return torch.randint(0, self.data.n, (b,), generator=self.gen)
+        return torch.multinomial(self._row_weights, b, replacement=True, generator=self.gen)
+
+    def sample_targets(self, b: int) -> torch.Tensor:
+        """Swap targets (donor rows) uniform over expression classes (`train.balanced_targets`).
+
+        With uniform rows neutral, one image in 13 of the procedural data, is the rarest target (half
+        as often as any other class) and the weakest class of the renders; balancing only the targets
+        leaves the sources, and so reconstruction and identity, as the data has them.
+        """
         return torch.multinomial(self._row_weights, b, replacement=True, generator=self.gen)
 
     @functools.cached_property
