@@ -16,9 +16,14 @@ import torch
 from models.generator import Generator
 
 
+def needs_photo_code(composite: str) -> bool:
+    """Whether the composite reads each photo's own expression code (encode the photos once, up front)."""
+    return composite == "difference"
+
+
 def draws_over_photo(composite: str, generator: Generator) -> bool:
     """Whether real identities' renders are drawn over a photo of them (and so need one in the plan)."""
-    return composite == "difference" or generator.has_mask
+    return needs_photo_code(composite) or generator.has_mask
 
 
 def render_over_photo(
@@ -34,7 +39,7 @@ def render_over_photo(
 
     ``w_exp_source`` is each photo's own expression code (the encoder's); only ``difference`` reads it.
     """
-    if composite == "difference":
+    if needs_photo_code(composite):
         if w_exp_source is None:
             raise ValueError("generate.composite=difference needs each photo's own expression code")
         return generator.edit(w_id, w_exp, w_exp_source, source, resolution)

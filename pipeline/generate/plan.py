@@ -27,7 +27,7 @@ from manifests.schema import make_sample_id
 from pipeline.config import GenerateConfig, config_to_dict
 from pipeline.expressions import EXPRESSION_INDEX, check_expression_names
 from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
-from pipeline.train.data import session_of
+from pipeline.train.data import session_of, to_model_range
 
 PLAN_FILE = "plan.json"
 CODES_FILE = "identity_codes.npy"
@@ -220,7 +220,7 @@ def real_identity_codes(
     counts: dict[str, int] = {}
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+            x = to_model_range(images[start : start + batch_size], device)
             w_id, _ = encoder(x)
             for j, name in enumerate(identity[start : start + batch_size]):
                 v = w_id[j].double().cpu()

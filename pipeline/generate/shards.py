@@ -41,8 +41,9 @@ from pipeline.quality.expression import expression_scores
 from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
 from pipeline.quality.gates import per_image_flags
 from pipeline.quality.ssim import ssim_batch
-from pipeline.swaps import render_over_photo
+from pipeline.swaps import needs_photo_code, render_over_photo
 from pipeline.train.codes import expression_target
+from pipeline.train.data import to_model_range
 from pipeline.train.grids import to_uint8
 
 Progress = Callable[[int], None]  # called with the number of images just finished
@@ -154,7 +155,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
     base_rows = {p.identity_id: row_of_path[p.base_image] for p in plan.identities if p.base_image}
     base_exp = (
         _photo_expression_codes(nets.encoder, images, base_rows, device, cfg.generate.batch_size)
-        if cfg.generate.composite == "difference"
+        if needs_photo_code(cfg.generate.composite)
         else {}
     )
     return RenderContext(
@@ -188,7 +189,7 @@ def _photo_expression_codes(
     out: dict[str, torch.Tensor] = {}
     for start in range(0, len(names), batch_size):
         chunk = names[start : start + batch_size]
-        x = images[torch.tensor([rows[n] for n in chunk])].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        x = to_model_range(images[torch.tensor([rows[n] for n in chunk])], device)
         _, w_exp = encoder(x)
         out.update(zip(chunk, w_exp, strict=True))
     return out
@@ -227,8 +228,7 @@ def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
     if not any(r is not None for r in rows):  # only novel identities (or no photos): codes alone
         return to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1))
     has_base = torch.tensor([r is not None for r in rows], device=ctx.device)[:, None, None, None]
-    base = ctx.images[torch.tensor([r if r is not None else 0 for r in rows])]
-    base = base.to(device=ctx.device, dtype=torch.float32) / 127.5 - 1.0
+    base = to_model_range(ctx.images[torch.tensor([r if r is not None else 0 for r in rows])], ctx.device)
     w_exp_base = None
     if ctx.base_exp:  # rows without a photo take any code: their render is the plain RGB below
         w_exp_base = torch.stack(

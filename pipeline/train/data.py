@@ -16,6 +16,11 @@ from pipeline.cache import load_tensors
 from pipeline.expressions import EXPRESSIONS
 
 
+def to_model_range(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 images (NCHW, [0, 255]) on ``device`` as float32 in [-1, 1], the networks' convention."""
+    return images.to(device=device, dtype=torch.float32) / 127.5 - 1.0
+
+
 @dataclass
 class TrainData:
     """Images of one split as uint8 (N,3,R,R) plus labels, identity ids and swap-truth lookups."""
@@ -50,7 +55,7 @@ class TrainData:
 
     def batch(self, idx: torch.Tensor, resolution: int, alpha: float, device: torch.device) -> torch.Tensor:
         """Real images at `resolution` in [-1, 1]; during fade-in blended with the coarser level (ProGAN)."""
-        x = self.images[idx].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        x = to_model_range(self.images[idx], device)
         return downsample(x, resolution, alpha)
 
 

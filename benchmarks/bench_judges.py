@@ -1,0 +1,113 @@
+"""How steady an instrument the expression judge is (run by hand; prints one line per judge).
+
+    python benchmarks/bench_judges.py CHECKPOINT DATASET_DIR [--soften 0 0.5] [--steps 400] [--seeds 0 1 2]
+
+For each (soften, steps, seed) it trains a fresh pair of independent judges the way training's
+`finalize` does (`train.judge_soften`, `train.judge_steps`, `train.seed`) on the checkpoint's real
+training split and prints:
+- real validation images: accuracy, the calibrated threshold (95% of the correctly classified real
+  images pass), and accuracy after a Gaussian blur of sigma 1 px (is it judging expressions or
+  sharpness?);
+- the renders of DATASET_DIR (a generated dataset, staged or published): argmax accuracy, the share
+  that passes the expression check, the class balance of the passing renders, per-class pass rates;
+- a control: the unchanged base photos of the dataset's real identities scored against every
+  expressive target (a judge that passes them is lenient, not robust).
+The spread over seeds is what a gate built on one judge can flip on.
+Needs the checkpoint's training data (`fersynth data make ...`); about 2 min per 400-step pair on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from pipeline.config import load_config, to_overrides
+from pipeline.judging import build_eval_judges, train_eval_judges
+from pipeline.quality.gates import calibrate_expression_threshold
+from pipeline.train.checkpoint import load_checkpoint
+from pipeline.train.data import load_split, to_model_range
+
+
+def _png_batch(paths: list[Path]) -> torch.Tensor:
+    arr = np.stack([np.array(Image.open(p).convert("RGB")) for p in paths])
+    return to_model_range(torch.from_numpy(arr).permute(0, 3, 1, 2), "cpu")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("dataset", type=Path, help="a generated dataset folder (manifest/, plan.json)")
+    ap.add_argument("--soften", type=float, nargs="+", default=[0.0, 0.5])
+    ap.add_argument("--steps", type=int, nargs="+", default=[400])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+
+    ckpt = load_checkpoint(args.checkpoint)
+    base = to_overrides(json.loads(ckpt["config"]))
+    cfg0 = load_config(None, base)
+    res, dev = cfg0.model.max_resolution, torch.device("cpu")
+    train = load_split(cfg0.data.root, res, "train", cfg0.data.cache_dir)
+    val = load_split(cfg0.data.root, res, "val", cfg0.data.cache_dir)
+    x_val = val.batch(torch.arange(val.n), res, 1.0, dev)
+    x_blur = TF.gaussian_blur(x_val, kernel_size=5, sigma=1.0)
+
+    df = pd.read_parquet(args.dataset / "manifest")
+    renders = _png_batch([args.dataset / f for f in df["file_name"]])
+    target = torch.as_tensor(df["expression_index"].to_numpy().astype(np.int64))
+    plan = json.loads((args.dataset / "plan.json").read_text())
+    photos = [cfg0.data.root / i["base_image"] for i in plan["identities"] if i.get("base_image")]
+    base_photos = _png_batch(photos) if photos else None
+    print(f"{args.checkpoint}: {train.n} training images; {val.n} validation images; {len(df)} renders")
+
+    for soften in args.soften:
+        for steps in args.steps:
+            for seed in args.seeds:
+                cfg = load_config(
+                    None, [*base, f"train.judge_soften={soften}", f"train.judge_steps={steps}", f"train.seed={seed}"]
+                )
+                torch.manual_seed(seed)  # the judges' initial weights
+                start = time.perf_counter()
+                state = train_eval_judges(cfg, train, dev)
+                took = time.perf_counter() - start
+                clf, _ = build_eval_judges(cfg, len(train.identity_names))
+                clf.load_state_dict(state["classifier"])
+                clf.eval()
+
+                @torch.no_grad()
+                def probs(x: torch.Tensor, clf: torch.nn.Module = clf) -> torch.Tensor:
+                    return torch.cat([torch.softmax(clf(x[i : i + 256]), 1) for i in range(0, len(x), 256)])
+
+                p = probs(x_val)
+                right = p.argmax(1) == val.labels
+                p_t = p[torch.arange(val.n), val.labels]
+                thr = calibrate_expression_threshold(p_t.numpy(), right.numpy())
+                blur_acc = float((probs(x_blur).argmax(1) == val.labels).float().mean())
+                p = probs(renders)
+                r_right = p.argmax(1) == target
+                passed = pd.Series(((p[torch.arange(len(target)), target] >= thr) & r_right).numpy())
+                counts = passed.groupby(df["expression"].to_numpy()).sum()
+                per_class = passed.groupby(df["expression"].to_numpy()).mean().round(2).to_dict()
+                control = float("nan")
+                if base_photos is not None:
+                    pb = probs(base_photos)
+                    control = max(float(((pb.argmax(1) == c) & (pb[:, c] >= thr)).float().mean()) for c in range(1, 7))
+                balance = counts.max() / counts.min() if counts.min() > 0 else float("inf")
+                print(
+                    f"soften={soften} steps={steps} seed={seed} ({took:.0f} s) | real val: accuracy "
+                    f"{right.float().mean():.3f}, threshold {thr:.3f}, blurred (sigma 1) accuracy {blur_acc:.3f} | "
+                    f"renders: argmax {r_right.float().mean():.3f}, pass {passed.mean():.3f}, balance {balance:.2f}, "
+                    f"unchanged photos pass as another class {control:.2f} | {per_class}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
