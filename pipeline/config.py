@@ -223,12 +223,14 @@ class TrainConfig(_Section):
     )
     loss: LossWeights = Field(default_factory=LossWeights)
     judge_steps: int = Field(600, ge=1, description="steps to train the expression classifier / identity embedder")
+    # 0 by default because a checkpoint's stored config names only the fields of its day: a missing
+    # field must read as what that checkpoint's judges had (no softening).
     judge_soften: float = Field(
-        0.5,
+        0.0,
         ge=0.0,
         le=1.0,
         description="share of the judges' training batches blurred or resampled, so they judge expressions "
-        "and identities rather than sharpness (0: the judges of checkpoints from before this option)",
+        "and identities rather than sharpness (0.5 recommended; see README Results)",
     )
     checkpoint_every: int = Field(200, ge=1)
     sample_every: int = Field(500, ge=1)
