@@ -521,8 +521,8 @@ class Trainer:
     def sample_rows(self, b: int) -> torch.Tensor:
         """Training rows for one step: uniform over images, or over classes with train.balanced_classes.
 
-        Balanced, every expression (as source and, through the in-batch permutation, as swap target)
-        is seen equally often; the procedural data has one neutral image per 12 expressive ones, and
+        Balanced, every expression (as source and, through the in-batch permutation, as swap target;
+        `sample_targets` draws targets of their own with train.balanced_targets) is seen equally often; the procedural data has one neutral image per 12 expressive ones, and
         with uniform rows the default recipe's neutral swaps are judged neutral only 30% of the time.
         Measured (default recipe, 64 px stage 2100 steps, balanced): neutral 0.30 -> 0.46 but sad
         0.96 -> 0.68, overall 0.886 -> 0.870; so it stays off by default (useful for skewed photo sets).
