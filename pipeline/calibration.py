@@ -6,7 +6,9 @@ On the real validation split (identities never seen in training), with the indep
   "different" score; the threshold sits at their equal-error point. This is the same comparison a
   render gets (render vs the source identity's prototype).
 - expression: the probability threshold that keeps 95% of the correctly classified real images
-  (`calibrate_expression_threshold`), with the classifier's real-val accuracy recorded beside it.
+  (`calibrate_expression_threshold`), pooled and per expression (`calibrate_expression_thresholds`;
+  generation uses the per-class ones unless `quality.expression_calibration: pooled`), with the
+  classifier's real-val accuracy recorded beside it.
 The result is stored in the checkpoint (`calibration`) and used by generation unless
 `quality.thresholds: config` asks for the fixed config values.
 
@@ -23,9 +25,14 @@ import numpy as np
 import torch
 
 from pipeline.config import Config
+from pipeline.expressions import EXPRESSIONS
 from pipeline.judging import load_eval_judges
 from pipeline.quality.facenet import IdentityScorer
-from pipeline.quality.gates import calibrate_expression_threshold, calibrate_identity_threshold
+from pipeline.quality.gates import (
+    calibrate_expression_threshold,
+    calibrate_expression_thresholds,
+    calibrate_identity_threshold,
+)
 from pipeline.train.data import load_split
 
 
@@ -45,6 +52,7 @@ def calibrate_thresholds(cfg: Config, ckpt: dict[str, Any], device: torch.device
     p_target = p[torch.arange(len(y)), y].numpy()
     correct = (p.argmax(1) == y).numpy()
     t_expr = calibrate_expression_threshold(p_target, correct)
+    t_per_class = calibrate_expression_thresholds(p_target, correct, y.numpy(), EXPRESSIONS)
 
     same, diff = leave_one_out_scores(e, data.identity)
     t_id, eer = calibrate_identity_threshold(same.numpy(), diff.numpy())
@@ -56,6 +64,14 @@ def calibrate_thresholds(cfg: Config, ckpt: dict[str, Any], device: torch.device
         "identity_eer": eer,
         "expression_threshold": t_expr,
         "expression_val_accuracy": float(np.mean(correct)),
+        "expression_thresholds": t_per_class,
+        # The share of each class's real val images that pass the pooled threshold: what a single
+        # threshold would do to that class (the card shows it beside the per-class values).
+        "expression_val_pass_pooled": {
+            name: float(np.mean((correct & (p_target >= t_expr))[y.numpy() == k]))
+            for k, name in enumerate(EXPRESSIONS)
+            if (y.numpy() == k).any()
+        },
     }
 
 

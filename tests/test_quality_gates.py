@@ -15,6 +15,7 @@ from scipy.stats import norm
 from pipeline.config import ConfigError, QualityConfig, load_config
 from pipeline.quality.gates import (
     calibrate_expression_threshold,
+    calibrate_expression_thresholds,
     calibrate_identity_threshold,
     evaluate_gates,
     per_image_flags,
@@ -49,6 +50,35 @@ def test_expression_threshold_rule() -> None:
     assert kept >= 0.9 and t == pytest.approx(0.4)
     with pytest.raises(ValueError, match="no correctly classified"):
         calibrate_expression_threshold([0.1], [False])
+
+
+def test_per_class_thresholds_hold_each_class_to_its_own_real_faces() -> None:
+    # Class 0 is recognised less surely (like neutral): one pooled threshold, set by class 1, fails
+    # most of class 0's correct real images; per class, each keeps 95% of its own.
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.uniform(0.5, 0.9, 60), rng.uniform(0.95, 1.0, 1000), rng.uniform(0.5, 1.0, 10)])
+    y = np.repeat([0, 1, 2], [60, 1000, 10])
+    ok = np.ones(len(p), dtype=bool)
+    pooled = calibrate_expression_threshold(p, ok)
+    per = calibrate_expression_thresholds(p, ok, y, ("neutral", "happy", "sad"), min_images=20)
+    assert (p[y == 0] >= pooled).mean() < 0.5
+    assert set(per) == {"neutral", "happy"}  # 10 correct "sad" images are too few: pooled for them
+    for k, name in enumerate(("neutral", "happy")):
+        assert 0.95 <= (p[y == k] >= per[name]).mean() < 0.97
+    with pytest.raises(ValueError, match="differ in length"):
+        calibrate_expression_thresholds(p, ok, y[:-1], ("neutral", "happy", "sad"))
+
+    # Flags read each row's own class threshold; classes not listed use the pooled one.
+    cfg = QualityConfig(expression_threshold=0.8, expression_thresholds={"happy": 0.6})
+    df = _scored(n_per=2, labels=("happy", "sad"))
+    df["expression_p_target"] = 0.7
+    flags = per_image_flags(df, cfg)
+    assert flags.groupby("expression")["expression_pass"].all().to_dict() == {"happy": True, "sad": False}
+    by_index = per_image_flags(df.drop(columns="expression"), cfg)  # the label from the target index
+    assert by_index["expression_pass"].tolist() == [False, False, True, True]  # indices 0, 1: neutral, happy
+    assert cfg.expression_threshold_for("neutral") == 0.8
+    with pytest.raises(ConfigError, match="unknown expression"):
+        load_config(overrides=["quality.expression_thresholds={joy: 0.5}"])
 
 
 def _scored(n_per: int = 10, labels: tuple[str, ...] = ("happy", "sad", "anger")) -> pd.DataFrame:
@@ -127,7 +157,7 @@ def test_quality_config_fields() -> None:
 
 
 def test_report_written(tmp_path: Path) -> None:
-    cfg = QualityConfig()
+    cfg = QualityConfig(expression_thresholds={"happy": 0.5})
     rng = np.random.default_rng(0)
     df = _scored(n_per=8)
     df["identity_cosine"] = rng.uniform(0.2, 1.0, len(df))
@@ -148,6 +178,7 @@ def test_report_written(tmp_path: Path) -> None:
     assert set(paths) == {"identity_hist", "expression_hist", "best_grid", "worst_grid", "report"}
     assert all(p.is_file() and p.parent == tmp_path / "quality_report" for p in paths.values())
     md = paths["report"].read_text()
+    assert md.startswith("# Quality report\n")
     assert "REJECTED" in md and "pass_rate" in md and "| anger |" in md and "![Worst renders](worst.png)" in md
     for key in ("identity_hist", "best_grid"):
         with Image.open(paths[key]) as im:
@@ -167,3 +198,29 @@ def test_leave_one_out_scores_never_compare_an_image_with_itself() -> None:
     torch.testing.assert_close(same, (e[[1, 0, 3, 2]] * e[:4]).sum(1).double())
     assert diff.shape == (5 * 2,)  # every image against the two other identities' prototypes
     assert float(same.min()) > float(diff.max())
+
+
+def test_calibrated_per_class_thresholds_apply_unless_a_threshold_is_fixed() -> None:
+    from pipeline.generate.dataset import _apply_calibration
+
+    cal = {
+        "expression_threshold": 0.9,
+        "embedder_identity_threshold": 0.4,
+        "expression_thresholds": {"neutral": 0.7, "happy": 0.95},
+    }
+
+    def resolved(*overrides: str, calibration: dict = cal) -> QualityConfig:
+        cfg = load_config(overrides=list(overrides))
+        explicit = {o.split("=")[0].removeprefix("quality.") for o in overrides} | {"identity_threshold"}
+        _apply_calibration(cfg, {"calibration": calibration}, explicit)
+        return cfg.quality
+
+    q = resolved()
+    assert q.expression_thresholds == {"neutral": 0.7, "happy": 0.95} and q.expression_threshold_for("sad") == 0.9
+    assert "expression_thresholds" in q.calibration["checkpoint"]["applied"]
+    assert resolved("quality.expression_calibration=pooled").expression_thresholds == {}
+    fixed = resolved("quality.expression_threshold=0.8")  # one number asked for: it holds for every class
+    assert fixed.expression_thresholds == {} and fixed.expression_threshold == 0.8
+    # A checkpoint calibrated before per-class thresholds existed: the pooled one for every class.
+    older = resolved(calibration={k: v for k, v in cal.items() if k != "expression_thresholds"})
+    assert older.expression_thresholds == {} and older.expression_threshold == 0.9

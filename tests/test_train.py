@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import Config, load_config
+from pipeline.expressions import EXPRESSIONS
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 from pipeline.train.loop import Trainer, TrainingDiverged
 
@@ -50,10 +51,23 @@ def test_training_runs_and_resumes_exactly(tiny_data: Path, tmp_path: Path) -> N
 
     gen_cfg, _ = resolve_config(None, final)
     assert gen_cfg.quality.expression_threshold == round(cal["expression_threshold"], 4)
+    per_class = {k: round(v, 4) for k, v in cal["expression_thresholds"].items()}
+    assert gen_cfg.quality.expression_thresholds == per_class and set(cal["expression_val_pass_pooled"]) <= set(
+        EXPRESSIONS
+    )
     fixed_cfg, _ = resolve_config(None, final, ["quality.thresholds=config"])
     assert fixed_cfg.quality.expression_threshold == 0.5
     explicit_cfg, _ = resolve_config(None, final, ["quality.expression_threshold=0.9"])
     assert explicit_cfg.quality.expression_threshold == 0.9  # an explicit value always wins
+
+    # A release: float16 weights, no optimisers; --recalibrate re-derives the thresholds on its own weights.
+    from pipeline.train.export import export_release
+
+    rel = load_checkpoint(export_release(final, tmp_path / "release.pt", half=True, recalibrate=True))
+    assert set(rel["nets"]) == {"encoder", "generator_ema", "classifier", "embedder"}
+    assert {v.dtype for v in rel["nets"]["generator_ema"].values() if v.is_floating_point()} == {torch.float16}
+    assert rel["calibration"]["n_images"] == cal["n_images"]
+    assert abs(rel["calibration"]["expression_threshold"] - cal["expression_threshold"]) < 0.02
 
     # Kill a second run mid-way through the 8 px stage, between two checkpoints.
     def killer(info) -> None:

@@ -73,12 +73,15 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="A finished run's checkpoints/final.pt.")],
     out: Annotated[Path, typer.Argument(help="Where to write the render-only checkpoint.")],
     half: Annotated[bool, typer.Option(help="Store weights as float16 (half the size).")] = False,
+    recalibrate: Annotated[
+        bool, typer.Option(help="Recompute the gate thresholds on the real validation split (needs the data).")
+    ] = False,
 ) -> None:
     """Write a slim render-only checkpoint (no optimisers, discriminator or feedback network)."""
     from pipeline.io_utils import sha256_file
     from pipeline.train.export import export_release
 
-    path = guarded(lambda: export_release(checkpoint, out, half=half))
+    path = guarded(lambda: export_release(checkpoint, out, half=half, recalibrate=recalibrate))
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)[:16]}…)")
 
 

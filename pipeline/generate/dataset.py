@@ -171,7 +171,22 @@ def _apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) ->
         applied = [n for n in ("embedder_identity_threshold", "expression_threshold") if n not in explicit]
         for name in applied:
             setattr(q, name, round(float(cal[name]), 4))
-        keys = ("split", "n_images", "n_identities", "identity_eer", "expression_val_accuracy")
+        # Per-class thresholds unless the user fixed a threshold or asked for the pooled one. A
+        # checkpoint calibrated before they existed has none: its renders get the pooled threshold
+        # (`fersynth export --recalibrate` adds them).
+        per_class = cal.get("expression_thresholds")
+        fixed = {"expression_threshold", "expression_thresholds"} & explicit
+        if q.expression_calibration == "per_class" and per_class and not fixed:
+            q.expression_thresholds = {k: round(float(v), 4) for k, v in per_class.items()}
+            applied.append("expression_thresholds")
+        keys = (
+            "split",
+            "n_images",
+            "n_identities",
+            "identity_eer",
+            "expression_val_accuracy",
+            "expression_val_pass_pooled",
+        )
         q.calibration["checkpoint"] = {**{k: cal[k] for k in keys if k in cal}, "applied": applied}
     elif "error" in cal:  # e.g. too few validation identities at training time: config values kept
         q.calibration["checkpoint"] = {"error": cal["error"]}

@@ -340,6 +340,7 @@ CHECK_SETTINGS = (
     "embedder_identity_threshold",
     "face_detection",
     "expression_threshold",
+    "expression_thresholds",
     "ssim_floor",
     "facenet_weights",
 )

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import QualityConfig
+from pipeline.expressions import EXPRESSIONS
 
 Op = Literal[">=", "<="]
 
@@ -86,6 +87,33 @@ def calibrate_expression_threshold(
     return float(np.sort(good)[drop])
 
 
+def calibrate_expression_thresholds(
+    val_p_target: np.ndarray | list[float],
+    val_correct: np.ndarray | list[bool],
+    val_labels: np.ndarray | list[int],
+    names: tuple[str, ...] | list[str],
+    keep: float = 0.95,
+    min_images: int = 20,
+) -> dict[str, float]:
+    """`calibrate_expression_threshold` within each class (labels index `names`).
+
+    A render is then held to the real faces of its own expression: each class keeps `keep` of its
+    correctly classified real validation images. Classes with fewer than `min_images` correct images
+    are left out (their renders use the pooled threshold): a 5% quantile of a handful is noise.
+    """
+    p = np.asarray(val_p_target, dtype=np.float64).ravel()
+    ok = np.asarray(val_correct, dtype=bool).ravel()
+    y = np.asarray(val_labels).ravel()
+    if not p.shape == ok.shape == y.shape:
+        raise ValueError(f"val_p_target, val_correct and val_labels differ in length: {p.size}, {ok.size}, {y.size}")
+    out = {}
+    for k, name in enumerate(names):
+        m = y == k
+        if int((ok & m & np.isfinite(p)).sum()) >= min_images:
+            out[name] = calibrate_expression_threshold(p[m], ok[m], keep)
+    return out
+
+
 # --------------------------------------------------------------------------- per-image flags
 
 
@@ -106,7 +134,7 @@ def per_image_flags(
     cos = out[COL_IDENTITY].astype(float)
     out["identity_pass"] = face & cos.notna() & (cos >= id_thr)
     p = out[COL_P_TARGET].astype(float)
-    expr = p.notna() & (p >= cfg.expression_threshold)
+    expr = p.notna() & (p >= _expression_thresholds(out, cfg))
     if COL_PRED in out and COL_TARGET in out:
         expr &= out[COL_PRED] == out[COL_TARGET]
     out["expression_pass"] = expr
@@ -121,6 +149,21 @@ def per_image_flags(
     if "ssim_pass" in out:
         out["all_pass"] &= out["ssim_pass"].fillna(True).astype(bool)
     return out
+
+
+def _expression_thresholds(df: pd.DataFrame, cfg: QualityConfig) -> pd.Series | float:
+    """Each row's expression threshold: its target class's own where one is set, else the pooled one."""
+    if not cfg.expression_thresholds:
+        return cfg.expression_threshold
+    if COL_LABEL in df:
+        labels = df[COL_LABEL].astype(str)
+    elif COL_TARGET in df:
+        labels = df[COL_TARGET].map(lambda i: EXPRESSIONS[int(i)])
+    else:
+        raise ValueError(
+            f"per-class expression thresholds need a {COL_LABEL!r} or {COL_TARGET!r} column; got {list(df.columns)}"
+        )
+    return labels.map(cfg.expression_threshold_for).astype(float)
 
 
 # --------------------------------------------------------------------------- dataset gates

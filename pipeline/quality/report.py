@@ -133,9 +133,12 @@ def write_quality_report(
             df[COL_IDENTITY], thr, "Identity cosine to source", "cosine", out / "identity_hist.png"
         )
     if COL_P_TARGET in df:
-        thr = None if cfg is None else cfg.expression_threshold
+        # One line only when one threshold holds for every class (per-class ones are in the card).
+        per_class = cfg is not None and bool(cfg.expression_thresholds)
+        thr = None if cfg is None or per_class else cfg.expression_threshold
+        hist_title = "Classifier probability of target" + (" (thresholds per class)" if per_class else "")
         paths["expression_hist"] = _histogram(
-            df[COL_P_TARGET], thr, "Classifier probability of target", "p(target)", out / "expression_hist.png"
+            df[COL_P_TARGET], thr, hist_title, "p(target)", out / "expression_hist.png"
         )
 
     if images is not None:

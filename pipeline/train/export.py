@@ -26,8 +26,12 @@ KEEP_KEYS = (
 )
 
 
-def export_release(src: Path, dst: Path, half: bool = False) -> Path:
-    """Write a render-only checkpoint; `half` stores floating tensors as float16 (loaded back as float32)."""
+def export_release(src: Path, dst: Path, half: bool = False, recalibrate: bool = False) -> Path:
+    """Write a render-only checkpoint; `half` stores floating tensors as float16 (loaded back as float32).
+
+    `recalibrate` recomputes the gate thresholds on the real validation split (needs the training
+    data): a run calibrated before per-class expression thresholds existed gains them.
+    """
     ckpt = load_checkpoint(src)
     if not ckpt.get("codes") or not ckpt.get("eval_judges"):
         raise CheckpointError(f"{src}: training has not finished (no target codes / judges); export final.pt")
@@ -35,15 +39,6 @@ def export_release(src: Path, dst: Path, half: bool = False) -> Path:
     def conv(sd: dict) -> dict:
         return {k: (v.half() if half and v.is_floating_point() else v) for k, v in sd.items()}
 
-    if not ckpt.get("calibration"):  # runs finished before calibration existed: calibrate now
-        import json
-
-        from pipeline.calibration import calibrate_thresholds
-        from pipeline.config import Config
-
-        ckpt["calibration"] = calibrate_thresholds(
-            Config.model_validate(json.loads(ckpt["config"])), ckpt, torch.device("cpu")
-        )
     out = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
     out["nets"] = {k: conv(ckpt["nets"][k]) for k in KEEP_NETS}
     out["eval_judges"] = {
@@ -51,5 +46,15 @@ def export_release(src: Path, dst: Path, half: bool = False) -> Path:
         "classifier": conv(ckpt["eval_judges"]["classifier"]),
         "embedder": conv(ckpt["eval_judges"]["embedder"]),
     }
+    if recalibrate or not ckpt.get("calibration"):  # runs finished before calibration existed: calibrate now
+        import json
+
+        from pipeline.calibration import calibrate_thresholds
+        from pipeline.config import Config
+
+        # On the judges as released (float16 when `half`): the thresholds are for these weights.
+        out["calibration"] = calibrate_thresholds(
+            Config.model_validate(json.loads(ckpt["config"])), out, torch.device("cpu")
+        )
     out["release_of"] = str(Path(src).name)
     return save_checkpoint(Path(dst), out)
