@@ -232,6 +232,13 @@ class TrainConfig(_Section):
         description="share of the judges' training batches blurred or resampled, so they judge expressions "
         "and identities rather than sharpness (0.5 recommended; see README Results)",
     )
+    judge_ensemble: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="frozen expression judges the swap loss averages over (each from its own seed), so swaps "
+        "are drawn to convince judges in general rather than one judge's quirks",
+    )
     checkpoint_every: int = Field(200, ge=1)
     sample_every: int = Field(500, ge=1)
     num_threads: int | None = Field(None, ge=1, le=256)

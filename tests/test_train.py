@@ -458,3 +458,50 @@ def test_balanced_targets_draw_classes_equally_and_encode_the_donors(tiny_data: 
     b = trainer.stage.batch_size or trainer.cfg.train.batch_size
     assert batches[0] == 2 * b  # sources and their own donors, in one pass
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_judge_ensemble_trains_distinct_frozen_judges_and_averages_their_swap_loss(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "ens", "train.judge_ensemble=3", "train.judge_steps=3"))
+    judges = trainer.nets.expression_judges()
+    assert len(judges) == 3
+    trainer.run_judges()
+    first = [next(j.parameters()).clone() for j in judges]
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])  # own seeds
+    assert not any(p.requires_grad for j in judges for p in j.parameters())
+
+    # Two judges that know nothing (zero logits: cross-entropy log 7) beside the trained one: the
+    # swap term must be the mean of the three judges' losses, not the trained judge's alone.
+    for clf in trainer.nets.extra_classifiers:
+        for p in clf.head.parameters():
+            p.data.zero_()
+    seen = []
+    inner = trainer.nets.classifier.forward_with_features
+
+    def spy(x):
+        logits, feats = inner(x)
+        seen.append(logits.detach())
+        return logits, feats
+
+    trainer.nets.classifier.forward_with_features = spy
+    ce_main = []
+    orig_ce = torch.nn.functional.cross_entropy
+
+    def spy_ce(logits, y, *a, **k):
+        out = orig_ce(logits, y, *a, **k)
+        if seen and logits is not None and torch.equal(logits.detach(), seen[0]) and not ce_main:
+            ce_main.append(out.item())
+        return out
+
+    torch.nn.functional.cross_entropy = spy_ce
+    try:
+        metrics = trainer.train_step(16, 1.0)
+    finally:
+        torch.nn.functional.cross_entropy = orig_ce
+    assert ce_main and metrics["swap_cls"] == pytest.approx((ce_main[0] + 2 * math.log(7)) / 3, rel=1e-4)
+
+    # The ensemble is saved and resumes: a new trainer on the same folder has the same judges.
+    trainer.save()
+    again = Trainer(tiny_cfg(tiny_data, tmp_path / "ens", "train.judge_ensemble=3", "train.judge_steps=3"))
+    assert again.judges_done and torch.equal(next(again.nets.extra_classifiers[1].parameters()), first[2])

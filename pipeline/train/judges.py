@@ -51,7 +51,7 @@ def soften_images(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train_judges(
     classifier: nn.Module,
-    embedder: nn.Module,
+    embedder: nn.Module | None,
     data: TrainData,
     steps: int,
     batch_size: int,
@@ -60,14 +60,16 @@ def train_judges(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     soften: float = 0.0,
 ) -> dict[str, float]:
-    """Fit both judges jointly (same batches); returns final training accuracies.
+    """Fit both judges jointly (same batches), or the classifier alone when ``embedder`` is None;
+    returns final training accuracies.
 
     ``soften``: share of each batch blurred or resampled (`augment`), ``train.judge_soften``.
     """
     gen = torch.Generator().manual_seed(seed)
-    classifier.train().to(device)
-    embedder.train().to(device)
-    opt = torch.optim.Adam([*classifier.parameters(), *embedder.parameters()], lr=2e-3)
+    nets = [classifier] if embedder is None else [classifier, embedder]
+    for net in nets:
+        net.train().to(device)
+    opt = torch.optim.Adam([p for net in nets for p in net.parameters()], lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
     res = data.images.shape[-1]
     acc_e = acc_i = 0.0
@@ -77,20 +79,23 @@ def train_judges(
         y = data.labels[idx].to(device)
         ident = data.identity[idx].to(device)
         logits_e = classifier(x)
-        logits_i = embedder(x, labels=ident)  # CosFace margin while training
-        loss = F.cross_entropy(logits_e, y) + F.cross_entropy(logits_i, ident)
+        loss = F.cross_entropy(logits_e, y)
+        if embedder is not None:
+            logits_i = embedder(x, labels=ident)  # CosFace margin while training
+            loss = loss + F.cross_entropy(logits_i, ident)
+            acc_i = 0.9 * acc_i + 0.1 * (logits_i.argmax(1) == ident).float().mean().item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         # Exponential averages of batch accuracy, for the progress line only.
         acc_e = 0.9 * acc_e + 0.1 * (logits_e.argmax(1) == y).float().mean().item()
-        acc_i = 0.9 * acc_i + 0.1 * (logits_i.argmax(1) == ident).float().mean().item()
         if on_step is not None:
-            on_step(step, {"judge_loss": loss.item(), "expr_acc": acc_e, "id_acc": acc_i})
-    classifier.eval().requires_grad_(False)
-    embedder.eval().requires_grad_(False)
-    return {"expr_train_acc": acc_e, "id_train_acc": acc_i}
+            m = {"judge_loss": loss.item(), "expr_acc": acc_e}
+            on_step(step, m if embedder is None else {**m, "id_acc": acc_i})
+    for net in nets:
+        net.eval().requires_grad_(False)
+    return {"expr_train_acc": acc_e, "id_train_acc": acc_i} if embedder is not None else {"expr_train_acc": acc_e}
 
 
 @torch.no_grad()

@@ -198,8 +198,8 @@ class Trainer:
         self.eval_judges = ckpt.get("eval_judges") or None
         self.calibration = ckpt.get("calibration") or None
         if self.judges_done:
-            self.nets.classifier.eval().requires_grad_(False)
-            self.nets.embedder.eval().requires_grad_(False)
+            for judge in (*self.nets.expression_judges(), self.nets.embedder):
+                judge.eval().requires_grad_(False)
         self.resumed_from = (self.stage_idx, self.stage_step, self.global_step)
 
     @functools.cached_property
@@ -248,6 +248,13 @@ class Trainer:
             report,
             t.judge_soften,
         )
+        # The ensemble's other judges: expression only, each from its own seed (init and batches).
+        for k, clf in enumerate(self.nets.extra_classifiers, start=1):
+            extra = train_judges(
+                clf, None, self.data, t.judge_steps, min(t.batch_size * 2, 128), self.device,
+                t.seed + 1 + 1000 * k, report, t.judge_soften,
+            )  # fmt: skip
+            stats[f"expr_train_acc_{k}"] = extra["expr_train_acc"]
         self.judges_done = True
         self.save()
         return stats
@@ -441,6 +448,11 @@ class Trainer:
         up_sw = _to_full(fake_sw, self.cfg.model.max_resolution)
         swap_logits, swap_feats = n.classifier.forward_with_features(up_sw)
         terms["swap_cls"] = F.cross_entropy(swap_logits, y_sw)
+        if len(n.extra_classifiers):
+            # Every judge must be convinced (mean of their losses, not the loss of their mean): what
+            # fools one judge's quirks does not pay, what any judge recognises does.
+            others = [F.cross_entropy(clf(up_sw), y_sw) for clf in n.extra_classifiers]
+            terms["swap_cls"] = torch.stack([terms["swap_cls"], *others]).mean()
         terms["identity"] = L.identity_loss(n.embedder, up_sw, x_full)
         fb_sw = n.feedback(fake_sw)
         fb_rec = n.feedback(fake_rec)

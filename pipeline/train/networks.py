@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ class Networks:
     feedback: FeedbackNetwork
     classifier: ExpressionClassifier
     embedder: IdentityEmbedder
+    # More frozen expression judges for the swap loss (`train.judge_ensemble - 1`); empty by default,
+    # and then absent from checkpoints, so older runs load and resume unchanged.
+    extra_classifiers: nn.ModuleList = field(default_factory=nn.ModuleList)
 
     def to(self, device: torch.device) -> Networks:
         for m in self.modules().values():
@@ -65,7 +68,12 @@ class Networks:
             "feedback": self.feedback,
             "classifier": self.classifier,
             "embedder": self.embedder,
+            **({"extra_classifiers": self.extra_classifiers} if len(self.extra_classifiers) else {}),
         }
+
+    def expression_judges(self) -> list[nn.Module]:
+        """Every frozen expression judge the swap loss consults: the training judge first."""
+        return [self.classifier, *self.extra_classifiers]
 
 
 def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None = None) -> Networks:
@@ -97,7 +105,12 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
     feedback = FeedbackNetwork(m.id_code_dim, m.exp_dim, input_size=res, channels=m.feedback_channels)
     classifier = ExpressionClassifier(m.num_classes, input_size=res, channels=m.judge_channels)
     embedder = IdentityEmbedder(num_identities, embed_dim=m.judge_embed_dim, input_size=res, channels=m.judge_channels)
-    return Networks(encoder, generator, generator_ema, discriminator, feedback, classifier, embedder)
+    # Built last, so the other networks' initial weights do not depend on the ensemble's size.
+    extra = nn.ModuleList(
+        ExpressionClassifier(m.num_classes, input_size=res, channels=m.judge_channels)
+        for _ in range(cfg.train.judge_ensemble - 1)
+    )
+    return Networks(encoder, generator, generator_ema, discriminator, feedback, classifier, embedder, extra)
 
 
 @torch.no_grad()
