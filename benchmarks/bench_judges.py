@@ -108,6 +108,7 @@ def main() -> None:
                         "identity_cosine": 1.0,  # the expression check alone is measured here
                     }
                 )
+                pb = probs(base_photos) if base_photos is not None else None
                 verdicts = []
                 # The generation rule itself (argmax is the target and p >= the threshold), pooled and per class.
                 for name, q in (
@@ -118,8 +119,7 @@ def main() -> None:
                     by_class = passed.groupby(scored["expression"])
                     balance = class_balance_ratio(scored.loc[passed, "expression"], list(by_class.groups))
                     control = float("nan")
-                    if base_photos is not None:
-                        pb = probs(base_photos)
+                    if pb is not None:
                         control = max(
                             float(((pb.argmax(1) == c) & (pb[:, c] >= q.expression_threshold_for(e))).float().mean())
                             for c, e in enumerate(EXPRESSIONS)
