@@ -51,8 +51,9 @@ def calibrate_thresholds(cfg: Config, ckpt: dict[str, Any], device: torch.device
     y = data.labels
     p_target = p[torch.arange(len(y)), y].numpy()
     correct = (p.argmax(1) == y).numpy()
+    labels = y.numpy()
     t_expr = calibrate_expression_threshold(p_target, correct)
-    t_per_class = calibrate_expression_thresholds(p_target, correct, y.numpy(), EXPRESSIONS)
+    t_per_class = calibrate_expression_thresholds(p_target, correct, labels, EXPRESSIONS)
 
     same, diff = leave_one_out_scores(e, data.identity)
     t_id, eer = calibrate_identity_threshold(same.numpy(), diff.numpy())
@@ -68,9 +69,9 @@ def calibrate_thresholds(cfg: Config, ckpt: dict[str, Any], device: torch.device
         # The share of each class's real val images that pass the pooled threshold: what a single
         # threshold would do to that class (the card shows it beside the per-class values).
         "expression_val_pass_pooled": {
-            name: float(np.mean((correct & (p_target >= t_expr))[y.numpy() == k]))
+            name: float(np.mean((correct & (p_target >= t_expr))[labels == k]))
             for k, name in enumerate(EXPRESSIONS)
-            if (y.numpy() == k).any()
+            if (labels == k).any()
         },
     }
 

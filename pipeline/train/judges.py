@@ -83,16 +83,18 @@ def train_judges(
         if embedder is not None:
             logits_i = embedder(x, labels=ident)  # CosFace margin while training
             loss = loss + F.cross_entropy(logits_i, ident)
-            acc_i = 0.9 * acc_i + 0.1 * (logits_i.argmax(1) == ident).float().mean().item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         # Exponential averages of batch accuracy, for the progress line only.
         acc_e = 0.9 * acc_e + 0.1 * (logits_e.argmax(1) == y).float().mean().item()
+        m = {"judge_loss": loss.item(), "expr_acc": acc_e}
+        if embedder is not None:
+            acc_i = 0.9 * acc_i + 0.1 * (logits_i.argmax(1) == ident).float().mean().item()
+            m["id_acc"] = acc_i
         if on_step is not None:
-            m = {"judge_loss": loss.item(), "expr_acc": acc_e}
-            on_step(step, m if embedder is None else {**m, "id_acc": acc_i})
+            on_step(step, m)
     for net in nets:
         net.eval().requires_grad_(False)
     return {"expr_train_acc": acc_e, "id_train_acc": acc_i} if embedder is not None else {"expr_train_acc": acc_e}
