@@ -30,7 +30,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from pipeline.config import QualityConfig, load_config, to_overrides
+from pipeline.config import QualityConfig, config_to_dict, load_config, to_overrides
+from pipeline.core.legacy import checkpoint_config
 from pipeline.expressions import EXPRESSIONS
 from pipeline.judging import build_eval_judges, train_eval_judges
 from pipeline.quality.gates import (
@@ -58,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint)
-    base = to_overrides(json.loads(ckpt["config"]))
+    base = to_overrides(config_to_dict(checkpoint_config(ckpt, str(args.checkpoint))))
     cfg0 = load_config(None, base)
     res, dev = cfg0.model.max_resolution, torch.device("cpu")
     train = load_split(cfg0.data.root, res, "train", cfg0.data.cache_dir)

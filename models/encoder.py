@@ -5,13 +5,6 @@ mapping network turns them into the two codes through two linear heads on a shar
 are linear (no activation) so the codes are unconstrained: the pipeline averages, interpolates and
 fits Gaussians to them.
 
-Optionally (``spatial_channels > 0``) the identity code also carries a small spatial map taken from
-the backbone where its features are ``spatial_resolution`` pixels wide (1x1 conv, flattened and
-appended to the identity vector). A vector code has to squeeze where the hairline, glasses, pose and
-background sit through an MLP; a map keeps them in place. Measured on the procedural data at 32 px
-(encoder + generator only, 300 steps, test identities): swap SSIM to the true image 0.64 with the
-vector code, 0.71 with an 8x8x8 map, 0.75+ with a 16x16x4 map. The expression code stays a vector.
-
 No weights are downloaded here: ``backbone_state`` is a torchvision state_dict handed in by the
 pipeline (its ``fc.*`` keys are ignored because the classifier is removed).
 """
@@ -26,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from models.layers import EqualLinear, PixelNorm, check_images, identity_code_width, resize_square
+from models.layers import EqualLinear, PixelNorm, check_images, resize_square
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,8 +84,6 @@ class Encoder(nn.Module):
         input_size: side the input is resized to before the backbone.
         backbone_state: optional state_dict for the backbone (e.g. torchvision ImageNet weights).
         mapping_hidden, mapping_lr_mul: width and learning-rate multiplier of the mapping MLP.
-        spatial_channels, spatial_resolution: the optional spatial part of the identity code; then
-            ``id_dim`` (the attribute) is the whole code width, ``id_vector_dim`` the vector's.
     """
 
     def __init__(
@@ -105,17 +96,11 @@ class Encoder(nn.Module):
         backbone_state: Mapping[str, Tensor] | None = None,
         mapping_hidden: int = 512,
         mapping_lr_mul: float = 0.1,
-        spatial_channels: int = 0,
-        spatial_resolution: int = 16,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.input_size = input_size
-        self.id_vector_dim = id_dim
-        self.spatial_channels = spatial_channels
-        self.spatial_resolution = spatial_resolution
-        # w_id is the vector followed by the flattened spatial map (when there is one).
-        self.id_dim = identity_code_width(id_dim, spatial_channels, spatial_resolution)
+        self.id_dim = id_dim
         self.exp_dim = exp_dim
         if backbone in ("resnet50", "resnet18"):
             net = getattr(torchvision.models, backbone)(weights=None)
@@ -137,12 +122,6 @@ class Encoder(nn.Module):
         self.mapping = MappingNetwork(
             self.feature_dim, id_dim, exp_dim, mapping_layers, hidden_dim=mapping_hidden, lr_mul=mapping_lr_mul
         )
-        self.spatial_head: nn.Conv2d | None = None
-        if spatial_channels:
-            if not 1 <= spatial_resolution < input_size:
-                raise ValueError(f"spatial_resolution must be below input_size {input_size}, got {spatial_resolution}")
-            in_ch = self._channels_at(spatial_resolution)
-            self.spatial_head = nn.Conv2d(in_ch, spatial_channels, 1)
 
     def load_backbone_state(self, state: Mapping[str, Tensor]) -> None:
         """Load backbone weights strictly, ignoring the removed classifier (``fc.*``).
@@ -162,34 +141,6 @@ class Encoder(nn.Module):
                 f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
             )
 
-    def _walk(self, x: Tensor, resolution: int) -> tuple[Tensor, Tensor | None]:
-        """(flat features, the last intermediate map `resolution` wide or None) of normalised input.
-
-        Both backbones run their children in order (torchvision's ResNet flattens only before its
-        fc, which is an Identity here), so walking them gives every intermediate map.
-        """
-        grab = None
-        for layer in self.backbone.children():
-            x = layer(x)
-            if x.dim() == 4 and x.shape[-1] == resolution:
-                grab = x
-        return x.flatten(1), grab
-
-    def _run_backbone(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if not self.spatial_channels:
-            return self.backbone(x), None
-        return self._walk(x, self.spatial_resolution)
-
-    @torch.no_grad()
-    def _channels_at(self, resolution: int) -> int:
-        was_training = self.backbone.training
-        self.backbone.eval()
-        _, fmap = self._walk(torch.zeros(1, 3, self.input_size, self.input_size), resolution)
-        self.backbone.train(was_training)
-        if fmap is None:
-            raise ValueError(f"the {self.backbone_name} backbone has no {resolution}x{resolution} feature map")
-        return int(fmap.shape[1])
-
     def _prepare(self, x: Tensor) -> Tensor:
         check_images(x)
         x = resize_square(x, self.input_size)
@@ -199,11 +150,7 @@ class Encoder(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Backbone features (N, feature_dim) of images in [-1, 1]."""
-        return self._run_backbone(self._prepare(x))[0]
+        return self.backbone(self._prepare(x))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        feats, fmap = self._run_backbone(self._prepare(x))
-        w_id, w_exp = self.mapping(feats)
-        if self.spatial_head is not None:
-            w_id = torch.cat([w_id, self.spatial_head(fmap).flatten(1)], dim=1)
-        return w_id, w_exp
+        return self.mapping(self.backbone(self._prepare(x)))

@@ -5,10 +5,6 @@ new block) with the code ``w = [w_id, w_exp]`` injected StyleALAE-like by AdaIN 
 both codes steer the image at every scale. The 4x4 start is a linear projection of the code (rather
 than a learned constant) so the coarse layout can depend on the code too.
 
-With a spatial identity code (see ``models.encoder``) the map is added, through a 1x1 conv, to the
-upsampled features entering the block that makes ``spatial_resolution``; the styled convs after it
-(steered by the vector codes, expression included) then redraw what the expression changes.
-
 With ``edit_mask`` (GANimation, Pumarola et al. 2018) every resolution also emits a one-channel mask
 logit beside its RGB, faded in the same way. Given the source photo, a render is then
 ``m * rgb + (1 - m) * source`` with ``m = sigmoid(logit)``: what the expression does not change (hair,
@@ -32,7 +28,6 @@ from models.layers import (
     EqualLinear,
     check_alpha,
     check_resolution,
-    identity_code_width,
     progressive_channels,
     progressive_resolutions,
 )
@@ -75,10 +70,8 @@ class _UpBlock(nn.Module):
         self.conv1 = _StyledConv(in_channels, out_channels, w_dim)
         self.conv2 = _StyledConv(out_channels, out_channels, w_dim)
 
-    def forward(self, x: Tensor, w: Tensor, added: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        if added is not None:
-            x = x + added
         return self.conv2(self.conv1(x, w), w)
 
 
@@ -120,8 +113,6 @@ class Generator(nn.Module):
         max_resolution: largest output size (power of two >= 4); resolutions are 4..max_resolution.
         channels: feature channels up to 16x16; halved per doubling above that.
         min_channels: floor for the halving.
-        spatial_channels, spatial_resolution: the spatial part of w_id (0 channels: none). w_id is
-            then (N, id_dim + spatial_channels * spatial_resolution**2), the vector first.
         edit_mask: also emit a mask per resolution, so a render can be composited over its source.
     """
 
@@ -132,18 +123,13 @@ class Generator(nn.Module):
         max_resolution: int = 64,
         channels: int = 256,
         min_channels: int = 32,
-        spatial_channels: int = 0,
-        spatial_resolution: int = 16,
         edit_mask: bool = False,
     ) -> None:
         super().__init__()
-        self.id_vector_dim = id_dim
-        self.id_dim = identity_code_width(id_dim, spatial_channels, spatial_resolution)
+        self.id_dim = id_dim
         self.exp_dim = exp_dim
         self.max_resolution = max_resolution
         self._resolutions = progressive_resolutions(max_resolution)
-        self.spatial_channels = spatial_channels
-        self.spatial_resolution = spatial_resolution
         w_dim = id_dim + exp_dim
         chans = [progressive_channels(r, channels, min_channels) for r in self._resolutions]
         self.channels = chans
@@ -154,13 +140,6 @@ class Generator(nn.Module):
         self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
         # Mask logits start at 0 (an even blend) and, like toRGB, come out of a linear 1x1 conv.
         self.to_mask = nn.ModuleList(EqualConv2d(c, 1, 1, gain=1.0) for c in chans) if edit_mask else None
-        self.spatial_in: EqualConv2d | None = None
-        if spatial_channels:
-            if spatial_resolution not in self._resolutions[1:]:
-                raise ValueError(f"spatial_resolution must be one of {self._resolutions[1:]}, got {spatial_resolution}")
-            # Feeds the block that makes spatial_resolution; its input has the previous level's channels.
-            self._spatial_block = self._resolutions.index(spatial_resolution) - 1
-            self.spatial_in = EqualConv2d(spatial_channels, chans[self._spatial_block], 1)
 
     @property
     def resolutions(self) -> list[int]:
@@ -218,19 +197,12 @@ class Generator(nn.Module):
             raise ValueError(f"w_id must be (N, {self.id_dim}), got shape {tuple(w_id.shape)}")
         if w_exp.dim() != 2 or w_exp.shape[1] != self.exp_dim or w_exp.shape[0] != w_id.shape[0]:
             raise ValueError(f"w_exp must be ({w_id.shape[0]}, {self.exp_dim}), got shape {tuple(w_exp.shape)}")
-        w_vec, spatial = w_id[:, : self.id_vector_dim], None
-        if self.spatial_in is not None:
-            r = self.spatial_resolution
-            spatial = w_id[:, self.id_vector_dim :].view(-1, self.spatial_channels, r, r)
-        w = torch.cat([w_vec, w_exp], dim=1)
+        w = torch.cat([w_id, w_exp], dim=1)
         x = self.input(w)
         prev = x
-        for i, block in enumerate(self.blocks[:stage]):
+        for block in self.blocks[:stage]:
             prev = x
-            if spatial is not None and i == self._spatial_block:
-                x = block(x, w, self.spatial_in(spatial))
-            else:
-                x = block(x, w)
+            x = block(x, w)
         heads = [self.to_rgb] if self.to_mask is None else [self.to_rgb, self.to_mask]
         outs = []
         for head in heads:

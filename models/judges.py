@@ -42,18 +42,8 @@ class _JudgeTrunk(nn.Module):
         self.out_dim = 8 * channels * 16
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_with_maps(x)[0]
-
-    def forward_with_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """The flat vector and the feature map after each of the four stages."""
         check_images(x)
-        h = resize_square(x, self.input_size)
-        maps: list[Tensor] = []
-        for layer in self.net:
-            h = layer(h)
-            if isinstance(layer, nn.MaxPool2d):
-                maps.append(h)
-        return h, maps
+        return self.net(resize_square(x, self.input_size))
 
 
 class ExpressionClassifier(nn.Module):
@@ -67,11 +57,6 @@ class ExpressionClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.trunk(x))
-
-    def forward_with_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Logits and the feature map after each of the trunk's four stages (for a perceptual loss)."""
-        flat, maps = self.trunk.forward_with_maps(x)
-        return self.head(flat), maps
 
 
 class IdentityEmbedder(nn.Module):

@@ -190,8 +190,3 @@ def progressive_channels(resolution: int, channels: int, min_channels: int) -> i
     """``channels`` up to 16x16, then halved per doubling, never below ``min_channels``."""
     halvings = max(0, int(math.log2(resolution)) - 4)
     return max(min_channels, channels >> halvings)
-
-
-def identity_code_width(vector_dim: int, spatial_channels: int, spatial_resolution: int) -> int:
-    """Width of the flat identity code w_id: the vector, then the spatial map flattened (C x R x R)."""
-    return vector_dim + spatial_channels * spatial_resolution**2

@@ -21,6 +21,20 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the field."""
 
 
+# Options that were measured and not adopted, with the value that meant "off" and the page that
+# records them. Stored configs (checkpoints, dataset plans) still name them: pipeline.core.legacy drops them.
+RETIRED_FIELDS: dict[str, tuple[Any, str]] = {
+    "model.id_spatial_channels": (0, "docs/experiments/id_spatial_channels.md"),
+    "model.id_spatial_resolution": (16, "docs/experiments/id_spatial_channels.md"),
+    "train.balanced_classes": (False, "docs/experiments/balanced_classes.md"),
+    "train.cross_expression_map": (False, "docs/experiments/cross_expression_map.md"),
+    "train.judge_ensemble": (1, "docs/experiments/judge_ensemble.md"),
+    "train.loss.map_invariance": (0.0, "docs/experiments/map_invariance.md"),
+    "train.loss.perceptual": (0.0, "docs/experiments/perceptual.md"),
+    "train.loss.swap_change": (0.0, "docs/experiments/swap_change.md"),
+}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -77,13 +91,6 @@ class ModelConfig(_Section):
     backbone: Literal["resnet50", "resnet18", "small"] = "resnet50"
     backbone_weights: Path | None = Field(None, description="local torchvision state_dict for the backbone")
     id_dim: int = Field(128, ge=4, le=2048, description="width of the identity vector (steers every layer)")
-    id_spatial_channels: int = Field(
-        0,
-        ge=0,
-        le=64,
-        description="channels of the spatial part of the identity code (0: vector code only, as in the paper)",
-    )
-    id_spatial_resolution: int = Field(16, description="side of the spatial identity map (8 or 16)")
     edit_mask: bool = Field(
         False,
         description="the generator also draws a mask; a render of a real face is composited over its source "
@@ -102,28 +109,6 @@ class ModelConfig(_Section):
     judge_embed_dim: int = Field(128, ge=8, le=1024)
 
     _res = field_validator("max_resolution")(lambda cls, v: _power_of_two(v, lo=8))
-
-    @field_validator("id_spatial_resolution")
-    @classmethod
-    def _spatial_res(cls, v: int) -> int:
-        if v not in (8, 16):
-            raise ValueError(f"must be 8 or 16, got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _spatial_fits(self) -> ModelConfig:
-        if self.id_spatial_channels and self.id_spatial_resolution > self.max_resolution // 2:
-            raise ValueError(
-                f"id_spatial_resolution {self.id_spatial_resolution} must be at most half of "
-                f"max_resolution {self.max_resolution}"
-            )
-        return self
-
-    @property
-    def id_code_dim(self) -> int:
-        """Width of the whole identity code w_id: the vector plus the flattened spatial map."""
-        # Same layout as models.layers.identity_code_width; not imported, the config stays torch-free.
-        return self.id_dim + self.id_spatial_channels * self.id_spatial_resolution**2
 
 
 class StageConfig(_Section):
@@ -163,23 +148,6 @@ class LossWeights(_Section):
     ssim: float = Field(
         0.0, ge=0, description="1 - SSIM added to the reconstruction and swap-truth terms (stages >= 16 px)"
     )
-    swap_change: float = Field(
-        0.0,
-        ge=0,
-        description="L1 of swaps against truth over only the pixels the expression changes (procedural only; "
-        "measured no better, see losses.changed_pixels_l1)",
-    )
-    perceptual: float = Field(
-        0.0,
-        ge=0,
-        description="distance in the frozen expression judge's feature maps: reconstruction vs input, and "
-        "swap vs its truth where the data has truths (see losses.perceptual_distance)",
-    )
-    map_invariance: float = Field(
-        0.0,
-        ge=0,
-        description="pull the spatial identity map of a source towards that of its swap truth (procedural only)",
-    )
     mask: float = Field(
         0.1,
         ge=0,
@@ -197,20 +165,12 @@ class TrainConfig(_Section):
     gen_betas: tuple[float, float] | None = Field(
         None, description="Adam betas of generator, encoder and feedback (None: same as betas)"
     )
-    balanced_classes: bool = Field(
-        False, description="draw training rows uniformly over expression classes rather than over images"
-    )
     balanced_targets: bool = Field(
         False,
-        description="draw each swap's target (donor) image uniformly over expression classes, sources as "
-        "balanced_classes says; the donors are encoded beside the sources (one more encoder pass per step)",
+        description="draw each swap's target (donor) image uniformly over expression classes (sources stay "
+        "uniform over images); the donors are encoded beside the sources (one more encoder pass per step)",
     )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
-    cross_expression_map: bool = Field(
-        False,
-        description="reconstructions take the spatial identity map of the same person and session with another "
-        "expression (procedural data), so the map's expression content never helps the generator",
-    )
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm per optimiser step (None: no clipping)")
     stages: list[StageConfig] = Field(
@@ -231,13 +191,6 @@ class TrainConfig(_Section):
         le=1.0,
         description="share of the judges' training batches blurred or resampled, so they judge expressions "
         "and identities rather than sharpness (0.5 recommended; see README Results)",
-    )
-    judge_ensemble: int = Field(
-        1,
-        ge=1,
-        le=8,
-        description="frozen expression judges the swap loss averages over (each from its own seed), so swaps "
-        "are drawn to convince judges in general rather than one judge's quirks",
     )
     checkpoint_every: int = Field(200, ge=1)
     sample_every: int = Field(500, ge=1)
@@ -518,13 +471,6 @@ class Config(_Section):
         top = self.train.stages[-1].resolution
         if top > self.model.max_resolution:
             raise ValueError(f"train.stages ends at {top} px but model.max_resolution is {self.model.max_resolution}")
-        map_options = {
-            "train.loss.map_invariance": self.train.loss.map_invariance,
-            "train.cross_expression_map": self.train.cross_expression_map,
-        }
-        for name, value in map_options.items():
-            if value and not self.model.id_spatial_channels:
-                raise ValueError(f"{name} needs a spatial identity code (model.id_spatial_channels > 0)")
         return self
 
 
@@ -532,7 +478,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
+        retired = f"; a retired option, see {RETIRED_FIELDS[loc][1]}" if loc in RETIRED_FIELDS else ""
+        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r}){retired}")
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import Config, config_to_dict, load_config, to_overrides
+from pipeline.config import Config, config_to_dict
+from pipeline.core.legacy import checkpoint_config
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text
 from pipeline.judging import load_eval_judges
@@ -39,10 +40,7 @@ def load_trained(
 ) -> tuple[Config, Networks, dict[str, Any]]:
     """Rebuild the networks a checkpoint was trained with and load them (strictly)."""
     ckpt = load_checkpoint(checkpoint)
-    raw = json.loads(ckpt["config"])
-    cfg = Config.model_validate(raw)
-    if overrides:
-        cfg = load_config(None, [*to_overrides(raw), *overrides])
+    cfg = checkpoint_config(ckpt, str(checkpoint), overrides)
     if not ckpt.get("codes"):
         raise CheckpointError(f"{checkpoint}: training has not finished (no target codes); use checkpoints/final.pt")
     names = json.loads(ckpt["identity_names"])

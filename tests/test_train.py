@@ -120,6 +120,29 @@ def test_resume_with_other_config_is_refused(tiny_data: Path, tmp_path: Path) ->
         Trainer(other)
 
 
+def test_resume_reads_a_checkpoint_naming_retired_options(tiny_data: Path, tmp_path: Path) -> None:
+    import json
+
+    from pipeline.train.checkpoint import save_checkpoint
+
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.judge_steps=2")
+    first = Trainer(cfg)
+    first.run_judges()
+    path = first.ckpt_dir / "last.pt"
+    ckpt = load_checkpoint(path)
+    stored = json.loads(ckpt["config"])
+    stored["train"]["balanced_classes"] = False  # an older run's config: the option existed, off
+    stored["model"]["id_spatial_channels"] = 0
+    ckpt["config"] = json.dumps(stored)
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k != "format"})
+    assert Trainer(cfg).judges_done  # resumed
+    stored["train"]["balanced_classes"] = True  # on: the run cannot continue the same way
+    ckpt["config"] = json.dumps(stored)
+    save_checkpoint(path, {k: v for k, v in ckpt.items() if k != "format"})
+    with pytest.raises(CheckpointError, match=r"train\.balanced_classes=True"):
+        Trainer(cfg)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.stages=[{resolution: 4, steps: 5}]")
     final = Trainer(cfg).train()
@@ -139,9 +162,9 @@ def test_nan_loss_stops_naming_step_and_loss_and_keeps_checkpoint(
     cfg = tiny_cfg(tiny_data, tmp_path / "run")
     trainer = Trainer(cfg)
     trainer.run_judges()
-    import pipeline.train.loop as loop
+    import pipeline.train.objective as objective
 
-    monkeypatch.setattr(loop.L, "identity_loss", lambda *a: torch.tensor(float("nan")))
+    monkeypatch.setattr(objective.L, "identity_loss", lambda *a: torch.tensor(float("nan")))
     with pytest.raises(TrainingDiverged, match=r"step 1 .*loss identity is nan"):
         trainer.run_stage()
     assert load_checkpoint(trainer.ckpt_dir / "last.pt")["judges_done"]
@@ -172,95 +195,30 @@ def test_ssim_loss_rewards_structure_not_just_average_colour() -> None:
     assert float(ssim_loss(blurred, img)) > 0.3
 
 
-def test_map_invariance_sees_only_the_map_and_is_scale_free() -> None:
-    from pipeline.train.losses import map_invariance
-
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(6, 10 + 32, generator=g)
-    b = a.clone()
-    b[:, :10] = torch.randn(6, 10, generator=g)  # another identity vector, the same maps
-    assert float(map_invariance(a, b, 10)) == pytest.approx(0.0, abs=1e-7)
-    c = a.clone()
-    c[:, 10:] += 0.5 * torch.randn(6, 32, generator=g)
-    d = map_invariance(a, c, 10)
-    assert float(d) > 0.05
-    # Shrinking every map does not meet the term: the same relative difference scores the same.
-    assert float(map_invariance(a * 0.01, c * 0.01, 10)) == pytest.approx(float(d), rel=1e-4)
-    # Gradients reach both images' maps (the truth's encoding is trained too), never the vector.
-    a.requires_grad_(True)
-    map_invariance(a, c, 10).backward()
-    assert a.grad[:, :10].abs().sum() == 0 and a.grad[:, 10:].abs().sum() > 0
-
-
-def test_cross_expression_map_swaps_only_the_map_and_only_where_there_is_a_truth() -> None:
-    from pipeline.train.loop import _with_other_map
-
-    g = torch.Generator().manual_seed(0)
-    w_id = torch.randn(4, 5 + 8, generator=g, requires_grad=True)
-    other = torch.randn(2, 5 + 8, generator=g, requires_grad=True)  # encodings of the two valid rows' truths
-    valid = torch.tensor([True, False, True, False])
-    out = _with_other_map(w_id, other, valid, 5)
-    assert torch.equal(out[:, :5], w_id[:, :5])  # the vector code stays the source's
-    assert torch.equal(out[valid, 5:], other[:, 5:])
-    assert torch.equal(out[~valid, 5:], w_id[~valid, 5:])  # no truth: the source's own map
-    out.sum().backward()  # both encodings are trained through the reconstruction
-    assert other.grad[:, 5:].abs().sum() > 0 and other.grad[:, :5].abs().sum() == 0
-    assert w_id.grad[valid, 5:].abs().sum() == 0 and w_id.grad[~valid, 5:].abs().sum() > 0
-
-
-def test_cross_expression_map_needs_paired_truths(tiny_data: Path, tmp_path: Path) -> None:
+def test_frozen_judges_train_renders_not_themselves(tiny_data: Path, tmp_path: Path) -> None:
     import pandas as pd
 
     from manifests.labels import read_labels, write_labels
 
-    spatial = ("model.id_spatial_channels=2", "model.id_spatial_resolution=8", "train.cross_expression_map=true")
-    terms = Trainer(tiny_cfg(tiny_data, tmp_path / "run1", *spatial, "train.loss.swap_change=5")).train_step(16, 1.0)
-    assert math.isfinite(terms["recon"]) and math.isfinite(terms["swap_change"])
-    # A photo set (no known truth for a swap) is refused up front, naming the option.
-    root = tmp_path / "photos"
-    shutil.copytree(tiny_data, root)
-    frame, meta = read_labels(root)
-    write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
-    with pytest.raises(ValueError, match="cross_expression_map needs images of each person"):
-        Trainer(tiny_cfg(root, tmp_path / "run2", *spatial))
-
-
-def test_perceptual_distance_compares_feature_directions() -> None:
-    from pipeline.train.losses import perceptual_distance
-
-    g = torch.Generator().manual_seed(0)
-    a = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 8, 4, 4, generator=g)]
-    assert float(perceptual_distance(a, a)) == 0.0
-    # Unit-normalised over channels: scaling a feature vector (contrast, brightness of a response)
-    # is no difference; only its direction counts.
-    assert float(perceptual_distance(a, [2.5 * f for f in a])) == pytest.approx(0.0, abs=1e-6)
-    # Opposite directions are the farthest apart: squared distance 4 at every position, per layer.
-    assert float(perceptual_distance(a, [-f for f in a])) == pytest.approx(8.0, rel=1e-5)
-    with pytest.raises(ValueError):
-        perceptual_distance(a, a[:1])
-
-
-def test_perceptual_term_trains_renders_not_the_judge(tiny_data: Path, tmp_path: Path) -> None:
-    import pandas as pd
-
-    from manifests.labels import read_labels, write_labels
-
-    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "run1", "train.loss.perceptual=2"))
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "run1"))
     trainer.run_judges()
-    frozen = {k: v.clone() for k, v in trainer.nets.classifier.state_dict().items()}
+    judges = ("classifier", "embedder")
+    frozen = {(m, k): v.clone() for m in judges for k, v in trainer.nets.modules()[m].state_dict().items()}
     terms = trainer.train_step(16, 1.0)
-    assert terms["perceptual"] > 0 and math.isfinite(terms["perceptual"])
-    for k, v in trainer.nets.classifier.state_dict().items():
-        assert torch.equal(v, frozen[k]), k  # the judge is a fixed yardstick, never trained by it
-    # A photo set has no swap truths: the term still works, on reconstructions alone.
+    assert terms["swap_cls"] > 0 and math.isfinite(terms["identity"])
+    for m in judges:
+        for k, v in trainer.nets.modules()[m].state_dict().items():
+            assert torch.equal(v, frozen[m, k]), (m, k)  # the judges are fixed yardsticks, never trained by the GAN
+    # A photo set has no swap truths: the truth terms are skipped with a warning naming them.
     root = tmp_path / "photos"
     shutil.copytree(tiny_data, root)
     frame, meta = read_labels(root)
     write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
     with pytest.warns(UserWarning, match=r"train\.loss\.swap_truth cannot apply"):  # tiny.yaml sets it
-        photo = Trainer(tiny_cfg(root, tmp_path / "run2", "train.loss.perceptual=2"))
+        photo = Trainer(tiny_cfg(root, tmp_path / "run2"))
     photo.run_judges()
-    assert math.isfinite(photo.train_step(16, 1.0)["perceptual"])
+    terms = photo.train_step(16, 1.0)
+    assert "swap_truth" not in terms and math.isfinite(terms["loss_g"])
 
 
 def test_channels_last_is_a_speed_setting_only(tiny_data: Path, tmp_path: Path) -> None:
@@ -280,20 +238,20 @@ def test_channels_last_is_a_speed_setting_only(tiny_data: Path, tmp_path: Path) 
     assert all(torch.equal(v, theirs[k]) for k, v in again.nets.generator.state_dict().items())
 
 
-def test_changed_pixels_l1_weighs_the_expression_pixels_alone() -> None:
-    from pipeline.train.losses import changed_pixels_l1
+def test_changed_pixels_marks_the_expression_region_and_its_border() -> None:
+    from pipeline.train.losses import changed_pixels
 
     src = torch.zeros(2, 3, 16, 16)
     truth = src.clone()
     truth[:, :, 10:12, 6:10] = 0.8  # a small "mouth" that the expression changes
-    assert float(changed_pixels_l1(truth, truth, src)) == 0.0
-    off = truth.clone()
-    off[:, :, 0:4, 0:4] += 0.5  # wrong only far from the change: not this term's business
-    assert float(changed_pixels_l1(off, truth, src)) == 0.0
-    # Copying the source's mouth costs the difference averaged over the changed pixels and their
-    # one-pixel border (8 of 24), however small the region; a whole-image L1 dilutes it to 8 of 256.
-    assert float(changed_pixels_l1(src, truth, src)) == pytest.approx(0.8 * 8 / 24, rel=1e-5)
-    assert float(changed_pixels_l1(src, src, src)) == 0.0  # nothing changed: no pixels, no loss
+    where = changed_pixels(truth, src)
+    assert where.shape == (2, 1, 16, 16)
+    # The 8 changed pixels and their one-pixel border (24 in all), nothing else.
+    assert float(where[0].sum()) == 24 and float(where[0, 0, 10:12, 6:10].min()) == 1.0
+    assert float(where[0, 0, 0:8, :].sum()) == 0
+    faint = src.clone()
+    faint[:, :, 0:4, 0:4] = 0.05  # below the threshold: not a change
+    assert float(changed_pixels(faint, src).sum()) == 0
 
 
 def test_expression_transfer_places_renders_between_source_and_truth() -> None:
@@ -332,27 +290,16 @@ def test_evaluate_scores_swaps_against_truth_with_the_copy_source_reference(tiny
     assert (tmp_path / "eval" / "eval.json").is_file() and Path(result["grid"]).is_file()
 
 
-def test_spatial_identity_code_trains_and_its_codes_render(tiny_data: Path, tmp_path: Path) -> None:
+def test_fitted_identity_codes_render_novel_identities(tiny_data: Path, tmp_path: Path) -> None:
     from pipeline.train.codes import expression_target, sample_identities
     from pipeline.train.networks import build_networks
 
-    cfg = tiny_cfg(
-        tiny_data,
-        tmp_path / "run",
-        "model.id_spatial_channels=2",
-        "model.id_spatial_resolution=8",
-        "train.loss.map_invariance=1.0",
-    )
-    trainer = Trainer(cfg)
-    trainer.run_judges()
-    trainer.stage_idx = 2  # the 16 px stage, where the map is in use
-    assert "map_inv" in trainer.train_step(16, 1.0)
+    cfg = tiny_cfg(tiny_data, tmp_path / "run")
     ckpt = load_checkpoint(Trainer(cfg, tmp_path / "full").train())
-    width = cfg.model.id_code_dim
-    assert width == 16 + 2 * 8 * 8
+    width = cfg.model.id_dim
     codes = ckpt["codes"]
     assert codes["id_mean"].shape == (width,) and codes["id_chol"].shape == (width, width)
-    # Novel identities are drawn in the whole code space (vector and map) and render.
+    # Novel identities are drawn from the fitted Gaussian of identity codes and render.
     nets = build_networks(cfg, 1)
     nets.generator_ema.load_state_dict(ckpt["nets"]["generator_ema"])
     w_id = sample_identities(codes, 3, torch.Generator().manual_seed(0))
@@ -458,50 +405,3 @@ def test_balanced_targets_draw_classes_equally_and_encode_the_donors(tiny_data: 
     b = trainer.stage.batch_size or trainer.cfg.train.batch_size
     assert batches[0] == 2 * b  # sources and their own donors, in one pass
     assert all(math.isfinite(v) for v in metrics.values())
-
-
-def test_judge_ensemble_trains_distinct_frozen_judges_and_averages_their_swap_loss(
-    tiny_data: Path, tmp_path: Path
-) -> None:
-    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "ens", "train.judge_ensemble=3", "train.judge_steps=3"))
-    judges = trainer.nets.expression_judges()
-    assert len(judges) == 3
-    trainer.run_judges()
-    first = [next(j.parameters()).clone() for j in judges]
-    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])  # own seeds
-    assert not any(p.requires_grad for j in judges for p in j.parameters())
-
-    # Two judges that know nothing (zero logits: cross-entropy log 7) beside the trained one: the
-    # swap term must be the mean of the three judges' losses, not the trained judge's alone.
-    for clf in trainer.nets.extra_classifiers:
-        for p in clf.head.parameters():
-            p.data.zero_()
-    seen = []
-    inner = trainer.nets.classifier.forward_with_features
-
-    def spy(x):
-        logits, feats = inner(x)
-        seen.append(logits.detach())
-        return logits, feats
-
-    trainer.nets.classifier.forward_with_features = spy
-    ce_main = []
-    orig_ce = torch.nn.functional.cross_entropy
-
-    def spy_ce(logits, y, *a, **k):
-        out = orig_ce(logits, y, *a, **k)
-        if seen and logits is not None and torch.equal(logits.detach(), seen[0]) and not ce_main:
-            ce_main.append(out.item())
-        return out
-
-    torch.nn.functional.cross_entropy = spy_ce
-    try:
-        metrics = trainer.train_step(16, 1.0)
-    finally:
-        torch.nn.functional.cross_entropy = orig_ce
-    assert ce_main and metrics["swap_cls"] == pytest.approx((ce_main[0] + 2 * math.log(7)) / 3, rel=1e-4)
-
-    # The ensemble is saved and resumes: a new trainer on the same folder has the same judges.
-    trainer.save()
-    again = Trainer(tiny_cfg(tiny_data, tmp_path / "ens", "train.judge_ensemble=3", "train.judge_steps=3"))
-    assert again.judges_done and torch.equal(next(again.nets.extra_classifiers[1].parameters()), first[2])

@@ -126,7 +126,6 @@ def demo(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo dataset.")] = False,
 ) -> None:
     """From nothing to a published dataset: make the training data if missing, then generate a small set."""
-    from pipeline.config import to_overrides
     from pipeline.train.checkpoint import load_checkpoint
 
     if not checkpoint.is_file():
@@ -136,11 +135,11 @@ def demo(
             soft_wrap=True,
         )
         raise typer.Exit(code=2)
-    import json
+    from pipeline.core.legacy import checkpoint_config
 
     ckpt = guarded(lambda: load_checkpoint(checkpoint))
     sets = [*DEMO_SETTINGS, *(set_ or [])]
-    cfg = guarded(lambda: load(None, [*to_overrides(json.loads(ckpt["config"])), *sets]))
+    cfg = guarded(lambda: checkpoint_config(ckpt, str(checkpoint), sets))
     root = Path(cfg.data.root)
     if not (root / "labels.parquet").is_file():
         from pipeline.procedural.dataset import make_dataset

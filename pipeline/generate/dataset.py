@@ -35,7 +35,8 @@ from PIL import Image
 from manifests.card import CARD_MD, package_versions
 from manifests.labels import dataset_kind, read_labels
 from manifests.writer import finalize, read_shards_table
-from pipeline.config import Config, config_to_dict, load_config
+from pipeline.config import Config, config_to_dict, load_config, to_overrides
+from pipeline.core.legacy import checkpoint_config, stored_config
 from pipeline.expressions import EXPRESSIONS
 from pipeline.generate.plan import (
     NOVEL_SOURCE,
@@ -125,11 +126,10 @@ def resolve_config(
     match then. With `cfg`, its model section must equal the checkpoint's (CheckpointError names the
     fields that differ) and its data must be the data the checkpoint was trained on.
     """
-    from pipeline.config import to_overrides
     from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(Path(checkpoint))
-    saved = json.loads(ckpt["config"])
+    saved = checkpoint_config(ckpt, str(checkpoint))
     # Fields the user chose: in an override, or written in the config they passed.
     explicit = {
         o.split("=", 1)[0].strip().removeprefix("quality.") for o in overrides or [] if o.strip().startswith("quality.")
@@ -137,12 +137,12 @@ def resolve_config(
     if cfg is not None:
         explicit |= set(cfg.quality.model_fields_set)
     if cfg is None:
-        cfg = load_config(None, [*to_overrides(saved), *(overrides or [])])
+        cfg = checkpoint_config(ckpt, str(checkpoint), overrides)
     elif overrides:
         cfg = load_config(None, [*to_overrides(config_to_dict(cfg)), *overrides])
     # Compare through today's Config, so a model field added since the checkpoint was written (with
     # its default) is not a mismatch; rendering rebuilds the networks from the checkpoint's config.
-    theirs = config_to_dict(Config.model_validate(saved).model)
+    theirs = config_to_dict(saved.model)
     mine = config_to_dict(cfg.model)
     diffs = [
         f"model.{k}: checkpoint={theirs.get(k)!r} config={mine.get(k)!r}"
@@ -288,7 +288,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         for ident, code in novel_identity_codes(ckpt["codes"], gen.n_novel, gen.seed).items():
             identities.append(PlannedIdentity(ident, NOVEL_SOURCE, None, len(rows)))
             rows.append(code)
-    codes_arr = np.stack(rows).astype(np.float32) if rows else np.zeros((0, cfg.model.id_code_dim), np.float32)
+    codes_arr = np.stack(rows).astype(np.float32) if rows else np.zeros((0, cfg.model.id_dim), np.float32)
     render_key = make_render_key(gen, sha, data_key, res)
     meta = {
         "name": name,
@@ -462,7 +462,7 @@ def finish(
 
     staging = Path(staging)
     plan = load_plan(staging)
-    cfg = cfg_or_none or Config.model_validate(plan.meta["config"])
+    cfg = cfg_or_none or stored_config(plan.meta["config"], str(staging / "plan.json"))
     missing = pending_shards(staging, plan)
     if missing:
         raise GenerateError(

@@ -32,6 +32,7 @@ from manifests.labels import dataset_kind
 from manifests.schema import parse_dataset_metadata
 from manifests.writer import shard_path, shard_problem, write_shard
 from pipeline.config import Config
+from pipeline.core.legacy import stored_config
 from pipeline.expressions import EXPRESSIONS
 from pipeline.generate.plan import PlanItem, SweepPlan, load_plan
 from pipeline.io_utils import atomic_write_bytes, sha256_bytes
@@ -94,7 +95,7 @@ def resolve_device(name: str) -> torch.device:
 
 def get_context(plan: SweepPlan, device: torch.device | None = None) -> RenderContext:
     """The (cached) context for a plan: thread tasks in one process share one model copy."""
-    cfg = Config.model_validate(plan.meta["config"])
+    cfg = stored_config(plan.meta["config"], f"plan {plan.key}")
     dev = device or resolve_device(cfg.generate.device)
     # The config is part of the key: thresholds and the identity backend live in the context.
     key = (plan.key + json.dumps(plan.meta["config"], sort_keys=True), str(dev))

@@ -47,14 +47,10 @@ def export_release(src: Path, dst: Path, half: bool = False, recalibrate: bool =
         "embedder": conv(ckpt["eval_judges"]["embedder"]),
     }
     if recalibrate or not ckpt.get("calibration"):  # runs finished before calibration existed: calibrate now
-        import json
-
         from pipeline.calibration import calibrate_thresholds
-        from pipeline.config import Config
+        from pipeline.core.legacy import checkpoint_config
 
         # On the judges as released (float16 when `half`): the thresholds are for these weights.
-        out["calibration"] = calibrate_thresholds(
-            Config.model_validate(json.loads(ckpt["config"])), out, torch.device("cpu")
-        )
+        out["calibration"] = calibrate_thresholds(checkpoint_config(ckpt, str(src)), out, torch.device("cpu"))
     out["release_of"] = str(Path(src).name)
     return save_checkpoint(Path(dst), out)

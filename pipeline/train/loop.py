@@ -23,19 +23,20 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import Config, config_to_dict
-from pipeline.train import losses as L
+from pipeline.core.legacy import checkpoint_config
 from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.train.codes import fit_target_codes
 from pipeline.train.data import TrainData, dataset_key, downsample, load_split
 from pipeline.train.judges import train_judges
 from pipeline.train.networks import Networks, autocast_dtype, build_networks, pick_device, update_ema
+from pipeline.train.objective import Batch, DecouplingObjective, to_full
 
 LAST = "last.pt"
 # Settings that change where or how fast a run computes, not what it learns: a run may resume with others.
 # precision is among them: weights and optimiser state are float32 either way.
 SPEED_SETTINGS = ("out_dir", "device", "num_threads", "channels_last", "precision", "cache_dir")
 # Loss terms that exist only where the data holds each swap's true image (procedural data).
-TRUTH_TERMS = ("swap_truth", "swap_change", "map_invariance")
+TRUTH_TERMS = ("swap_truth",)
 FINAL = "final.pt"
 
 
@@ -72,11 +73,6 @@ class Trainer:
                 f"{cfg.data.root}: training split has {n_cls} expression classes but model.num_classes is "
                 f"{cfg.model.num_classes}"
             )
-        if cfg.train.cross_expression_map and not self.data.truth_key:
-            raise ValueError(
-                f"{cfg.data.root}: train.cross_expression_map needs images of each person and session in "
-                "several expressions (procedural data); this dataset has none"
-            )
         unpaired = [k for k in TRUTH_TERMS if getattr(cfg.train.loss, k) > 0]
         if unpaired and not self.data.truth_key:
             # A warning, not an error: one recipe should train on procedural and photo data alike.
@@ -105,7 +101,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(n.discriminator.parameters(), lr=t.disc_lr or t.lr, betas=t.betas)
         # The networks train_step calls: the plain ones, or DDP wrappers of the same modules set by
         # pipeline.train.ddp. Checkpoints always save the plain `self.nets` (no "module." prefixes).
-        self.train_nets: Networks = self.nets
+        self.train_nets = self.nets
         # Only the main process (rank 0 under DDP) writes checkpoints and runs `finalize`.
         self.is_main = True
         self.gen = torch.Generator().manual_seed(t.seed)
@@ -119,6 +115,15 @@ class Trainer:
         self.eval_judges: dict[str, Any] | None = None
         self.calibration: dict[str, Any] | None = None
         self._resume_if_possible()
+
+    @property
+    def train_nets(self) -> Networks:
+        return self._train_nets
+
+    @train_nets.setter
+    def train_nets(self, nets: Networks) -> None:
+        self._train_nets = nets
+        self.objective = DecouplingObjective(nets, self.cfg)
 
     # ----------------------------------------------------------------- state
     def _backbone_state(self) -> dict | None:
@@ -167,7 +172,7 @@ class Trainer:
             return
         ckpt = load_checkpoint(path, map_location="cpu")
         # Through today's Config, so a field added since the checkpoint (at its default) is no mismatch.
-        saved_cfg = config_to_dict(Config.model_validate(json.loads(ckpt["config"])))
+        saved_cfg = config_to_dict(checkpoint_config(ckpt, str(path), resume=True))
         mine = config_to_dict(self.cfg)
         for section in ("model", "train", "data"):
             a = {k: v for k, v in saved_cfg[section].items() if k not in SPEED_SETTINGS}
@@ -198,7 +203,7 @@ class Trainer:
         self.eval_judges = ckpt.get("eval_judges") or None
         self.calibration = ckpt.get("calibration") or None
         if self.judges_done:
-            for judge in (*self.nets.expression_judges(), self.nets.embedder):
+            for judge in (self.nets.classifier, self.nets.embedder):
                 judge.eval().requires_grad_(False)
         self.resumed_from = (self.stage_idx, self.stage_step, self.global_step)
 
@@ -248,13 +253,6 @@ class Trainer:
             report,
             t.judge_soften,
         )
-        # The ensemble's other judges: expression only, each from its own seed (init and batches).
-        for k, clf in enumerate(self.nets.extra_classifiers, start=1):
-            extra = train_judges(
-                clf, None, self.data, t.judge_steps, min(t.batch_size * 2, 128), self.device,
-                t.seed + 1 + 1000 * k, report, t.judge_soften,
-            )  # fmt: skip
-            stats[f"expr_train_acc_{k}"] = extra["expr_train_acc"]
         self.judges_done = True
         self.save()
         return stats
@@ -378,170 +376,49 @@ class Trainer:
             return self._train_step(res, alpha)
 
     def _train_step(self, res: int, alpha: float) -> dict[str, float]:
-        n, t, w = self.train_nets, self.cfg.train, self.cfg.train.loss
-        dev = self.device
-        b = self.stage.batch_size or t.batch_size
-        idx = self.sample_rows(b)
-        full = self.cfg.model.max_resolution
-        # Swap targets: the sources' own expressions permuted within the batch (no extra encoder
-        # pass), or with train.balanced_targets rows of their own, encoded beside the sources.
-        perm = None if t.balanced_targets else torch.randperm(b, generator=self.gen)
-        donor = self.sample_targets(b) if perm is None else idx[perm]
-        y = self.data.labels[idx].to(dev)
-        y_sw = self.data.labels[donor].to(dev)
-        x_full = self.data.batch(idx, full, 1.0, dev)
-        x = self.data.batch(idx, res, alpha, dev)
+        batch = self.sample_batch(self.stage.batch_size or self.cfg.train.batch_size, res, alpha)
+        renders = self.objective.render(batch, res, alpha)
+        with_r1 = self.cfg.train.loss.r1 > 0 and self.global_step % self.objective.R1_EVERY == 0
+        loss_d, terms_d = self.objective.discriminator_phase(batch, renders, res, alpha, with_r1)
+        self._optimise(self.opt_d, loss_d)
+        loss_g, terms_g = self.objective.generator_phase(batch, renders, res, alpha)
+        self._optimise(self.opt_g, loss_g)
+        # EMA warm-up per stage: a fixed decay would average in the untrained layers that every new
+        # resolution adds for many steps; ramping the decay follows them quickly at first.
+        decay = min(self.cfg.train.ema_decay, (1.0 + self.stage_step) / (10.0 + self.stage_step))
+        update_ema(self.train_nets.generator_ema, self.train_nets.generator, decay)
+        swap_acc = float(terms_g.pop("swap_acc"))
+        return {**self._check_finite({**terms_d, **terms_g, "loss_g": loss_g}), "swap_acc": swap_acc}
 
-        n.encoder.train()
-        n.generator.train()
-        if perm is None:
-            w_id, w_exp_all = n.encoder(torch.cat([x_full, self.data.batch(donor, full, 1.0, dev)]))
-            w_id, w_exp, w_exp_sw = w_id[:b], w_exp_all[:b], w_exp_all[b:]
-        else:
-            w_id, w_exp = n.encoder(x_full)
-            w_exp_sw = w_exp[perm.to(dev)]
-        # Swap truths: each source's person and session with the donor's expression (procedural data).
-        # Loaded whenever any term reads them, so no truth-based option is silently skipped.
-        truth_full, valid, w_id_truth = None, None, None
-        # perceptual uses them where there are any (and reconstructions otherwise).
-        needs_truth = any(getattr(w, k) > 0 for k in TRUTH_TERMS) or w.perceptual > 0 or t.cross_expression_map
-        if self.data.truth_key and needs_truth:
-            rows = self.data.truth_rows(idx, donor)
+    def _optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip(opt)
+        opt.step()
+
+    def sample_batch(self, b: int, res: int, alpha: float) -> Batch:
+        """Rows uniform over images; swap targets the sources permuted within the batch (no extra
+        encoder pass) or, with train.balanced_targets, rows of their own; and the swaps' truths."""
+        dev, full, data = self.device, self.cfg.model.max_resolution, self.data
+        idx = torch.randint(0, data.n, (b,), generator=self.gen)
+        perm = None if self.cfg.train.balanced_targets else torch.randperm(b, generator=self.gen)
+        donor = self.sample_targets(b) if perm is None else idx[perm]
+        batch = Batch(
+            x_full=data.batch(idx, full, 1.0, dev),
+            x=data.batch(idx, res, alpha, dev),
+            y=data.labels[idx].to(dev),
+            y_sw=data.labels[donor].to(dev),
+            perm=perm,
+            donor_full=data.batch(donor, full, 1.0, dev) if perm is None else None,
+        )
+        # Truths: each source's person and session with the target's expression (procedural data).
+        if data.truth_key and any(getattr(self.cfg.train.loss, k) > 0 for k in TRUTH_TERMS):
+            rows = data.truth_rows(idx, donor)
             valid = (rows >= 0).to(dev)
             if valid.any():
-                truth_full = self.data.batch(rows[valid.cpu()], self.cfg.model.max_resolution, 1.0, dev)
-                if w.map_invariance > 0 or t.cross_expression_map:
-                    w_id_truth, _ = n.encoder(truth_full)
-        w_id_rec = w_id
-        if t.cross_expression_map and w_id_truth is not None:
-            w_id_rec = _with_other_map(w_id, w_id_truth, valid, self.cfg.model.id_dim)
-        # Reconstructions are the plain RGB (what novel identities, which have no photo, get); with an
-        # edit mask the swaps are composited over their source, and the raw RGB is kept for its own loss.
-        fake_rec = n.generator(w_id_rec, w_exp, res, alpha)
-        fake_sw, raw_sw, mask_sw = n.generator(w_id, w_exp_sw, res, alpha, source=x, with_parts=True)
-
-        # ---- discriminator
-        n.discriminator.requires_grad_(True)
-        r1_every = 4
-        do_r1 = w.r1 > 0 and self.global_step % r1_every == 0
-        x_d = x.detach().requires_grad_(do_r1)
-        d_real, cls_real = n.discriminator(x_d, res, alpha)
-        d_fake, _ = n.discriminator(torch.cat([fake_rec, fake_sw]).detach(), res, alpha)
-        loss_d = L.d_logistic(d_real, d_fake) + w.aux_cls * F.cross_entropy(cls_real, y)
-        terms_d = {"d_adv": loss_d}
-        if do_r1:
-            r1 = L.r1_penalty(d_real, x_d)
-            loss_d = loss_d + 0.5 * w.r1 * r1_every * r1
-            terms_d["r1"] = r1
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self._clip(self.opt_d)
-        self.opt_d.step()
-
-        # ---- generator, encoder, feedback
-        n.discriminator.requires_grad_(False)
-        d_fake_g, cls_fake = n.discriminator(torch.cat([fake_rec, fake_sw]), res, alpha)
-        terms: dict[str, torch.Tensor] = {}
-        terms["g_adv"] = L.g_nonsaturating(d_fake_g)
-        terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([y, y_sw]))
-        terms["recon"] = F.l1_loss(fake_rec, x)
-        up_sw = _to_full(fake_sw, self.cfg.model.max_resolution)
-        swap_logits, swap_feats = n.classifier.forward_with_features(up_sw)
-        terms["swap_cls"] = F.cross_entropy(swap_logits, y_sw)
-        if len(n.extra_classifiers):
-            # Every judge must be convinced (mean of their losses, not the loss of their mean): what
-            # fools one judge's quirks does not pay, what any judge recognises does.
-            others = [F.cross_entropy(clf(up_sw), y_sw) for clf in n.extra_classifiers]
-            terms["swap_cls"] = torch.stack([terms["swap_cls"], *others]).mean()
-        terms["identity"] = L.identity_loss(n.embedder, up_sw, x_full)
-        fb_sw = n.feedback(fake_sw)
-        fb_rec = n.feedback(fake_rec)
-        terms["latent"] = L.latent_recovery(fb_sw, w_id, w_exp_sw) + L.latent_recovery(fb_rec, w_id_rec, w_exp)
-        # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
-        cyc = n.generator(fb_sw[0], w_exp, res, alpha, source=fake_sw)
-        terms["cycle"] = F.l1_loss(cyc, x)
-        loss = (
-            w.adv * (terms["g_adv"] + terms["g_cls"])
-            + w.recon * terms["recon"]
-            + w.swap_cls * terms["swap_cls"]
-            + w.identity * terms["identity"]
-            + w.latent * terms["latent"]
-            + w.cycle * terms["cycle"]
-        )
-        use_ssim = w.ssim > 0 and res >= L.SSIM_MIN_RESOLUTION
-        if use_ssim:
-            terms["recon_ssim"] = L.ssim_loss(fake_rec, x)
-            loss = loss + w.ssim * terms["recon_ssim"]
-        truth = downsample(truth_full, res, alpha) if truth_full is not None else None
-        if truth is not None and w.swap_truth > 0:
-            # With an edit mask the raw RGB is held to the truth too: novel identities have no source.
-            swaps = {"": fake_sw} if mask_sw is None else {"": fake_sw, "_raw": raw_sw}
-            for suffix, render in swaps.items():
-                terms[f"swap_truth{suffix}"] = F.l1_loss(render[valid], truth)
-                loss = loss + w.swap_truth * terms[f"swap_truth{suffix}"]
-                if use_ssim:
-                    terms[f"swap_ssim{suffix}"] = L.ssim_loss(render[valid], truth)
-                    loss = loss + w.ssim * terms[f"swap_ssim{suffix}"]
-        if truth is not None and w.swap_change > 0:
-            terms["swap_change"] = L.changed_pixels_l1(fake_sw[valid], truth, x[valid])
-            loss = loss + w.swap_change * terms["swap_change"]
-        if w.perceptual > 0:
-            terms["perceptual"] = self._perceptual(fake_rec, x, swap_feats, valid, truth)
-            loss = loss + w.perceptual * terms["perceptual"]
-        if w_id_truth is not None and w.map_invariance > 0:  # the config refuses it without a spatial code
-            terms["map_inv"] = L.map_invariance(w_id[valid], w_id_truth, self.cfg.model.id_dim)
-            loss = loss + w.map_invariance * terms["map_inv"]
-        if mask_sw is not None:
-            # GANimation's mask penalty: where the source already looks right, keep its pixels.
-            terms["mask"] = torch.sigmoid(mask_sw).mean()
-            loss = loss + w.mask * terms["mask"]
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        self._clip(self.opt_g)
-        self.opt_g.step()
-        # EMA warm-up per stage: a fixed 0.999 would average in the untrained layers that every
-        # new resolution adds for ~1000 steps; ramping the decay follows them quickly at first.
-        decay = min(t.ema_decay, (1.0 + self.stage_step) / (10.0 + self.stage_step))
-        update_ema(n.generator_ema, n.generator, decay)
-        metrics = self._check_finite({**terms_d, **terms, "loss_g": loss})
-        metrics["swap_acc"] = float((swap_logits.argmax(1) == y_sw).float().mean())
-        return metrics
-
-    def _perceptual(
-        self,
-        fake_rec: torch.Tensor,
-        x: torch.Tensor,
-        swap_feats: list[torch.Tensor],
-        valid: torch.Tensor | None,
-        truth: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Expression-judge feature distance of reconstructions to their inputs and, where the data
-        has them, of swaps to their truths. Targets are taken at the stage's resolution and scaled up
-        like the renders, so a low-resolution stage is not asked for detail it cannot draw. The judge
-        is frozen; only the renders get gradients."""
-        clf, full = self.train_nets.classifier, self.cfg.model.max_resolution
-        _, rec_feats = clf.forward_with_features(_to_full(fake_rec, full))
-        with torch.no_grad():
-            _, real_feats = clf.forward_with_features(_to_full(x, full))
-        dist = L.perceptual_distance(rec_feats, real_feats)
-        if truth is not None and valid is not None:
-            with torch.no_grad():
-                _, truth_feats = clf.forward_with_features(_to_full(truth, full))
-            dist = dist + L.perceptual_distance([f[valid] for f in swap_feats], truth_feats)
-        return dist
-
-    def sample_rows(self, b: int) -> torch.Tensor:
-        """Training rows for one step: uniform over images, or over classes with train.balanced_classes.
-
-        Balanced, every expression (as source and, through the in-batch permutation, as swap target;
-        `sample_targets` draws targets of their own with train.balanced_targets) is seen equally often; the procedural data has one neutral image per 12 expressive ones, and
-        with uniform rows the default recipe's neutral swaps are judged neutral only 30% of the time.
-        Measured (default recipe, 64 px stage 2100 steps, balanced): neutral 0.30 -> 0.46 but sad
-        0.96 -> 0.68, overall 0.886 -> 0.870; so it stays off by default (useful for skewed photo sets).
-        """
-        if not self.cfg.train.balanced_classes:
-            return torch.randint(0, self.data.n, (b,), generator=self.gen)
-        return torch.multinomial(self._row_weights, b, replacement=True, generator=self.gen)
+                batch.valid = valid
+                batch.truth = downsample(data.batch(rows[valid.cpu()], full, 1.0, dev), res, alpha)
+        return batch
 
     def sample_targets(self, b: int) -> torch.Tensor:
         """Swap targets (donor rows) uniform over expression classes (`train.balanced_targets`).
@@ -572,19 +449,6 @@ class Trainer:
         return swap_check(self.nets, self.val_data, res, self.device, self.cfg.model.max_resolution)
 
 
-def _with_other_map(w_id: torch.Tensor, w_id_other: torch.Tensor, valid: torch.Tensor, vector_dim: int) -> torch.Tensor:
-    """w_id with its spatial map replaced, where `valid`, by the map of another expression's image.
-
-    With train.cross_expression_map the reconstruction is drawn from the source's vector codes and the
-    map of the same person and session showing another expression, so whatever expression the map
-    holds is never the one to draw; without it, reconstruction rewards copying the map's mouth and
-    brows, which then leak into every swap (the 16x16x4 run: sad swaps judged sad 22% of the time).
-    """
-    maps = w_id[:, vector_dim:].clone()
-    maps[valid] = w_id_other[:, vector_dim:]
-    return torch.cat([w_id[:, :vector_dim], maps], dim=1)
-
-
 def _calibrate(cfg: Config, state: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
     """Real-val threshold calibration; None (with the reason logged) when there is no val split."""
     from pipeline.calibration import calibrate_thresholds
@@ -593,10 +457,6 @@ def _calibrate(cfg: Config, state: dict[str, Any], device: torch.device) -> dict
         return calibrate_thresholds(cfg, state, device)
     except ValueError as exc:  # no val split, or too few images to calibrate on
         return {"error": str(exc)}
-
-
-def _to_full(x: torch.Tensor, full: int) -> torch.Tensor:
-    return x if x.shape[-1] == full else F.interpolate(x, size=(full, full), mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
@@ -613,7 +473,7 @@ def swap_check(
     rec = nets.generator_ema(w_id, w_exp, res, 1.0)
     sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0, source=x_full)  # composite() resizes it
     y_sw = data.labels[idx][perm].to(device)
-    acc = (nets.classifier(_to_full(sw, full)).argmax(1) == y_sw).float().mean()
+    acc = (nets.classifier(to_full(sw, full)).argmax(1) == y_sw).float().mean()
     recon = F.l1_loss(rec, data.batch(idx, res, 1.0, device))
     return {"val_recon_l1": float(recon), "val_swap_acc_train_judge": float(acc)}
 

@@ -51,57 +51,9 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return 1.0 - ssim
 
 
-def perceptual_distance(feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> torch.Tensor:
-    """LPIPS-style distance (Zhang et al. 2018, without learned layer weights) between two lists of
-    feature maps: each map unit-normalised over channels, squared difference, mean over positions,
-    summed over layers.
-
-    Fed with the frozen expression judge's maps, it asks a render to match its target in what that
-    judge looks at (mouth corners, brows), which pixel L1 and SSIM weigh as a few percent of the face.
-    """
-    total = feats_a[0].new_zeros(())
-    for a, b in zip(feats_a, feats_b, strict=True):
-        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
-        total = total + (a - b).pow(2).sum(1).mean()
-    return total
-
-
-def map_invariance(w_id: torch.Tensor, w_id_truth: torch.Tensor, vector_dim: int) -> torch.Tensor:
-    """Mean squared difference of the spatial identity maps of two images of one identity and session
-    that differ only in expression, relative to the maps' spread over the batch.
-
-    The map is meant to carry layout, not expression; without this term the 64 px default recipe's
-    renders kept the source's mouth and brows (sad swaps judged sad 22% of the time). Dividing by the
-    (detached) batch variance stops the term being met by shrinking every map towards zero.
-    """
-    a, b = w_id[:, vector_dim:], w_id_truth[:, vector_dim:]
-    return F.mse_loss(a, b) / a.detach().var(0).mean().clamp_min(1e-6)
-
-
 def changed_pixels(truth: torch.Tensor, source: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
     """(N, 1, H, W) 0/1 map of where a truth differs from its source (same person, session and light,
     other expression) by more than `threshold` in some channel, dilated by one pixel so that the
     edges of a mouth or brow count as changed."""
     mask = ((truth - source).abs().amax(1, keepdim=True) > threshold).float()
     return F.max_pool2d(mask, 3, stride=1, padding=1)
-
-
-def changed_pixels_l1(
-    fake: torch.Tensor, truth: torch.Tensor, source: torch.Tensor, threshold: float = 0.1
-) -> torch.Tensor:
-    """L1 of swaps against their truths, averaged over the pixels the expression changes.
-
-    The changed pixels are where the truth differs from the source (same person, session and light,
-    other expression) by more than `threshold` in some channel, dilated by one pixel. They are a few
-    percent of a face, so in the whole-image L1 and SSIM a blurred or copied mouth costs little; the
-    default recipe's renders sit only a third of the way from source to truth there
-    (evaluate's expression_transfer 0.32). Averaging over these pixels alone gives the expression
-    the weight of a whole image. Pairs with nothing changed (same expression) contribute nothing.
-
-    Measured (default schedule, weight 10): it did not help. Vector code: expression accuracy 0.886 ->
-    0.837 (neutral 0.30 -> 0.18), SSIM to truth 0.686 -> 0.674, transfer 0.32 -> 0.27; at 32 px the
-    training judge read the swaps right less often from early on (validation 0.69 vs 0.80). Off by default.
-    """
-    mask = changed_pixels(truth, source, threshold)
-    err = (fake - truth).abs().mean(1, keepdim=True) * mask
-    return err.sum() / mask.sum().clamp_min(1.0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -50,9 +50,6 @@ class Networks:
     feedback: FeedbackNetwork
     classifier: ExpressionClassifier
     embedder: IdentityEmbedder
-    # More frozen expression judges for the swap loss (`train.judge_ensemble - 1`); empty by default,
-    # and then absent from checkpoints, so older runs load and resume unchanged.
-    extra_classifiers: nn.ModuleList = field(default_factory=nn.ModuleList)
 
     def to(self, device: torch.device) -> Networks:
         for m in self.modules().values():
@@ -68,12 +65,7 @@ class Networks:
             "feedback": self.feedback,
             "classifier": self.classifier,
             "embedder": self.embedder,
-            **({"extra_classifiers": self.extra_classifiers} if len(self.extra_classifiers) else {}),
         }
-
-    def expression_judges(self) -> list[nn.Module]:
-        """Every frozen expression judge the swap loss consults: the training judge first."""
-        return [self.classifier, *self.extra_classifiers]
 
 
 def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None = None) -> Networks:
@@ -87,8 +79,6 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         input_size=res,
         backbone_state=backbone_state,
         mapping_lr_mul=m.mapping_lr_mul,
-        spatial_channels=m.id_spatial_channels,
-        spatial_resolution=m.id_spatial_resolution,
     )
     generator = Generator(
         m.id_dim,
@@ -96,21 +86,14 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         res,
         m.gen_channels,
         m.gen_min_channels,
-        spatial_channels=m.id_spatial_channels,
-        spatial_resolution=m.id_spatial_resolution,
         edit_mask=m.edit_mask,
     )
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)
-    feedback = FeedbackNetwork(m.id_code_dim, m.exp_dim, input_size=res, channels=m.feedback_channels)
+    feedback = FeedbackNetwork(m.id_dim, m.exp_dim, input_size=res, channels=m.feedback_channels)
     classifier = ExpressionClassifier(m.num_classes, input_size=res, channels=m.judge_channels)
     embedder = IdentityEmbedder(num_identities, embed_dim=m.judge_embed_dim, input_size=res, channels=m.judge_channels)
-    # Built last, so the other networks' initial weights do not depend on the ensemble's size.
-    extra = nn.ModuleList(
-        ExpressionClassifier(m.num_classes, input_size=res, channels=m.judge_channels)
-        for _ in range(cfg.train.judge_ensemble - 1)
-    )
-    return Networks(encoder, generator, generator_ema, discriminator, feedback, classifier, embedder, extra)
+    return Networks(encoder, generator, generator_ema, discriminator, feedback, classifier, embedder)
 
 
 @torch.no_grad()

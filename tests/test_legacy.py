@@ -1,0 +1,70 @@
+"""Stored configs: the committed checkpoint and configs naming retired options read through one loader."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import RETIRED_FIELDS, ConfigError, config_to_dict, load_config
+from pipeline.core.legacy import checkpoint_config, drop_retired, stored_config
+from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "checkpoints" / "cpu-64.pt"
+
+
+def _with_retired(**values: object) -> dict:
+    """Today's default config as a dict, plus retired fields at the given values (dotted names)."""
+    raw = config_to_dict(load_config())
+    for dotted, value in values.items():
+        *parents, leaf = dotted.replace("__", ".").split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return raw
+
+
+def test_committed_checkpoint_config_loads_and_drops_its_retired_fields(caplog: pytest.LogCaptureFixture) -> None:
+    ckpt = load_checkpoint(COMMITTED)
+    with caplog.at_level(logging.INFO, logger="pipeline.core.legacy"):
+        cfg = checkpoint_config(ckpt, str(COMMITTED))
+    assert cfg.model.edit_mask and cfg.train.balanced_targets and cfg.train.judge_soften == 0.5
+    note = caplog.text
+    assert "dropped retired config fields" in note
+    for name in ("model.id_spatial_channels", "train.balanced_classes", "train.loss.perceptual"):
+        assert name in note
+    # Overrides apply on top of the stored config, as the CLI's --set does.
+    assert checkpoint_config(ckpt, "x", ["generate.composite=mask"]).generate.composite == "mask"
+
+
+def test_every_retired_field_is_dropped_and_has_its_page() -> None:
+    raw = _with_retired(**{k.replace(".", "__"): v for k, v in ((k, d) for k, (d, _) in RETIRED_FIELDS.items())})
+    clean, dropped = drop_retired(raw)
+    assert set(dropped) == set(RETIRED_FIELDS)
+    assert "id_spatial_channels" not in clean["model"] and "perceptual" not in clean["train"]["loss"]
+    assert "id_spatial_channels" in raw["model"]  # the caller's dict is left as it was
+    stored_config(raw, "plan.json")  # all at their "off" values: reads as today's config
+    for _, page in RETIRED_FIELDS.values():
+        assert (REPO / page).is_file(), page
+
+
+def test_a_retired_option_that_was_on_is_refused_where_it_matters() -> None:
+    spatial = json.dumps(_with_retired(model__id_spatial_channels=4))
+    with pytest.raises(CheckpointError, match=r"model\.id_spatial_channels=4 .*id_spatial_channels\.md"):
+        stored_config(spatial, "old.pt")
+    # A training-only option does not change what renders, but a run cannot continue without it.
+    perceptual = _with_retired(train__loss__perceptual=2.0)
+    assert stored_config(perceptual, "old.pt").train.loss.swap_truth == 0.0
+    with pytest.raises(CheckpointError, match=r"cannot be resumed.*train\.loss\.perceptual=2\.0"):
+        stored_config(perceptual, "old.pt", resume=True)
+
+
+def test_a_config_file_naming_a_retired_option_points_at_its_page(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  judge_ensemble: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.judge_ensemble: .*docs/experiments/judge_ensemble\.md"):
+        load_config(cfg)
