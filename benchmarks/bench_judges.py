@@ -30,17 +30,13 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from pipeline.calibration import calibrate_expression_threshold, calibrate_expression_thresholds
 from pipeline.config import QualityConfig, config_to_dict, load_config, to_overrides
+from pipeline.core.checkpoint import load_checkpoint
 from pipeline.core.legacy import checkpoint_config
 from pipeline.expressions import EXPRESSIONS
-from pipeline.judging import build_eval_judges, train_eval_judges
-from pipeline.quality.gates import (
-    calibrate_expression_threshold,
-    calibrate_expression_thresholds,
-    class_balance_ratio,
-    per_image_flags,
-)
-from pipeline.train.checkpoint import load_checkpoint
+from pipeline.judges import build_eval_judges, train_eval_judges
+from pipeline.quality.gates import class_balance_ratio, per_image_flags
 from pipeline.train.data import load_split, to_model_range
 
 
@@ -50,6 +46,7 @@ def _png_batch(paths: list[Path]) -> torch.Tensor:
 
 
 def main() -> None:
+    # Long on purpose: a benchmark's whole protocol (arguments, judges per seed, every rule) read top to bottom.
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("dataset", type=Path, help="a generated dataset folder (manifest/, plan.json)")

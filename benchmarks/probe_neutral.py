@@ -21,9 +21,10 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     import torch
 
-    from pipeline.evaluate import load_eval_judges, load_trained
+    from pipeline.core.codes import encode_all
+    from pipeline.core.trained import load_trained
     from pipeline.expressions import EXPRESSIONS
-    from pipeline.train.codes import encode_all
+    from pipeline.judges import load_eval_judges
     from pipeline.train.data import load_split
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

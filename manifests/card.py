@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from manifests.schema import MANIFEST_FIELDS, MANIFEST_SCHEMA_VERSION
-from manifests.writer import IMAGEFOLDER_METADATA, MANIFEST_DIR, list_shards
+from manifests.layout import IMAGEFOLDER_METADATA, list_shards
+from manifests.schema import MANIFEST_DIR, MANIFEST_FIELDS, MANIFEST_SCHEMA_VERSION
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text, sha256_file
 

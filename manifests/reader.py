@@ -9,8 +9,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from manifests.schema import ManifestError, parse_dataset_metadata
-from manifests.writer import COMMON_METADATA, IMAGEFOLDER_METADATA, MANIFEST_DIR, list_shards, read_shards_table
+from manifests.layout import COMMON_METADATA, IMAGEFOLDER_METADATA, list_shards
+from manifests.schema import MANIFEST_DIR, ManifestError, parse_dataset_metadata
+from manifests.writer import read_shards_table
 
 
 def read_manifest(root: Path, columns: list[str] | None = None) -> pd.DataFrame:

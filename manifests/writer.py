@@ -37,7 +37,6 @@ than rewriting every shard.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +47,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from manifests.card import write_card
+from manifests.layout import (
+    COMMON_METADATA,
+    IMAGEFOLDER_METADATA,
+    SUCCESS_MARKER,
+    list_shards,
+    shard_path,
+)
 from manifests.schema import (
     MANIFEST_DIR,
     MANIFEST_SCHEMA,
@@ -59,33 +66,8 @@ from manifests.schema import (
 )
 from pipeline.io_utils import atomic_path, atomic_write_json, inside_root, sha256_file
 
-COMMON_METADATA = "_common_metadata"
-IMAGEFOLDER_METADATA = "metadata.parquet"
-SUCCESS_MARKER = "_SUCCESS"
-SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 # Rows per Parquet row group: small enough for readers to skip, large enough to compress well.
 ROW_GROUP_SIZE = 64 * 1024
-
-
-def shard_name(shard_index: int, n_shards: int) -> str:
-    return f"part-{shard_index:05d}-of-{n_shards:05d}.parquet"
-
-
-def shard_path(root: Path, shard_index: int, n_shards: int) -> Path:
-    return Path(root) / MANIFEST_DIR / shard_name(shard_index, n_shards)
-
-
-def list_shards(root: Path) -> list[tuple[int, int, Path]]:
-    """(index, count, path) of every finished shard file under DIR/data, sorted by index."""
-    data = Path(root) / MANIFEST_DIR
-    if not data.is_dir():
-        return []
-    found = []
-    for p in data.iterdir():
-        m = SHARD_RE.match(p.name)
-        if m:
-            found.append((int(m.group(1)), int(m.group(2)), p))
-    return sorted(found)
 
 
 def write_shard(
@@ -215,8 +197,6 @@ def finalize(root: Path, dataset_meta: dict[str, Any], *, n_shards: int | None =
         pq.write_metadata(MANIFEST_SCHEMA.with_metadata(final_meta), tmp)
     _write_table(table.replace_schema_metadata(final_meta), root / IMAGEFOLDER_METADATA)
     if card:
-        from manifests.card import write_card  # card imports this module's layout names
-
         write_card(root, table.to_pandas(), parse_dataset_metadata(pa.schema([], metadata=final_meta), str(root)))
     marker = root / SUCCESS_MARKER
     atomic_write_json(

@@ -96,7 +96,7 @@ def difference_mask(
     [-1, 1]), is dilated by ``dilation`` pixels so that the edges of a mouth or brow are redrawn
     too, and is softened by a 3x3 mean so that the seam does not show. The generator's learned mask
     cannot know this: it sees only the codes, not which expression the photo has, so it settles on
-    a blend wherever an expression *might* change (measured: 0.46 open over the pixels that do).
+    a blend wherever an expression *might* change.
     """
     diff = (rgb - rgb_source_expression).abs().amax(1, keepdim=True)
     m = ((diff - low) / (high - low)).clamp(0, 1)

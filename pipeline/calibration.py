@@ -1,4 +1,4 @@
-"""Gate thresholds derived from real data instead of guessed.
+"""Gate thresholds derived from real data instead of guessed: the one place calibration lives.
 
 On the real validation split (identities never seen in training), with the independent judges:
 - identity: every image's cosine to its own identity's prototype (mean embedding of that
@@ -14,11 +14,13 @@ The result is stored in the checkpoint (`calibration`) and used by generation un
 
 Photo datasets are judged for identity by FaceNet, whose threshold generation calibrates the same
 way on the dataset's photos (`calibrate_photo_identity_threshold`): FaceNet's weights are a
-generation-time input, not part of the checkpoint.
+generation-time input, not part of the checkpoint. `apply_calibration` puts both into the config a
+dataset is generated with.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +28,95 @@ import torch
 
 from pipeline.config import Config
 from pipeline.expressions import EXPRESSIONS
-from pipeline.judging import load_eval_judges
+from pipeline.judges import load_eval_judges
 from pipeline.quality.facenet import IdentityScorer
-from pipeline.quality.gates import (
-    calibrate_expression_threshold,
-    calibrate_expression_thresholds,
-    calibrate_identity_threshold,
-)
 from pipeline.train.data import load_split
+
+# --------------------------------------------------------------------------- thresholds from scores
+
+
+def calibrate_identity_threshold(
+    same_scores: np.ndarray | list[float], diff_scores: np.ndarray | list[float]
+) -> tuple[float, float]:
+    """(threshold, EER) at the equal-error point of same-identity vs different-identity cosines.
+
+    A pair is accepted when score >= threshold. FRR(t) = share of same pairs below t, FAR(t) =
+    share of different pairs at or above t. Candidate thresholds are the midpoints between
+    consecutive distinct scores (plus one below and one above all), so a perfectly separable set
+    gets the midpoint of its gap and EER 0. The chosen t minimises |FAR - FRR|, ties broken by the
+    smaller FAR + FRR; EER is reported as (FAR + FRR) / 2 there.
+    """
+    same = np.asarray(same_scores, dtype=np.float64).ravel()
+    diff = np.asarray(diff_scores, dtype=np.float64).ravel()
+    if same.size == 0 or diff.size == 0:
+        raise ValueError(f"calibration needs same and different pairs, got {same.size} and {diff.size}")
+    if not (np.isfinite(same).all() and np.isfinite(diff).all()):
+        raise ValueError("calibration scores contain NaN or infinite values")
+    u = np.unique(np.concatenate([same, diff]))
+    cand = np.concatenate([[u[0] - 1e-6], (u[:-1] + u[1:]) / 2.0, [u[-1] + 1e-6]])
+    s_sorted, d_sorted = np.sort(same), np.sort(diff)
+    frr = np.searchsorted(s_sorted, cand, side="left") / same.size  # same < t
+    far = 1.0 - np.searchsorted(d_sorted, cand, side="left") / diff.size  # diff >= t
+    gap = np.abs(far - frr)
+    best = np.flatnonzero(gap == gap.min())
+    i = best[np.argmin((far + frr)[best])]
+    return float(cand[i]), float((far[i] + frr[i]) / 2.0)
+
+
+def calibrate_expression_threshold(
+    val_p_target: np.ndarray | list[float], val_correct: np.ndarray | list[bool], keep: float = 0.95
+) -> float:
+    """Min target probability such that `keep` of the real validation images the classifier gets right pass.
+
+    Rule: t = the largest value such that at least `keep` of the correctly classified real validation
+    images have p_target >= t (the lower (1 - keep) quantile).
+    The render check (argmax == target and p_target >= t) then rejects at most 1 - keep of renders
+    that the classifier finds as convincing as correctly recognised real faces. (A precision rule
+    would be degenerate: p_target >= 0.5 already implies argmax == target, so precision is 1 there.)
+    """
+    p = np.asarray(val_p_target, dtype=np.float64).ravel()
+    ok = np.asarray(val_correct, dtype=bool).ravel()
+    if p.shape != ok.shape:
+        raise ValueError(f"val_p_target has {p.size} values but val_correct has {ok.size}")
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    good = p[ok & np.isfinite(p)]
+    if good.size == 0:
+        raise ValueError("no correctly classified validation images to calibrate on")
+    # Largest t that still keeps >= keep of them: drop at most floor(n * (1 - keep)) lowest scores
+    # (the epsilon guards 1 - 0.9 = 0.0999... from flooring 1.0 down to 0).
+    drop = int(np.floor(good.size * (1.0 - keep) + 1e-9))
+    return float(np.sort(good)[drop])
+
+
+def calibrate_expression_thresholds(
+    val_p_target: np.ndarray | list[float],
+    val_correct: np.ndarray | list[bool],
+    val_labels: np.ndarray | list[int],
+    names: tuple[str, ...] | list[str],
+    keep: float = 0.95,
+    min_images: int = 20,
+) -> dict[str, float]:
+    """`calibrate_expression_threshold` within each class (labels index `names`).
+
+    A render is then held to the real faces of its own expression: each class keeps `keep` of its
+    correctly classified real validation images. Classes with fewer than `min_images` correct images
+    are left out (their renders use the pooled threshold): a 5% quantile of a handful is noise.
+    """
+    p = np.asarray(val_p_target, dtype=np.float64).ravel()
+    ok = np.asarray(val_correct, dtype=bool).ravel()
+    y = np.asarray(val_labels).ravel()
+    if not p.shape == ok.shape == y.shape:
+        raise ValueError(f"val_p_target, val_correct and val_labels differ in length: {p.size}, {ok.size}, {y.size}")
+    out = {}
+    for k, name in enumerate(names):
+        m = y == k
+        if int((ok & m & np.isfinite(p)).sum()) >= min_images:
+            out[name] = calibrate_expression_threshold(p[m], ok[m], keep)
+    return out
+
+
+# --------------------------------------------------------------------------- from the judges and photos
 
 
 @torch.no_grad()
@@ -141,3 +224,71 @@ def calibrate_photo_identity_threshold(
         "n_faces": int(found.sum()),
         "n_identities": len(codes),
     }
+
+
+# --------------------------------------------------------------------------- into a generation config
+
+
+def apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> None:
+    """Use thresholds calibrated on real data, except where the user set a value explicitly: the
+    judges' ones from the real validation split at training time (pipeline.calibration, in the
+    checkpoint) and, for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here. How each was
+    derived is recorded in `quality.calibration` (the dataset card shows it)."""
+    q = cfg.quality
+    if "calibration" in explicit:  # a config that was resolved before (the flow's): already done
+        return
+    q.calibration = {}
+    if q.thresholds != "calibrated":
+        return
+    cal = ckpt.get("calibration") or {}
+    if "expression_threshold" in cal:
+        applied = [n for n in ("embedder_identity_threshold", "expression_threshold") if n not in explicit]
+        for name in applied:
+            setattr(q, name, round(float(cal[name]), 4))
+        # Per-class thresholds unless the user fixed a threshold or asked for the pooled one. A
+        # checkpoint calibrated before they existed has none: its renders get the pooled threshold
+        # (`fersynth export --recalibrate` adds them).
+        per_class = cal.get("expression_thresholds")
+        fixed = {"expression_threshold", "expression_thresholds"} & explicit
+        if q.expression_calibration == "per_class" and per_class and not fixed:
+            q.expression_thresholds = {k: round(float(v), 4) for k, v in per_class.items()}
+            applied.append("expression_thresholds")
+        keys = (
+            "split",
+            "n_images",
+            "n_identities",
+            "identity_eer",
+            "expression_val_accuracy",
+            "expression_val_pass_pooled",
+        )
+        q.calibration["checkpoint"] = {**{k: cal[k] for k in keys if k in cal}, "applied": applied}
+    elif "error" in cal:  # e.g. too few validation identities at training time: config values kept
+        q.calibration["checkpoint"] = {"error": cal["error"]}
+    if "identity_threshold" not in explicit:
+        _calibrate_facenet(cfg)
+
+
+def _calibrate_facenet(cfg: Config) -> None:
+    from manifests.labels import dataset_kind, read_labels
+    from pipeline.cache import load_tensors
+    from pipeline.quality.facenet import make_identity_scorer, resolve_identity_backend
+
+    q, root = cfg.quality, Path(cfg.data.root)
+    if not (root / "labels.parquet").is_file():
+        return  # _check_data names the problem when the plan is made
+    kind = dataset_kind(read_labels(root)[0])
+    if resolve_identity_backend(q.identity_backend, kind) != "facenet":
+        return
+    images, frame = load_tensors(root, cfg.model.max_resolution, cfg.data.cache_dir)
+    scorer = make_identity_scorer(
+        "facenet", kind, facenet_weights=q.facenet_weights, detect=q.face_detection, device=q.device
+    )
+    # Every split: FaceNet never saw any of these people (unlike the project's embedder, which is
+    # calibrated on held-out identities), and the sources of the renders are among them.
+    try:
+        info = calibrate_photo_identity_threshold(scorer, images, frame["identity"].tolist(), q.calibration_max_images)
+    except ValueError as exc:  # too few faces or people: keep the config value, say why
+        q.calibration["facenet"] = {"error": f"{root}: {exc}; config value kept"}
+        return
+    q.identity_threshold = round(float(info["identity_threshold"]), 4)
+    q.calibration["facenet"] = {"split": "all", **info}

@@ -197,8 +197,8 @@ class TrainConfig(_Section):
     num_threads: int | None = Field(None, ge=1, le=256)
     channels_last: bool = Field(
         True,
-        description="NHWC weights for the conv nets: ~10% faster training steps on CPU (oneDNN), the usual "
-        "layout for GPU convolutions; a speed setting only (a run may resume with the other layout)",
+        description="NHWC weights for the conv nets: faster steps on CPU (oneDNN) and the usual layout for GPU "
+        "convolutions; a speed setting only (a run may resume with the other layout)",
     )
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32",
@@ -240,8 +240,7 @@ class QualityConfig(_Section):
     identity_backend: Literal["auto", "facenet", "embedder"] = Field(
         "auto", description="auto: the project's identity embedder for procedural data, FaceNet for photos"
     )
-    # Photos: FaceNet cosine. 0.5 sits between same-person (>0.9) and different-person (<0.25) scores
-    # seen on the offline test photos, and near the L2 1.04 ~ cosine 0.46 operating point.
+    # Photos: FaceNet cosine; 0.5 sits between same- and different-person scores (docs/measurements_from_code.md).
     identity_threshold: float = Field(0.5, ge=-1.0, le=1.0, description="min FaceNet cosine to the source identity")
     embedder_identity_threshold: float = Field(
         0.5, ge=-1.0, le=1.0, description="min cosine for the project's identity embedder (procedural data)"
@@ -252,9 +251,7 @@ class QualityConfig(_Section):
         default_factory=dict,
         description="per-expression min probability of the target; classes not listed use expression_threshold",
     )
-    # Why per class: one pooled threshold is set by the classes the judge is surest of. With the
-    # softened-judge checkpoint it failed 29% of correctly recognised real neutral faces and 0.5-9% of
-    # the others, so the class-balance gate partly measured the judge (README "Results").
+    # Per class: one pooled threshold is set by the classes the judge is surest of, and fails the others.
     expression_calibration: Literal["per_class", "pooled"] = Field(
         "per_class",
         description="calibrated thresholds: each expression's own (95% of its correct real-val images pass) or one pooled",

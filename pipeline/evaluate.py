@@ -10,7 +10,9 @@ judges trained here with their own seed (never the networks the GAN was optimise
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,46 +20,55 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, config_to_dict
-from pipeline.core.legacy import checkpoint_config
+from pipeline.core.codes import expression_target
+from pipeline.core.networks import Networks
+from pipeline.core.trained import load_trained
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text
-from pipeline.judging import load_eval_judges
+from pipeline.judges import judge_accuracy, load_eval_judges
 from pipeline.quality.ssim import psnr_batch, ssim_batch
 from pipeline.swaps import draws_over_photo, render_over_photo
-from pipeline.train.checkpoint import CheckpointError, load_checkpoint
-from pipeline.train.codes import expression_target
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import compose_grid, save_png, to_uint8
-from pipeline.train.judges import judge_accuracy
 from pipeline.train.losses import changed_pixels
-from pipeline.train.networks import Networks, build_networks, pick_device
-
-RENDER_NETS = ("encoder", "generator_ema")
 
 
-def load_trained(
-    checkpoint: Path, overrides: list[str] | None = None, device: torch.device | None = None
-) -> tuple[Config, Networks, dict[str, Any]]:
-    """Rebuild the networks a checkpoint was trained with and load them (strictly)."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = checkpoint_config(ckpt, str(checkpoint), overrides)
-    if not ckpt.get("codes"):
-        raise CheckpointError(f"{checkpoint}: training has not finished (no target codes); use checkpoints/final.pt")
-    names = json.loads(ckpt["identity_names"])
-    nets = build_networks(cfg, len(names))
-    try:
-        # Release checkpoints (fersynth export) carry only what rendering needs.
-        for k, m in nets.modules().items():
-            if k in ckpt["nets"]:
-                m.load_state_dict(ckpt["nets"][k])
-            elif k in RENDER_NETS:
-                raise KeyError(f"network {k!r} missing")
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{checkpoint}: weights do not fit the model its config describes: {exc}") from exc
-    nets.to(device or pick_device(cfg.train.device))
-    for m in nets.modules().values():
-        m.eval().requires_grad_(False)
-    return cfg, nets, ckpt
+class BatchScores:
+    """The registry of per-batch metrics: score arrays gathered under a name, reduced once at the end."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[np.ndarray]] = defaultdict(list)
+
+    def add(self, **scores: np.ndarray | float) -> None:
+        for name, values in scores.items():
+            self._parts[name].append(np.atleast_1d(np.asarray(values)))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._parts
+
+    def all(self, name: str) -> np.ndarray:
+        return np.concatenate(self._parts[name])
+
+    def mean(self, name: str) -> float:
+        return float(self.all(name).mean())
+
+
+@dataclass
+class _Setup:
+    """What scoring a batch of sources reads: the model, the test split, the judges and the targets."""
+
+    cfg: Config
+    nets: Networks
+    test: TrainData
+    clf: torch.nn.Module
+    emb: torch.nn.Module
+    targets: torch.Tensor  # one full-intensity code per class
+    top: dict[int, int]  # each class's top intensity code in the split
+    protos: torch.Tensor  # unit mean eval-embedding of each test identity's real images
+    composited: bool  # swaps drawn over their source photo (and the plain RGB scored beside them)
+    n_cls: int
+    full: int
+    device: torch.device
 
 
 @torch.no_grad()
@@ -74,152 +85,45 @@ def evaluate_checkpoint(
     cfg, nets, ckpt = load_trained(checkpoint, overrides)
     device = next(nets.generator.parameters()).device
     root = Path(data_root or cfg.data.root)
-    full = cfg.model.max_resolution
+    full, n_cls = cfg.model.max_resolution, cfg.model.num_classes
     out = Path(out_dir or checkpoint.parent.parent / "eval")
     out.mkdir(parents=True, exist_ok=True)
     test = load_split(root, full, split, cfg.data.cache_dir)
-    n_cls = cfg.model.num_classes
     if int(test.labels.max()) >= n_cls:
         raise ValueError(
             f"{root}: split {split!r} has expression classes the model does not know (model.num_classes={n_cls})"
         )
     clf, emb = load_eval_judges(cfg, ckpt, device)
-
     codes = {k: v.to(device) for k, v in ckpt["codes"].items()}
     targets = expression_target(codes, torch.arange(n_cls, device=device), torch.ones(n_cls, device=device))
-
     # Sources: per identity and session, the neutral image and each expression at its top intensity.
     top = {c: int(test.intensity_code[test.labels == c].max()) for c in range(n_cls) if (test.labels == c).any()}
     src_rows = [i for i in range(test.n) if top.get(int(test.labels[i])) == int(test.intensity_code[i])]
     src = torch.tensor(src_rows)
-
-    # Identity prototypes: mean eval-embedding of each test identity's real images.
     real_emb = _embed_all(emb, test, torch.arange(test.n), full, device, batch_size)
     protos = torch.zeros(len(test.identity_names), real_emb.shape[1], device=device)
     protos.index_add_(0, test.identity.to(device), real_emb)
     protos = torch.nn.functional.normalize(protos, dim=1)
-
-    # Per-batch score arrays, concatenated at the end.
-    rec_ssim, sw_ssim, sw_psnr, copy_ssim, correct, transfer = [], [], [], [], [], []
-    # Swaps are drawn over their source photo as the product draws real identities (generate.composite):
-    # by the difference of two renders (any checkpoint) or by the learned edit mask (mask checkpoints);
-    # the plain RGB (what a novel identity gets) is scored beside them.
+    # Swaps are drawn over their source photo as the product draws real identities (generate.composite).
     composited = draws_over_photo(cfg.generate.composite, nets.generator_ema)
-    raw_correct, raw_ssim, mask_changed, mask_kept = [], [], [], []
-    id_hit, id_cos, spread_fake, spread_true = [], [], [], []
+    setup = _Setup(cfg, nets, test, clf, emb, targets, top, protos, composited, n_cls, full, device)
+
+    scores = BatchScores()
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
     for start in range(0, len(src), batch_size):
-        rows = src[start : start + batch_size]
-        x = test.batch(rows, full, 1.0, device)
-        w_id, w_exp = nets.encoder(x)
-        rec = nets.generator_ema(w_id, w_exp, full, 1.0)
-        x_u8 = to_uint8(x)
-        rec_ssim.append(ssim_batch(to_uint8(rec), x_u8, data_range=255))
-        n = len(rows)
-        ids = w_id.repeat_interleave(n_cls, 0)
-        exps = targets.repeat(n, 1)
-        fake, raw, mask = _swap(nets, cfg, ids, exps, w_exp.repeat_interleave(n_cls, 0), x.repeat_interleave(n_cls, 0))
-        fake = fake.clamp(-1, 1)
-        tgt = torch.arange(n_cls).repeat(n)
-        src_rep = rows.repeat_interleave(n_cls)
-        pred = clf(fake).argmax(1).cpu()
-        correct.append((pred == tgt).numpy())
-        if composited:
-            raw = raw.clamp(-1, 1)
-            raw_correct.append((clf(raw).argmax(1).cpu() == tgt).numpy())
-        e = emb.embed(fake)
-        sims = e @ protos.T
-        own = test.identity[src_rep].to(device)
-        id_hit.append((sims.argmax(1) == own).cpu().numpy())
-        id_cos.append(sims.gather(1, own[:, None]).squeeze(1).cpu().numpy())
-        fake_u8 = to_uint8(fake)
-        for j, (r, t) in enumerate(zip(src_rep.tolist(), tgt.tolist(), strict=True)):
-            if len(renders_u8) < 2000:
-                renders_u8[(r, t)] = fake_u8[j]
-        truth_rows = torch.tensor(
-            [
-                test.truth_key.get((int(test.identity[r]), int(test.session[r]), t, top.get(t, 100)), -1)
-                for r, t in zip(src_rep.tolist(), tgt.tolist(), strict=True)
-            ]
-        )
-        have = truth_rows >= 0
-        if have.any():
-            # The truths are loaded once; every score below reads them.
-            truth = test.batch(truth_rows[have], full, 1.0, device)
-            truth_u8 = to_uint8(truth)
-            sw_ssim.append(ssim_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
-            sw_psnr.append(psnr_batch(fake_u8[have.numpy()], truth_u8, data_range=255))
-            if composited:
-                raw_ssim.append(ssim_batch(to_uint8(raw)[have.numpy()], truth_u8, data_range=255))
-                # How far the mask opens where the truth differs from the source, and elsewhere: a
-                # decisive mask is near 1 and 0; a blend of the source and the RGB is near 0.5.
-                have_d = have.to(device)
-                where = changed_pixels(truth, x.repeat_interleave(n_cls, 0)[have_d])
-                m = mask[have_d]
-                mask_changed.append(float((m * where).sum() / where.sum().clamp_min(1.0)))
-                mask_kept.append(float((m * (1 - where)).sum() / (1 - where).sum().clamp_min(1.0)))
-            # Reference: the unchanged source scored against the same truths. SSIM rewards getting
-            # the face, pose and light right more than the expression, so read ssim_truth beside it.
-            src_u8 = np.repeat(x_u8, n_cls, axis=0)
-            copy_ssim.append(ssim_batch(src_u8[have.numpy()], truth_u8, data_range=255))
-            changed = (test.labels[src_rep] != tgt)[have]  # among the rows that have a truth
-            if changed.any():
-                have_d, changed_d = have.to(device), changed.to(device)
-                transfer.append(
-                    expression_transfer(
-                        fake[have_d][changed_d],
-                        x.repeat_interleave(n_cls, 0)[have_d][changed_d],
-                        truth[changed_d],
-                    )
-                )
-            if have.all():
-                # Collapse check: how much renders of one source differ across targets vs the truth.
-                f = fake.reshape(n, n_cls, -1)
-                tr = truth.reshape(n, n_cls, -1)
-                spread_fake.append(f.std(1).mean(1).cpu().numpy())
-                spread_true.append(tr.std(1).mean(1).cpu().numpy())
+        _score_sources(setup, src[start : start + batch_size], scores, renders_u8)
         if progress:
             progress("evaluate", min(start + batch_size, len(src)), len(src), {})
 
-    cat = np.concatenate
-    lower = _lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size, cfg)
-    metrics: dict[str, Any] = {
-        "n_test_identities": len(test.identity_names),
-        "n_swaps": int(sum(len(c) for c in correct)),
-        "expr_acc": float(cat(correct).mean()),
-        "id_top1": float(cat(id_hit).mean()),
-        "id_cosine": float(cat(id_cos).mean()),
-        "recon_ssim": float(cat(rec_ssim).mean()),
+    judges_on_real = {
         "judge_expr_acc_real": judge_accuracy(clf, test, device),
         "judge_id_top1_real": float((((real_emb @ protos.T).argmax(1)).cpu() == test.identity).float().mean()),
     }
-    if sw_ssim:
-        metrics["ssim_truth"] = float(cat(sw_ssim).mean())
-        metrics["psnr_truth"] = float(np.mean(np.minimum(cat(sw_psnr), 100.0)))
-        metrics["ssim_truth_copy_source"] = float(cat(copy_ssim).mean())
-    if transfer:
-        metrics["expression_transfer"] = float(cat(transfer).mean())
-    if composited:  # the renders a novel identity (no source photo) gets
-        metrics["expr_acc_raw"] = float(cat(raw_correct).mean())
-        if raw_ssim:
-            metrics["ssim_truth_raw"] = float(cat(raw_ssim).mean())
-            metrics["mask_open_changed"] = float(np.mean(mask_changed))
-            metrics["mask_open_kept"] = float(np.mean(mask_kept))
-    per_class = cat(correct).reshape(-1, n_cls).mean(0)
+    metrics = _summarise(setup, scores, judges_on_real)
+    per_class = scores.all("correct").reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
-    metrics.update(lower)
-    warnings = []
-    if spread_fake:
-        ratio = float(cat(spread_fake).mean() / max(cat(spread_true).mean(), 1e-8))
-        metrics["expression_spread_ratio"] = ratio
-        if ratio < 0.25:
-            warnings.append(
-                f"expression collapse: renders of one source vary {ratio:.2f}x as much as the truth across target expressions"
-            )
-    if metrics["expr_acc"] < 1.5 / n_cls:
-        warnings.append(
-            f"expression collapse: judge accuracy of swaps {metrics['expr_acc']:.2f} is near chance ({1 / n_cls:.2f})"
-        )
+    metrics.update(_lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size, cfg))
+    warnings = _collapse_warnings(metrics, scores, n_cls)
 
     grid = _swap_grid(test, src_rows, renders_u8, top, n_cls, full, device, out / "swap_grid.png")
     result = {
@@ -245,6 +149,118 @@ def evaluate_checkpoint(
     return result
 
 
+def _score_sources(
+    s: _Setup, rows: torch.Tensor, scores: BatchScores, renders_u8: dict[tuple[int, int], np.ndarray]
+) -> None:
+    """Every source in `rows` swapped to every target expression, scored into `scores`."""
+    test, nets, n_cls, full, device = s.test, s.nets, s.n_cls, s.full, s.device
+    x = test.batch(rows, full, 1.0, device)
+    w_id, w_exp = nets.encoder(x)
+    x_u8 = to_uint8(x)
+    scores.add(rec_ssim=ssim_batch(to_uint8(nets.generator_ema(w_id, w_exp, full, 1.0)), x_u8, data_range=255))
+    n = len(rows)
+    x_rep = x.repeat_interleave(n_cls, 0)
+    ids, exps = w_id.repeat_interleave(n_cls, 0), s.targets.repeat(n, 1)
+    fake, raw, mask = _swap(nets, s.cfg, ids, exps, w_exp.repeat_interleave(n_cls, 0), x_rep)
+    fake = fake.clamp(-1, 1)
+    tgt = torch.arange(n_cls).repeat(n)
+    src_rep = rows.repeat_interleave(n_cls)
+    scores.add(correct=(s.clf(fake).argmax(1).cpu() == tgt).numpy())
+    if s.composited:
+        raw = raw.clamp(-1, 1)
+        scores.add(raw_correct=(s.clf(raw).argmax(1).cpu() == tgt).numpy())
+    sims = s.emb.embed(fake) @ s.protos.T
+    own = test.identity[src_rep].to(device)
+    scores.add(
+        id_hit=(sims.argmax(1) == own).cpu().numpy(), id_cos=sims.gather(1, own[:, None]).squeeze(1).cpu().numpy()
+    )
+    fake_u8 = to_uint8(fake)
+    for j, (r, t) in enumerate(zip(src_rep.tolist(), tgt.tolist(), strict=True)):
+        if len(renders_u8) < 2000:
+            renders_u8[(r, t)] = fake_u8[j]
+    truth_rows = torch.tensor(
+        [
+            test.truth_key.get((int(test.identity[r]), int(test.session[r]), t, s.top.get(t, 100)), -1)
+            for r, t in zip(src_rep.tolist(), tgt.tolist(), strict=True)
+        ]
+    )
+    have = truth_rows >= 0
+    if not have.any():
+        return
+    # The truths are loaded once; every score below reads them.
+    truth = test.batch(truth_rows[have], full, 1.0, device)
+    truth_u8, have_np, have_d = to_uint8(truth), have.numpy(), have.to(device)
+    scores.add(
+        sw_ssim=ssim_batch(fake_u8[have_np], truth_u8, data_range=255),
+        sw_psnr=psnr_batch(fake_u8[have_np], truth_u8, data_range=255),
+    )
+    if s.composited:
+        scores.add(raw_ssim=ssim_batch(to_uint8(raw)[have_np], truth_u8, data_range=255))
+        # How far the mask opens where the truth differs from the source, and elsewhere: a
+        # decisive mask is near 1 and 0; a blend of the source and the RGB is near 0.5.
+        where = changed_pixels(truth, x_rep[have_d])
+        m = mask[have_d]
+        scores.add(
+            mask_changed=float((m * where).sum() / where.sum().clamp_min(1.0)),
+            mask_kept=float((m * (1 - where)).sum() / (1 - where).sum().clamp_min(1.0)),
+        )
+    # Reference: the unchanged source scored against the same truths. SSIM rewards getting
+    # the face, pose and light right more than the expression, so read ssim_truth beside it.
+    scores.add(copy_ssim=ssim_batch(np.repeat(x_u8, n_cls, axis=0)[have_np], truth_u8, data_range=255))
+    changed = (test.labels[src_rep] != tgt)[have]  # among the rows that have a truth
+    if changed.any():
+        changed_d = changed.to(device)
+        scores.add(transfer=expression_transfer(fake[have_d][changed_d], x_rep[have_d][changed_d], truth[changed_d]))
+    if have.all():
+        # Collapse check: how much renders of one source differ across targets vs the truth.
+        scores.add(
+            spread_fake=fake.reshape(n, n_cls, -1).std(1).mean(1).cpu().numpy(),
+            spread_true=truth.reshape(n, n_cls, -1).std(1).mean(1).cpu().numpy(),
+        )
+
+
+def _summarise(s: _Setup, scores: BatchScores, judges_on_real: dict[str, float]) -> dict[str, Any]:
+    """The headline figures of the gathered scores (the names and order eval.json has always had)."""
+    metrics: dict[str, Any] = {
+        "n_test_identities": len(s.test.identity_names),
+        "n_swaps": len(scores.all("correct")),
+        "expr_acc": scores.mean("correct"),
+        "id_top1": scores.mean("id_hit"),
+        "id_cosine": scores.mean("id_cos"),
+        "recon_ssim": scores.mean("rec_ssim"),
+        **judges_on_real,
+    }
+    if "sw_ssim" in scores:
+        metrics["ssim_truth"] = scores.mean("sw_ssim")
+        metrics["psnr_truth"] = float(np.mean(np.minimum(scores.all("sw_psnr"), 100.0)))
+        metrics["ssim_truth_copy_source"] = scores.mean("copy_ssim")
+    if "transfer" in scores:
+        metrics["expression_transfer"] = scores.mean("transfer")
+    if s.composited:  # the renders a novel identity (no source photo) gets
+        metrics["expr_acc_raw"] = scores.mean("raw_correct")
+        if "raw_ssim" in scores:
+            metrics["ssim_truth_raw"] = scores.mean("raw_ssim")
+            metrics["mask_open_changed"] = scores.mean("mask_changed")
+            metrics["mask_open_kept"] = scores.mean("mask_kept")
+    return metrics
+
+
+def _collapse_warnings(metrics: dict[str, Any], scores: BatchScores, n_cls: int) -> list[str]:
+    warnings = []
+    if "spread_fake" in scores:
+        ratio = float(scores.all("spread_fake").mean() / max(scores.all("spread_true").mean(), 1e-8))
+        metrics["expression_spread_ratio"] = ratio
+        if ratio < 0.25:
+            warnings.append(
+                f"expression collapse: renders of one source vary {ratio:.2f}x as much as the truth across target expressions"
+            )
+    if metrics["expr_acc"] < 1.5 / n_cls:
+        warnings.append(
+            f"expression collapse: judge accuracy of swaps {metrics['expr_acc']:.2f} is near chance ({1 / n_cls:.2f})"
+        )
+    return warnings
+
+
 def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, device, bs, cfg) -> dict[str, float]:
     """Expression accuracy and SSIM to truth of swaps to every intensity below a class's top one.
 
@@ -259,7 +275,7 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
             continue
         cls = torch.tensor(classes, device=device)
         targets = expression_target(codes, cls, torch.full((len(classes),), level / 100, device=device))
-        correct, ssims = [], []
+        scores = BatchScores()
         for start in range(0, len(src), bs):
             rows = src[start : start + bs]
             x = test.batch(rows, full, 1.0, device)
@@ -268,7 +284,7 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
             ids, exps, srcs = w_id.repeat_interleave(k, 0), w_exp.repeat_interleave(k, 0), x.repeat_interleave(k, 0)
             fake = _swap(nets, cfg, ids, targets.repeat(len(rows), 1), exps, srcs)[0].clamp(-1, 1)
             tgt = cls.repeat(len(rows))
-            correct.append((clf(fake).argmax(1) == tgt).cpu().numpy())
+            scores.add(correct=(clf(fake).argmax(1) == tgt).cpu().numpy())
             src_rep = rows.repeat_interleave(len(classes))
             truth_rows = torch.tensor(
                 [
@@ -279,11 +295,11 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
             have = truth_rows >= 0
             if have.any():
                 truth_u8 = to_uint8(test.batch(truth_rows[have], full, 1.0, device))
-                ssims.append(ssim_batch(to_uint8(fake)[have.numpy()], truth_u8, data_range=255))
+                scores.add(ssim=ssim_batch(to_uint8(fake)[have.numpy()], truth_u8, data_range=255))
         name = f"{level / 100:g}"
-        out[f"expr_acc_intensity_{name}"] = float(np.concatenate(correct).mean())
-        if ssims:
-            out[f"ssim_truth_intensity_{name}"] = float(np.concatenate(ssims).mean())
+        out[f"expr_acc_intensity_{name}"] = scores.mean("correct")
+        if "ssim" in scores:
+            out[f"ssim_truth_intensity_{name}"] = scores.mean("ssim")
     return out
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
 from pipeline.config import TstrConfig
+from pipeline.core.device import resolve_device
 from pipeline.downstream.dataset import LabelledDataset, ManifestDataset
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text
@@ -136,9 +137,10 @@ def arm_dataset(arm: str, synthetic: Path | None, real: Path, cfg: TstrConfig) -
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TstrError("tstr.device=cuda but no CUDA device is available")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    try:
+        return resolve_device(name, "tstr.device")
+    except ValueError as exc:
+        raise TstrError(str(exc)) from None
 
 
 def _seed_worker(worker_id: int) -> None:

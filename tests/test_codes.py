@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.train.codes import expression_target, fit_target_codes
+from pipeline.core.codes import expression_target, fit_target_codes
 from pipeline.train.data import TrainData
 
 
@@ -81,9 +81,9 @@ def test_checkpoints_without_anchors_keep_the_straight_line() -> None:
 
 def test_refit_codes_adds_anchors_and_refuses_other_data(tmp_path: Path) -> None:
     from pipeline.config import load_config
+    from pipeline.core.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.core.codes import refit_codes
     from pipeline.procedural.dataset import make_dataset
-    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
-    from pipeline.train.codes import refit_codes
     from pipeline.train.loop import Trainer
 
     repo = Path(__file__).resolve().parents[1]

@@ -19,7 +19,8 @@ from manifests.audit import audit_dataset
 from manifests.reader import read_manifest
 from manifests.writer import list_shards, shard_path
 from pipeline.config import Config, ConfigError, config_to_dict, load_config
-from pipeline.evaluate import load_trained
+from pipeline.core.checkpoint import CheckpointError, load_checkpoint
+from pipeline.core.trained import load_trained
 from pipeline.generate import (
     REJECTED_MARKER,
     STAGING_DIR,
@@ -30,7 +31,6 @@ from pipeline.generate import (
     resolve_config,
 )
 from pipeline.generate.dataset import make_plan
-from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 from pipeline.train.grids import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def manifest_of(root: Path) -> pd.DataFrame:
 
 
 def test_plan_is_deterministic_and_balanced(tiny: Path) -> None:
-    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.core.checkpoint import load_checkpoint
 
     sets = [
         "generate.identity_sources=[real, novel]",
@@ -123,8 +123,8 @@ def test_plan_is_deterministic_and_balanced(tiny: Path) -> None:
 
 
 def test_unknown_expression_and_zero_identities_are_clear_errors(tiny: Path, tmp_path: Path) -> None:
+    from pipeline.core.checkpoint import load_checkpoint
     from pipeline.generate.plan import check_expressions
-    from pipeline.train.checkpoint import load_checkpoint
 
     with pytest.raises(ConfigError, match=r"generate\.expressions.*unknown expression.*'joy'"):
         cfg_for(tiny, "generate.expressions=[happy, joy]")
@@ -246,7 +246,7 @@ def test_disk_full_fails_the_shard_cleanly_and_a_rerun_completes(
 
 
 def test_render_is_independent_of_batch_composition(tiny: Path) -> None:
-    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.core.checkpoint import load_checkpoint
 
     cfg = cfg_for(tiny, "generate.repeats=2")
     plan = make_plan(cfg, tiny, load_checkpoint(tiny))
@@ -263,8 +263,8 @@ def test_render_is_independent_of_batch_composition(tiny: Path) -> None:
 def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: Path, tmp_path: Path) -> None:
     import torch
 
+    from pipeline.core.checkpoint import load_checkpoint
     from pipeline.generate.plan import base_image_paths
-    from pipeline.train.checkpoint import load_checkpoint
     from pipeline.train.loop import Trainer
 
     data = cfg_for(tiny).data.root  # the module's tiny data, trained on again with an edit mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.train.judges import augment
+from pipeline.judges import augment
 
 
 def _fine_detail(x: torch.Tensor) -> torch.Tensor:

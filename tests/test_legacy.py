@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import RETIRED_FIELDS, ConfigError, config_to_dict, load_config
+from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.core.legacy import checkpoint_config, drop_retired, stored_config
-from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "checkpoints" / "cpu-64.pt"

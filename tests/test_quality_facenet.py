@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from skimage import data
 
+from pipeline.calibration import calibrate_identity_threshold
 from pipeline.quality import facenet as fn
-from pipeline.quality.gates import calibrate_identity_threshold
 
 
 @functools.cache

@@ -12,14 +12,13 @@ import torch
 from PIL import Image
 from scipy.stats import norm
 
-from pipeline.config import ConfigError, QualityConfig, load_config
-from pipeline.quality.gates import (
+from pipeline.calibration import (
     calibrate_expression_threshold,
     calibrate_expression_thresholds,
     calibrate_identity_threshold,
-    evaluate_gates,
-    per_image_flags,
 )
+from pipeline.config import ConfigError, QualityConfig, load_config
+from pipeline.quality.gates import evaluate_gates, per_image_flags
 from pipeline.quality.report import write_quality_report
 
 
@@ -201,7 +200,7 @@ def test_leave_one_out_scores_never_compare_an_image_with_itself() -> None:
 
 
 def test_calibrated_per_class_thresholds_apply_unless_a_threshold_is_fixed() -> None:
-    from pipeline.generate.dataset import _apply_calibration
+    from pipeline.calibration import apply_calibration
 
     cal = {
         "expression_threshold": 0.9,
@@ -212,7 +211,7 @@ def test_calibrated_per_class_thresholds_apply_unless_a_threshold_is_fixed() -> 
     def resolved(*overrides: str, calibration: dict = cal) -> QualityConfig:
         cfg = load_config(overrides=list(overrides))
         explicit = {o.split("=")[0].removeprefix("quality.") for o in overrides} | {"identity_threshold"}
-        _apply_calibration(cfg, {"calibration": calibration}, explicit)
+        apply_calibration(cfg, {"calibration": calibration}, explicit)
         return cfg.quality
 
     q = resolved()

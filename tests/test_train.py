@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pipeline.config import Config, load_config
+from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.expressions import EXPRESSIONS
-from pipeline.train.checkpoint import CheckpointError, load_checkpoint
 from pipeline.train.loop import Trainer, TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_resume_with_other_config_is_refused(tiny_data: Path, tmp_path: Path) ->
 def test_resume_reads_a_checkpoint_naming_retired_options(tiny_data: Path, tmp_path: Path) -> None:
     import json
 
-    from pipeline.train.checkpoint import save_checkpoint
+    from pipeline.core.checkpoint import save_checkpoint
 
     cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.judge_steps=2")
     first = Trainer(cfg)
@@ -291,8 +291,8 @@ def test_evaluate_scores_swaps_against_truth_with_the_copy_source_reference(tiny
 
 
 def test_fitted_identity_codes_render_novel_identities(tiny_data: Path, tmp_path: Path) -> None:
-    from pipeline.train.codes import expression_target, sample_identities
-    from pipeline.train.networks import build_networks
+    from pipeline.core.codes import expression_target, sample_identities
+    from pipeline.core.networks import build_networks
 
     cfg = tiny_cfg(tiny_data, tmp_path / "run")
     ckpt = load_checkpoint(Trainer(cfg, tmp_path / "full").train())
@@ -405,3 +405,28 @@ def test_balanced_targets_draw_classes_equally_and_encode_the_donors(tiny_data: 
     b = trainer.stage.batch_size or trainer.cfg.train.batch_size
     assert batches[0] == 2 * b  # sources and their own donors, in one pass
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_objective_phases_return_named_terms_that_make_their_totals(tiny_data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "obj", "train.judge_steps=2"))
+    trainer.run_judges()
+    obj, w = trainer.objective, trainer.cfg.train.loss
+    batch = trainer.sample_batch(8, 16, 1.0)
+    assert batch.truth is not None and batch.valid.any()  # procedural data: the swaps' true images
+    r = obj.render(batch, 16, 1.0)
+    loss_d, d = obj.discriminator_phase(batch, r, 16, 1.0, with_r1=True)
+    assert set(d) == {"d_adv", "r1"}
+    assert float(loss_d) == pytest.approx(float(d["d_adv"] + 0.5 * w.r1 * obj.R1_EVERY * d["r1"]), rel=1e-6)
+    loss_g, g = obj.generator_phase(batch, r, 16, 1.0)
+    expected = (
+        w.adv * (g["g_adv"] + g["g_cls"])
+        + w.recon * g["recon"]
+        + w.swap_cls * g["swap_cls"]
+        + w.identity * g["identity"]
+        + w.latent * g["latent"]
+        + w.cycle * g["cycle"]
+        + w.ssim * (g["recon_ssim"] + g["swap_ssim"])
+        + w.swap_truth * g["swap_truth"]
+    )
+    assert float(loss_g) == pytest.approx(float(expected), rel=1e-5)
+    assert 0.0 <= float(g["swap_acc"]) <= 1.0  # a readout, not a loss term

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from manifests.labels import LABELS_FILE, SPLITS, LabelsError, read_labels, write_labels
 from pipeline.adapters.align import FaceAligner, center_square
-from pipeline.adapters.base import ImportOptions, ImportSummary, Item
+from pipeline.adapters.base import ImportOptions, ImportSummary, Item, Listing
 from pipeline.adapters.labelmap import DROP
 from pipeline.adapters.layouts import LAYOUTS
 from pipeline.expressions import EXPRESSION_INDEX, EXPRESSIONS
@@ -148,30 +148,11 @@ def _png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def import_dataset(
-    layout: str,
-    src: Path,
-    out: Path,
-    opts: ImportOptions | None = None,
-    progress: Progress | None = None,
-) -> ImportSummary:
-    """Import a user dataset into `out`: aligned PNG crops under out/images, labels.parquet, import_report.json.
-
-    Raises UnknownLabelError (unless opts.drop_unknown), SplitError when the identities cannot be
-    split, FileExistsError when `out` holds something else (unless opts.overwrite).
-    """
-    t0 = time.perf_counter()
-    opts = opts or ImportOptions()
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    _check_options(opts)
-    src, out = Path(src), Path(out)
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: no such file or folder")
-    spec = LAYOUTS[layout]
-    listing = spec.reader(src, opts)
-
-    # 1. Labels: decide every item before any image work so label errors come first.
+def _usable_items(
+    listing: Listing, src: Path, layout: str, opts: ImportOptions
+) -> tuple[list[Item], Counter[str], Counter[str]]:
+    """(items with a usable label, dropped labels, unknown labels); an unknown label is an error
+    unless opts.drop_unknown, and no usable item at all is an error."""
     dropped: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
     keep: list[Item] = []
@@ -201,25 +182,21 @@ def import_dataset(
     # Own-identity images get their sample id as identity: unique and stable.
     for item in keep:
         item.identity = item.identity or _sample_id(layout, item.key)
+    return keep, dropped, unknown
 
-    # 2. Split feasibility on the listed identities: fail before minutes of face detection.
-    def ident_hints(items: list[Item]) -> dict[str, set[str | None]]:
-        d: dict[str, set[str | None]] = defaultdict(set)
-        for it in items:
-            d[it.identity].add(it.split)  # type: ignore[index]
-        return d
 
-    _assign_splits(ident_hints(keep), opts)
+def _identity_hints(items: list[Item]) -> dict[str, set[str | None]]:
+    """Each identity's split hints from the source layout (None where it has none)."""
+    d: dict[str, set[str | None]] = defaultdict(set)
+    for it in items:
+        d[it.identity].add(it.split)  # type: ignore[index]
+    return d
 
-    _prepare_out(out, src, layout, opts.overwrite)
-    uses_detector = opts.detect and any(not it.precropped for it in keep)
-    aligner = (
-        FaceAligner(opts.size, margin=opts.margin, device=opts.device, min_prob=opts.min_face_prob)
-        if uses_detector
-        else None
-    )
 
-    # 3. Images.
+def _write_crops(
+    keep: list[Item], out: Path, layout: str, opts: ImportOptions, aligner: Any, progress: Progress | None
+) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Aligned (or centre-cropped) PNGs written under out/images: (label rows, skipped by reason)."""
     skipped: dict[str, list[str]] = defaultdict(list)
     rows: list[dict[str, Any]] = []
     for n, item in enumerate(keep, start=1):
@@ -260,7 +237,80 @@ def import_dataset(
             )
         if progress is not None:
             progress(n, len(keep))
+    return rows, skipped
 
+
+def _split_counts(df: pd.DataFrame) -> tuple[dict, dict[str, int], list[str]]:
+    """Images per split and expression, per expression, and warnings for empty classes or splits."""
+    counts = {s: {e: int(((df["split"] == s) & (df["expression"] == e)).sum()) for e in EXPRESSIONS} for s in SPLITS}
+    class_counts = {e: int((df["expression"] == e).sum()) for e in EXPRESSIONS}
+    warnings = [f"class {e!r} has no images after import" for e, c in class_counts.items() if c == 0]
+    for s in SPLITS:
+        if sum(counts[s].values()) == 0:
+            warnings.append(f"split {s!r} has no images")
+    return counts, class_counts, warnings
+
+
+def _labels_meta(summary: ImportSummary, opts: ImportOptions, splits_from: str) -> dict[str, Any]:
+    """The import's provenance as stored beside labels.parquet."""
+    meta = {
+        "kind": summary.kind,
+        "layout": summary.layout,
+        "source_root": summary.source_root,
+        "crop_size": opts.size,
+        "aligned_with": summary.aligned_with,
+        "margin": opts.margin if summary.aligned_with != "none" else None,
+        "splits_from": splits_from,
+        "seed": opts.seed,
+        "val_fraction": opts.val_fraction,
+        "test_fraction": opts.test_fraction,
+        "dropped_labels": summary.dropped,
+        "unknown_labels": summary.unknown,
+        "skipped_counts": {k: len(v) for k, v in summary.skipped.items()},
+        "excluded": summary.excluded,
+    }
+    return meta
+
+
+def import_dataset(
+    layout: str,
+    src: Path,
+    out: Path,
+    opts: ImportOptions | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    """Import a user dataset into `out`: aligned PNG crops under out/images, labels.parquet, import_report.json.
+
+    Raises UnknownLabelError (unless opts.drop_unknown), SplitError when the identities cannot be
+    split, FileExistsError when `out` holds something else (unless opts.overwrite).
+    """
+    t0 = time.perf_counter()
+    opts = opts or ImportOptions()
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    _check_options(opts)
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or folder")
+    spec = LAYOUTS[layout]
+    listing = spec.reader(src, opts)
+
+    # 1. Labels: decide every item before any image work so label errors come first.
+    keep, dropped, unknown = _usable_items(listing, src, layout, opts)
+
+    # 2. Split feasibility on the listed identities: fail before minutes of face detection.
+    _assign_splits(_identity_hints(keep), opts)
+
+    _prepare_out(out, src, layout, opts.overwrite)
+    uses_detector = opts.detect and any(not it.precropped for it in keep)
+    aligner = (
+        FaceAligner(opts.size, margin=opts.margin, device=opts.device, min_prob=opts.min_face_prob)
+        if uses_detector
+        else None
+    )
+
+    # 3. Images.
+    rows, skipped = _write_crops(keep, out, layout, opts, aligner, progress)
     if not rows:
         raise ValueError(
             f"{src}: no images could be imported ({len(listing.items)} listed; skipped: "
@@ -270,16 +320,11 @@ def import_dataset(
     # 4. Splits on the identities that survived (skips can empty an identity).
     df = pd.DataFrame(rows)
     written = set(df["sample_id"])
-    survivors = ident_hints([it for it in keep if _sample_id(layout, it.key) in written])
+    survivors = _identity_hints([it for it in keep if _sample_id(layout, it.key) in written])
     id_split, splits_from = _assign_splits(survivors, opts)
     df["split"] = df["identity"].map(id_split)
 
-    counts = {s: {e: int(((df["split"] == s) & (df["expression"] == e)).sum()) for e in EXPRESSIONS} for s in SPLITS}
-    class_counts = {e: int((df["expression"] == e).sum()) for e in EXPRESSIONS}
-    warnings = [f"class {e!r} has no images after import" for e, c in class_counts.items() if c == 0]
-    for s in SPLITS:
-        if sum(counts[s].values()) == 0:
-            warnings.append(f"split {s!r} has no images")
+    counts, class_counts, warnings = _split_counts(df)
     aligned_with = "mtcnn" if aligner is not None else "none"
     summary = ImportSummary(
         out=str(out),
@@ -301,22 +346,7 @@ def import_dataset(
         warnings=warnings,
         seconds=round(time.perf_counter() - t0, 3),
     )
-    meta = {
-        "kind": spec.kind,
-        "layout": layout,
-        "source_root": summary.source_root,
-        "crop_size": opts.size,
-        "aligned_with": aligned_with,
-        "margin": opts.margin if aligner is not None else None,
-        "splits_from": splits_from,
-        "seed": opts.seed,
-        "val_fraction": opts.val_fraction,
-        "test_fraction": opts.test_fraction,
-        "dropped_labels": summary.dropped,
-        "unknown_labels": summary.unknown,
-        "skipped_counts": {k: len(v) for k, v in summary.skipped.items()},
-        "excluded": summary.excluded,
-    }
+    meta = _labels_meta(summary, opts, splits_from)
     # Row order: by split then path, so the table (and the tensor cache built from it) is deterministic.
     df = df.sort_values(["split", "path"], kind="stable").reset_index(drop=True)
     write_labels(out, df, meta)

@@ -126,7 +126,7 @@ def demo(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo dataset.")] = False,
 ) -> None:
     """From nothing to a published dataset: make the training data if missing, then generate a small set."""
-    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.core.checkpoint import load_checkpoint
 
     if not checkpoint.is_file():
         console.print(

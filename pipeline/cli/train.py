@@ -91,7 +91,7 @@ def refit_codes_cmd(
     data: Annotated[Path | None, typer.Option(help="Its training data (default: the path in its config).")] = None,
 ) -> None:
     """Re-fit a checkpoint's target expression codes and identity distribution (rewrites it in place)."""
-    from pipeline.train.codes import refit_codes
+    from pipeline.core.codes import refit_codes
 
     codes = guarded(lambda: refit_codes(checkpoint, data))
     levels = ", ".join(f"{v:g}" for v in codes["exp_levels"].tolist())

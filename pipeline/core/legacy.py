@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from pipeline.config import RETIRED_FIELDS, Config, load_config, to_overrides
-from pipeline.train.checkpoint import CheckpointError
+from pipeline.core.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 

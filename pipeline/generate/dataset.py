@@ -35,7 +35,9 @@ from PIL import Image
 from manifests.card import CARD_MD, package_versions
 from manifests.labels import dataset_kind, read_labels
 from manifests.writer import finalize, read_shards_table
+from pipeline.calibration import apply_calibration
 from pipeline.config import Config, config_to_dict, load_config, to_overrides
+from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config, stored_config
 from pipeline.expressions import EXPRESSIONS
 from pipeline.generate.plan import (
@@ -54,7 +56,7 @@ from pipeline.generate.plan import (
     save_plan,
     update_plan_meta,
 )
-from pipeline.generate.shards import render_shard, resolve_device, why_render
+from pipeline.generate.shards import render_shard, why_render
 from pipeline.io_utils import atomic_write_json
 from pipeline.quality.facenet import resolve_identity_backend
 from pipeline.quality.gates import GateReport, evaluate_gates
@@ -126,7 +128,7 @@ def resolve_config(
     match then. With `cfg`, its model section must equal the checkpoint's (CheckpointError names the
     fields that differ) and its data must be the data the checkpoint was trained on.
     """
-    from pipeline.train.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(Path(checkpoint))
     saved = checkpoint_config(ckpt, str(checkpoint))
@@ -151,73 +153,8 @@ def resolve_config(
     ]
     if diffs:
         raise CheckpointError(f"{checkpoint} was trained with another model config: " + "; ".join(diffs))
-    _apply_calibration(cfg, ckpt, explicit)
+    apply_calibration(cfg, ckpt, explicit)
     return cfg, ckpt
-
-
-def _apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> None:
-    """Use thresholds calibrated on real data, except where the user set a value explicitly: the
-    judges' ones from the real validation split at training time (pipeline.calibration, in the
-    checkpoint) and, for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here. How each was
-    derived is recorded in `quality.calibration` (the dataset card shows it)."""
-    q = cfg.quality
-    if "calibration" in explicit:  # a config that was resolved before (the flow's): already done
-        return
-    q.calibration = {}
-    if q.thresholds != "calibrated":
-        return
-    cal = ckpt.get("calibration") or {}
-    if "expression_threshold" in cal:
-        applied = [n for n in ("embedder_identity_threshold", "expression_threshold") if n not in explicit]
-        for name in applied:
-            setattr(q, name, round(float(cal[name]), 4))
-        # Per-class thresholds unless the user fixed a threshold or asked for the pooled one. A
-        # checkpoint calibrated before they existed has none: its renders get the pooled threshold
-        # (`fersynth export --recalibrate` adds them).
-        per_class = cal.get("expression_thresholds")
-        fixed = {"expression_threshold", "expression_thresholds"} & explicit
-        if q.expression_calibration == "per_class" and per_class and not fixed:
-            q.expression_thresholds = {k: round(float(v), 4) for k, v in per_class.items()}
-            applied.append("expression_thresholds")
-        keys = (
-            "split",
-            "n_images",
-            "n_identities",
-            "identity_eer",
-            "expression_val_accuracy",
-            "expression_val_pass_pooled",
-        )
-        q.calibration["checkpoint"] = {**{k: cal[k] for k in keys if k in cal}, "applied": applied}
-    elif "error" in cal:  # e.g. too few validation identities at training time: config values kept
-        q.calibration["checkpoint"] = {"error": cal["error"]}
-    if "identity_threshold" not in explicit:
-        _calibrate_facenet(cfg)
-
-
-def _calibrate_facenet(cfg: Config) -> None:
-    from pipeline.cache import load_tensors
-    from pipeline.calibration import calibrate_photo_identity_threshold
-    from pipeline.quality.facenet import make_identity_scorer
-
-    q, root = cfg.quality, Path(cfg.data.root)
-    if not (root / "labels.parquet").is_file():
-        return  # _check_data names the problem when the plan is made
-    kind = dataset_kind(read_labels(root)[0])
-    if resolve_identity_backend(q.identity_backend, kind) != "facenet":
-        return
-    images, frame = load_tensors(root, cfg.model.max_resolution, cfg.data.cache_dir)
-    scorer = make_identity_scorer(
-        "facenet", kind, facenet_weights=q.facenet_weights, detect=q.face_detection, device=q.device
-    )
-    # Every split: FaceNet never saw any of these people (unlike the project's embedder, which is
-    # calibrated on held-out identities), and the sources of the renders are among them.
-    try:
-        info = calibrate_photo_identity_threshold(scorer, images, frame["identity"].tolist(), q.calibration_max_images)
-    except ValueError as exc:  # too few faces or people: keep the config value, say why
-        q.calibration["facenet"] = {"error": f"{root}: {exc}; config value kept"}
-        return
-    q.identity_threshold = round(float(info["identity_threshold"]), 4)
-    q.calibration["facenet"] = {"split": "all", **info}
 
 
 def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
@@ -241,8 +178,8 @@ def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
 def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | None = None) -> SweepPlan:
     """Resolve identities (encoding real ones with the checkpoint's encoder) and expand the sweep."""
     from pipeline.cache import load_tensors
-    from pipeline.evaluate import load_trained
-    from pipeline.train.checkpoint import checkpoint_sha256
+    from pipeline.core.checkpoint import checkpoint_sha256
+    from pipeline.core.trained import load_trained
 
     gen = cfg.generate
     data_key = _check_data(cfg, ckpt)
@@ -267,7 +204,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
     identities: list[PlannedIdentity] = []
     rows: list[np.ndarray] = []
     if wanted:
-        device = resolve_device(gen.device)
+        device = resolve_device(gen.device, "generate.device")
         _, nets, _ = load_trained(Path(checkpoint), device=device)
         images, frame = load_tensors(Path(cfg.data.root), res, cfg.data.cache_dir)
         sel = np.flatnonzero(frame["identity"].isin(wanted).to_numpy())
@@ -407,7 +344,7 @@ def fid_metrics(cfg: Config, root: Path, df: pd.DataFrame) -> tuple[dict[str, An
                 f"FID/KID need >= 2 images per set, got {len(real)} real ({gen.fid_split}) and {len(fake_df)} renders"
             )
         fake = _decode(root, fake_df["file_name"].tolist())
-        dev = resolve_device(q.device)
+        dev = resolve_device(q.device, "quality.device")
         extractor = load_fid_extractor(q.fid_weights, q.fid_torch_fidelity_weights, dev)
         fr = extract_features(extractor, real, q.batch_size, dev)
         ff = extract_features(extractor, fake, q.batch_size, dev)
@@ -474,6 +411,41 @@ def finish(
     metrics, per_expr = fid_metrics(cfg, staging, df)
     if progress:
         progress("fid", 1, 1, {k: float(metrics[k]) for k in ("fid", "kid_mean") if k in metrics})
+    per_image = _per_image_scores(df)
+    report = evaluate_gates(per_image, metrics, cfg.quality)
+    status = "published" if report.passed else "rejected"
+    gates = report.to_dict()["gates"]
+    meta = _dataset_meta(cfg, plan, len(df), run_id, status, gates, metrics)
+    finalize(staging, meta, n_shards=plan.n_shards)
+    kind = dataset_kind(read_labels(Path(cfg.data.root))[0])
+    ident_thr = cfg.quality.identity_threshold_for(resolve_identity_backend(cfg.quality.identity_backend, kind))
+    sub = _subset(len(df), cfg.generate.report_max_images, cfg.generate.seed + 2)
+    paths = write_quality_report(
+        staging,
+        report,
+        per_image.iloc[sub].reset_index(drop=True),
+        per_expression=per_expr,
+        images=_decode(staging, df["file_name"].iloc[sub].tolist()),
+        cfg=cfg.quality,
+        identity_threshold=ident_thr,
+        title=f"Quality report: {plan.meta.get('name')}",
+        folder_name=REPORT_DIR,
+    )
+    grid = sample_grid(staging, df, plan, cfg.generate.grid_identities, staging / REPORT_DIR / GRID_FILE)
+    return {
+        "passed": report.passed,
+        "status": status,
+        "failed_message": report.failed_message(),
+        "gates": gates,
+        "metrics": _json_safe(metrics),
+        "report": str(paths["report"]),
+        "grid": str(grid),
+        "n_images": len(df),
+    }
+
+
+def _per_image_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's per-image check columns under the names the gates read."""
     per_image = pd.DataFrame(
         {
             "all_pass": df["all_pass"].astype(bool),
@@ -488,10 +460,14 @@ def finish(
         # Only with ground truth: an all-NaN column would fail the SSIM gate for datasets (novel
         # identities, photos) where the check cannot apply.
         per_image["ssim"] = df["ssim_truth"].astype(float)
-    report = evaluate_gates(per_image, metrics, cfg.quality)
-    status = "published" if report.passed else "rejected"
-    gates = report.to_dict()["gates"]
-    description = f"{len(df)} synthetic facial-expression renders of {len(plan.identities)} identities"
+    return per_image
+
+
+def _dataset_meta(
+    cfg: Config, plan: SweepPlan, n_images: int, run_id: str, status: str, gates: list, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The dataset-level metadata a finalized dataset carries (card, _common_metadata)."""
+    description = f"{n_images} synthetic facial-expression renders of {len(plan.identities)} identities"
     n_based = sum(p.base_image is not None for p in plan.identities)
     if n_based:
         how = (
@@ -519,32 +495,7 @@ def finish(
         "code_version": package_versions(("fersynth",)).get("fersynth"),
         "packages": package_versions(),
     }
-    finalize(staging, meta, n_shards=plan.n_shards)
-    kind = dataset_kind(read_labels(Path(cfg.data.root))[0])
-    ident_thr = cfg.quality.identity_threshold_for(resolve_identity_backend(cfg.quality.identity_backend, kind))
-    sub = _subset(len(df), cfg.generate.report_max_images, cfg.generate.seed + 2)
-    paths = write_quality_report(
-        staging,
-        report,
-        per_image.iloc[sub].reset_index(drop=True),
-        per_expression=per_expr,
-        images=_decode(staging, df["file_name"].iloc[sub].tolist()),
-        cfg=cfg.quality,
-        identity_threshold=ident_thr,
-        title=f"Quality report: {plan.meta.get('name')}",
-        folder_name=REPORT_DIR,
-    )
-    grid = sample_grid(staging, df, plan, cfg.generate.grid_identities, staging / REPORT_DIR / GRID_FILE)
-    return {
-        "passed": report.passed,
-        "status": status,
-        "failed_message": report.failed_message(),
-        "gates": gates,
-        "metrics": _json_safe(metrics),
-        "report": str(paths["report"]),
-        "grid": str(grid),
-        "n_images": len(df),
-    }
+    return meta
 
 
 def _json_safe(x: Any) -> Any:

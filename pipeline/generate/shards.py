@@ -32,6 +32,8 @@ from manifests.labels import dataset_kind
 from manifests.schema import parse_dataset_metadata
 from manifests.writer import shard_path, shard_problem, write_shard
 from pipeline.config import Config
+from pipeline.core.codes import expression_target
+from pipeline.core.device import resolve_device
 from pipeline.core.legacy import stored_config
 from pipeline.expressions import EXPRESSIONS
 from pipeline.generate.plan import PlanItem, SweepPlan, load_plan
@@ -43,7 +45,6 @@ from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
 from pipeline.quality.gates import per_image_flags
 from pipeline.quality.ssim import ssim_batch
 from pipeline.swaps import needs_photo_code, render_over_photo
-from pipeline.train.codes import expression_target
 from pipeline.train.data import to_model_range
 from pipeline.train.grids import to_uint8
 
@@ -87,16 +88,10 @@ _CONTEXTS: dict[tuple[str, str], RenderContext] = {}
 _CONTEXT_LOCK = threading.Lock()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("generate.device=cuda but no CUDA device is available")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
-
-
 def get_context(plan: SweepPlan, device: torch.device | None = None) -> RenderContext:
     """The (cached) context for a plan: thread tasks in one process share one model copy."""
     cfg = stored_config(plan.meta["config"], f"plan {plan.key}")
-    dev = device or resolve_device(cfg.generate.device)
+    dev = device or resolve_device(cfg.generate.device, "generate.device")
     # The config is part of the key: thresholds and the identity backend live in the context.
     key = (plan.key + json.dumps(plan.meta["config"], sort_keys=True), str(dev))
     with _CONTEXT_LOCK:
@@ -108,9 +103,9 @@ def get_context(plan: SweepPlan, device: torch.device | None = None) -> RenderCo
 
 def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderContext:
     from pipeline.cache import load_tensors
-    from pipeline.evaluate import load_trained
-    from pipeline.judging import load_eval_judges
-    from pipeline.train.checkpoint import CheckpointError, checkpoint_sha256
+    from pipeline.core.checkpoint import CheckpointError, checkpoint_sha256
+    from pipeline.core.trained import load_trained
+    from pipeline.judges import load_eval_judges
 
     ckpt_path = Path(plan.meta["checkpoint"]["path"])
     sha = checkpoint_sha256(ckpt_path)
@@ -120,7 +115,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
             "rerun generation from scratch (overwrite) or restore the checkpoint"
         )
     _, nets, ckpt = load_trained(ckpt_path, device=device)
-    # NHWC convolutions: ~30% faster rendering on CPU (oneDNN); the batch-independence test holds.
+    # NHWC convolutions render faster on CPU (oneDNN); the batch-independence test holds.
     nets.generator_ema.to(memory_format=torch.channels_last)
     clf, emb = load_eval_judges(cfg, ckpt, device)
     res = cfg.model.max_resolution

@@ -14,15 +14,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from pipeline.core.device import resolve_device as resolve_device  # re-exported: the quality modules import it here
+
 Device = Literal["auto", "cpu", "cuda"] | str
 _TOL = 1e-3  # float slack for values produced by resizing/averaging
-
-
-def resolve_device(device: Device | torch.device | None) -> torch.device:
-    """'auto' (or None) picks CUDA when it is there, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def as_nchw_tensor(images: torch.Tensor | np.ndarray) -> torch.Tensor:

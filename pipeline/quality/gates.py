@@ -1,4 +1,4 @@
-"""Per-image flags, dataset-level gates, and the calibration of their thresholds from real data.
+"""Per-image flags and dataset-level gates (their thresholds are calibrated in pipeline.calibration).
 
 Rules that hold everywhere here: a NaN score never passes (its gate fails with note "nan"), an
 empty dataset is an error rather than a vacuous pass, and every failed gate can name its value and
@@ -28,90 +28,6 @@ COL_PRED = "expression_pred"
 COL_TARGET = "expression_idx"
 COL_SSIM = "ssim"
 COL_LABEL = "expression"
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def calibrate_identity_threshold(
-    same_scores: np.ndarray | list[float], diff_scores: np.ndarray | list[float]
-) -> tuple[float, float]:
-    """(threshold, EER) at the equal-error point of same-identity vs different-identity cosines.
-
-    A pair is accepted when score >= threshold. FRR(t) = share of same pairs below t, FAR(t) =
-    share of different pairs at or above t. Candidate thresholds are the midpoints between
-    consecutive distinct scores (plus one below and one above all), so a perfectly separable set
-    gets the midpoint of its gap and EER 0. The chosen t minimises |FAR - FRR|, ties broken by the
-    smaller FAR + FRR; EER is reported as (FAR + FRR) / 2 there.
-    """
-    same = np.asarray(same_scores, dtype=np.float64).ravel()
-    diff = np.asarray(diff_scores, dtype=np.float64).ravel()
-    if same.size == 0 or diff.size == 0:
-        raise ValueError(f"calibration needs same and different pairs, got {same.size} and {diff.size}")
-    if not (np.isfinite(same).all() and np.isfinite(diff).all()):
-        raise ValueError("calibration scores contain NaN or infinite values")
-    u = np.unique(np.concatenate([same, diff]))
-    cand = np.concatenate([[u[0] - 1e-6], (u[:-1] + u[1:]) / 2.0, [u[-1] + 1e-6]])
-    s_sorted, d_sorted = np.sort(same), np.sort(diff)
-    frr = np.searchsorted(s_sorted, cand, side="left") / same.size  # same < t
-    far = 1.0 - np.searchsorted(d_sorted, cand, side="left") / diff.size  # diff >= t
-    gap = np.abs(far - frr)
-    best = np.flatnonzero(gap == gap.min())
-    i = best[np.argmin((far + frr)[best])]
-    return float(cand[i]), float((far[i] + frr[i]) / 2.0)
-
-
-def calibrate_expression_threshold(
-    val_p_target: np.ndarray | list[float], val_correct: np.ndarray | list[bool], keep: float = 0.95
-) -> float:
-    """Min target probability such that `keep` of the real validation images the classifier gets right pass.
-
-    Rule: t = the largest value such that at least `keep` of the correctly classified real validation
-    images have p_target >= t (the lower (1 - keep) quantile).
-    The render check (argmax == target and p_target >= t) then rejects at most 1 - keep of renders
-    that the classifier finds as convincing as correctly recognised real faces. (A precision rule
-    would be degenerate: p_target >= 0.5 already implies argmax == target, so precision is 1 there.)
-    """
-    p = np.asarray(val_p_target, dtype=np.float64).ravel()
-    ok = np.asarray(val_correct, dtype=bool).ravel()
-    if p.shape != ok.shape:
-        raise ValueError(f"val_p_target has {p.size} values but val_correct has {ok.size}")
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
-    good = p[ok & np.isfinite(p)]
-    if good.size == 0:
-        raise ValueError("no correctly classified validation images to calibrate on")
-    # Largest t that still keeps >= keep of them: drop at most floor(n * (1 - keep)) lowest scores
-    # (the epsilon guards 1 - 0.9 = 0.0999... from flooring 1.0 down to 0).
-    drop = int(np.floor(good.size * (1.0 - keep) + 1e-9))
-    return float(np.sort(good)[drop])
-
-
-def calibrate_expression_thresholds(
-    val_p_target: np.ndarray | list[float],
-    val_correct: np.ndarray | list[bool],
-    val_labels: np.ndarray | list[int],
-    names: tuple[str, ...] | list[str],
-    keep: float = 0.95,
-    min_images: int = 20,
-) -> dict[str, float]:
-    """`calibrate_expression_threshold` within each class (labels index `names`).
-
-    A render is then held to the real faces of its own expression: each class keeps `keep` of its
-    correctly classified real validation images. Classes with fewer than `min_images` correct images
-    are left out (their renders use the pooled threshold): a 5% quantile of a handful is noise.
-    """
-    p = np.asarray(val_p_target, dtype=np.float64).ravel()
-    ok = np.asarray(val_correct, dtype=bool).ravel()
-    y = np.asarray(val_labels).ravel()
-    if not p.shape == ok.shape == y.shape:
-        raise ValueError(f"val_p_target, val_correct and val_labels differ in length: {p.size}, {ok.size}, {y.size}")
-    out = {}
-    for k, name in enumerate(names):
-        m = y == k
-        if int((ok & m & np.isfinite(p)).sum()) >= min_images:
-            out[name] = calibrate_expression_threshold(p[m], ok[m], keep)
-    return out
 
 
 # --------------------------------------------------------------------------- per-image flags

@@ -114,7 +114,7 @@ def train_ddp(cfg: Config, out_dir: Path | None = None) -> dict[str, Any]:
     distributed = world > 1
     use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
     if use_cuda:
-        torch.cuda.set_device(local)  # "cuda" now means this rank's GPU (Trainer uses pick_device)
+        torch.cuda.set_device(local)  # "cuda" now means this rank's GPU (Trainer resolves "cuda" to it)
     if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
     started = time.perf_counter()

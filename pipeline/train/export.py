@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 KEEP_NETS = ("encoder", "generator_ema", "classifier", "embedder")
 KEEP_KEYS = (

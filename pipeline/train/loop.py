@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import Config, config_to_dict
+from pipeline.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.core.codes import fit_target_codes
+from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config
-from pipeline.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.train.codes import fit_target_codes
+from pipeline.core.networks import Networks, autocast_dtype, build_networks, update_ema
+from pipeline.judges import train_judges
 from pipeline.train.data import TrainData, dataset_key, downsample, load_split
-from pipeline.train.judges import train_judges
-from pipeline.train.networks import Networks, autocast_dtype, build_networks, pick_device, update_ema
 from pipeline.train.objective import Batch, DecouplingObjective, to_full
 
 LAST = "last.pt"
@@ -63,7 +64,7 @@ class Trainer:
         self.progress = progress
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = pick_device(cfg.train.device)
+        self.device = resolve_device(cfg.train.device, "train.device")
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         self.data = load_split(cfg.data.root, cfg.model.max_resolution, "train", cfg.data.cache_dir)
         present = int(self.data.labels.max()) + 1
@@ -306,7 +307,7 @@ class Trainer:
 
     def finalize(self) -> None:
         """After the last stage: target codes, and the independent judges used for scoring."""
-        from pipeline.judging import train_eval_judges
+        from pipeline.judges import train_eval_judges
 
         if not self.is_main:  # other ranks never save, so the codes and eval judges would be unused
             return
@@ -329,7 +330,7 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path, n_identities: int = 6) -> Path:
         """Identities x expressions grid with the EMA generator at the current (or last) stage."""
-        from pipeline.train.codes import expression_target
+        from pipeline.core.codes import expression_target
         from pipeline.train.grids import expression_grid, save_png
 
         full = self.cfg.model.max_resolution
@@ -435,8 +436,7 @@ class Trainer:
         return (1.0 / counts)[self.data.labels]
 
     def _clip(self, opt: torch.optim.Optimizer) -> None:
-        # One bad batch can otherwise blow the unconstrained codes up (seen at the 32 px stage of an
-        # early recipe: latent loss 4e4 in one step, never recovered).
+        # One bad batch can otherwise blow the unconstrained codes up, and they never recover.
         if self.cfg.train.grad_clip:
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import Config
+from pipeline.core.networks import Networks
 from pipeline.train import losses as L
-from pipeline.train.networks import Networks
 
 Terms = dict[str, torch.Tensor]
 

@@ -12,19 +12,11 @@ from models import Discriminator, Encoder, ExpressionClassifier, FeedbackNetwork
 from pipeline.config import Config
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a ``train.precision`` setting on ``device`` (None: plain float32).
 
     bf16 is only worth it where the hardware computes it natively: emulated on an older CPU it is
-    slower than float32. On a CPU with AMX the cpu-64 recipe's steps take ~0.6x the float32 time.
+    slower than float32.
     """
     if precision == "fp32":
         return None

@@ -2,9 +2,8 @@
 
 - expression targets: per-class centroid of w_exp over the training split at every intensity the
   split has (anchors), with intensity as piecewise-linear interpolation from the neutral centroid
-  through them. The code space is not linear in intensity: on the committed recipe, halfway from
-  neutral to the full-intensity centroid is read as the target in 31% of renders from test
-  identities, the fitted half-intensity centroid in 93% (benchmarks/bench_gan.py prints both);
+  through them, because the code space is not linear in intensity (benchmarks/bench_gan.py prints
+  how renders at the straight-line and at the fitted codes are read);
 - novel identities: a Gaussian fitted to the per-identity mean w_id.
 """
 
@@ -119,8 +118,8 @@ def refit_codes(checkpoint: Path, data_root: Path | None = None) -> dict[str, to
     untouched, so renders of a given code do not change). Refuses data other than what it was
     trained on. The checkpoint is rewritten atomically; its file hash changes.
     """
-    from pipeline.evaluate import load_trained
-    from pipeline.train.checkpoint import CheckpointError, save_checkpoint
+    from pipeline.core.checkpoint import CheckpointError, save_checkpoint
+    from pipeline.core.trained import load_trained
     from pipeline.train.data import dataset_key, load_split
 
     cfg, nets, ckpt = load_trained(checkpoint)

@@ -1,30 +1,37 @@
-"""Train the expression classifier and the identity embedder on the real training split.
+"""The judges: an expression classifier and an identity embedder trained on the real training split.
 
-They serve twice: frozen, as loss terms while the GAN trains (expression of swapped renders,
-identity preservation), and as judges when renders are scored. Evaluation trains its own pair
-with another seed so that the GAN is never graded by the very networks it was optimised against.
+Two pairs. The training pair is frozen and gives the GAN loss terms (expression of swapped renders,
+identity preservation). The independent pair starts from another seed and never gives the generator
+a gradient, so renders are never graded by the very networks they were optimised against; training
+stores it in the final checkpoint, and generation, evaluation and calibration load it from there.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
+from models import ExpressionClassifier, IdentityEmbedder
+from pipeline.config import Config
 from pipeline.train.data import TrainData
+
+# The independent pair's seed is the training seed plus this.
+SEED_OFFSET = 1000
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, soften: float = 0.0) -> torch.Tensor:
     """Small shifts and brightness/contrast jitter: judges must not key on exact pixels.
 
     With ``soften`` > 0, that share of the batch is also blurred (Gaussian, sigma 0.4-1.5 px) or
-    resampled through a lower resolution (32-56 px at 64): without it the expression judge read
-    crisp edges, not expressions (real validation images blurred by sigma 0.75 px: accuracy 0.994 ->
-    0.66), so a render passed or failed by its sharpness, which SSIM and FID/KID already judge.
+    resampled through a lower resolution (32-56 px at 64): without it the expression judge reads
+    crisp edges, not expressions, so a render passes or fails by its sharpness, which SSIM and
+    FID/KID already judge.
     """
     n = x.shape[0]
     shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
@@ -109,3 +116,50 @@ def judge_accuracy(classifier: nn.Module, data: TrainData, device: torch.device,
         pred = classifier(data.batch(idx, res, 1.0, device)).argmax(1).cpu()
         correct += int((pred == data.labels[idx]).sum())
     return correct / max(data.n, 1)
+
+
+# ------------------------------------------------------------------ the independent pair
+
+
+def build_eval_judges(cfg: Config, n_identities: int) -> tuple[ExpressionClassifier, IdentityEmbedder]:
+    m = cfg.model
+    clf = ExpressionClassifier(m.num_classes, input_size=m.max_resolution, channels=m.judge_channels)
+    emb = IdentityEmbedder(
+        n_identities, embed_dim=m.judge_embed_dim, input_size=m.max_resolution, channels=m.judge_channels
+    )
+    return clf, emb
+
+
+def train_eval_judges(
+    cfg: Config,
+    data: TrainData,
+    device: torch.device,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    clf, emb = build_eval_judges(cfg, len(data.identity_names))
+    stats = train_judges(
+        clf,
+        emb,
+        data,
+        cfg.train.judge_steps,
+        min(cfg.train.batch_size * 2, 128),
+        device,
+        cfg.train.seed + SEED_OFFSET,
+        progress,
+        cfg.train.judge_soften,
+    )
+    return {"classifier": clf.state_dict(), "embedder": emb.state_dict(), "stats": stats}
+
+
+def load_eval_judges(
+    cfg: Config, ckpt: dict[str, Any], device: torch.device
+) -> tuple[ExpressionClassifier, IdentityEmbedder]:
+    """The independent judges stored in a final or release checkpoint, in eval mode."""
+    state = ckpt.get("eval_judges")
+    if not state:
+        raise ValueError("checkpoint has no independent judges (eval_judges); it is not a finished training run")
+    n_ids = state["embedder"]["class_weight"].shape[0]
+    clf, emb = build_eval_judges(cfg, n_ids)
+    clf.load_state_dict(state["classifier"])
+    emb.load_state_dict(state["embedder"])
+    return clf.to(device).eval().requires_grad_(False), emb.to(device).eval().requires_grad_(False)

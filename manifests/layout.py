@@ -1,0 +1,37 @@
+"""Where a dataset's files lie: the manifest shards and the marker files beside them.
+
+Shared by the writer, the card, the reader and the audit, so that none of them imports another for a name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from manifests.schema import MANIFEST_DIR
+
+COMMON_METADATA = "_common_metadata"
+IMAGEFOLDER_METADATA = "metadata.parquet"
+SUCCESS_MARKER = "_SUCCESS"
+SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
+
+
+def shard_name(shard_index: int, n_shards: int) -> str:
+    return f"part-{shard_index:05d}-of-{n_shards:05d}.parquet"
+
+
+def shard_path(root: Path, shard_index: int, n_shards: int) -> Path:
+    return Path(root) / MANIFEST_DIR / shard_name(shard_index, n_shards)
+
+
+def list_shards(root: Path) -> list[tuple[int, int, Path]]:
+    """(index, count, path) of every finished shard file under DIR/data, sorted by index."""
+    data = Path(root) / MANIFEST_DIR
+    if not data.is_dir():
+        return []
+    found = []
+    for p in data.iterdir():
+        m = SHARD_RE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), int(m.group(2)), p))
+    return sorted(found)
