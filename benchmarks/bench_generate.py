@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -101,11 +102,6 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             print(json.dumps(one_size(ckpt, n, Path(d), args.with_finish, args.batch_size)))
         return
-    import os
-
-    fid = REPO.parent / "shared" / "weights" / "fid_inception_v3_torchscript.pt"
-    if fid.is_file():
-        os.environ.setdefault("FERSYNTH_FID_WEIGHTS", str(fid))
     with tempfile.TemporaryDirectory() as work:
         ckpt = args.checkpoint or tiny_checkpoint(Path(work))
         print(f"checkpoint: {ckpt}")

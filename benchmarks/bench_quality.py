@@ -2,18 +2,16 @@
 
     .venv/bin/python benchmarks/bench_quality.py [--n 16] [--size 64] [--threads 2]
 
-Weights come from FERSYNTH_WEIGHTS_DIR (default ../shared/weights); a check whose weights are
-missing is skipped. The expression classifier is a small stand-in CNN of a plausible size (the
+Weights come from the product's lookup (`fersynth weights` shows where); a check whose weights are
+not found locally is skipped. The expression classifier is a small stand-in CNN of a plausible size (the
 project's own classifier lives in models.judges), so its figure is an order of magnitude only.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,9 +21,7 @@ from pipeline.quality.expression import expression_scores
 from pipeline.quality.facenet import FaceIdentityScorer
 from pipeline.quality.fid import InceptionFeatures, extract_features, fid_from_features
 from pipeline.quality.ssim import ssim_batch
-
-REPO = Path(__file__).resolve().parents[1]
-WEIGHTS = Path(os.environ.get("FERSYNTH_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
+from pipeline.weights import find_weight
 
 
 def _rate(fn: Callable[[], object], n: int, repeats: int = 2) -> float:
@@ -59,8 +55,8 @@ def main() -> None:
     print(f"CPU, {args.threads} threads, {args.n} images of {args.size}x{args.size}")
 
     rows: list[tuple[str, float]] = []
-    fw = WEIGHTS / "facenet_inception_resnet_v1_vggface2.pt"
-    if fw.is_file():
+    fw = find_weight("facenet").path
+    if fw is not None:
         aligned = FaceIdentityScorer.from_weights(fw, detect=False, device="cpu", batch_size=16)
         rows.append(("FaceNet embed (aligned, resize to 160)", _rate(lambda: aligned.embed(imgs), args.n)))
         detect = FaceIdentityScorer(aligned.model, detect=True, device="cpu", batch_size=16)
@@ -72,8 +68,8 @@ def main() -> None:
     hwc = imgs.permute(0, 2, 3, 1).numpy()
     other = np.ascontiguousarray(hwc[::-1])
     rows.append(("SSIM (skimage, Gaussian 11)", _rate(lambda: ssim_batch(hwc, other), args.n)))
-    iw = WEIGHTS / "fid_inception_v3_torchscript.pt"
-    if iw.is_file():
+    iw = find_weight("fid").path
+    if iw is not None:
         inc = InceptionFeatures(iw)
         rows.append(("Inception features (299 px)", _rate(lambda: extract_features(inc, imgs, 16, "cpu"), args.n)))
         f = torch.randn(args.n, 2048, dtype=torch.float64, generator=gen)

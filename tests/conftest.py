@@ -7,12 +7,19 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-WEIGHTS_DIR = Path(os.environ.get("FERSYNTH_WEIGHTS_DIR", REPO.parent / "shared" / "weights"))
-FACENET_WEIGHTS = WEIGHTS_DIR / "facenet_inception_resnet_v1_vggface2.pt"
-FID_WEIGHTS = WEIGHTS_DIR / "fid_inception_v3_torchscript.pt"
+from pipeline.weights import WEIGHTS_DIR_ENV, find_weight
 
+REPO = Path(__file__).resolve().parents[1]
+# This project's machines keep the weights beside the checkout; the product's own lookup does the rest.
+os.environ.setdefault(WEIGHTS_DIR_ENV, str(REPO.parent / "shared" / "weights"))
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _local_weight(key: str) -> Path:
+    look = find_weight(key)
+    if look.path is None:
+        pytest.skip(look.missing_message())
+    return look.path
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -28,13 +35,9 @@ def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture
 def facenet_weights() -> Path:
-    if not FACENET_WEIGHTS.is_file():
-        pytest.skip(f"FaceNet weights not found at {FACENET_WEIGHTS} (set FERSYNTH_WEIGHTS_DIR)")
-    return FACENET_WEIGHTS
+    return _local_weight("facenet")
 
 
 @pytest.fixture
 def fid_weights() -> Path:
-    if not FID_WEIGHTS.is_file():
-        pytest.skip(f"FID Inception weights not found at {FID_WEIGHTS} (set FERSYNTH_WEIGHTS_DIR)")
-    return FID_WEIGHTS
+    return _local_weight("fid")

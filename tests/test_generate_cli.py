@@ -80,3 +80,25 @@ def test_demo_makes_missing_data_and_publishes(
     assert "making the procedural dataset" in res.output and (data / "labels.parquet").is_file()
     assert "published demo" in res.output and "next:" in res.output
     assert audit_dataset(tmp_path / "demo").ok
+
+
+def test_missing_fid_weights_stop_generation_before_rendering(
+    tiny_ckpt: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.quality.fid as fq
+
+    for var in ("FERSYNTH_WEIGHTS_DIR", "FERSYNTH_FID_WEIGHTS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def offline(*args: object, **kw: object) -> None:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(fq, "_TorchmetricsDefaultFeatures", offline)
+    ckpt, _ = tiny_ckpt
+    res = CliRunner().invoke(app, ["demo", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *_sets()])
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]  # the rest is the progress bar
+    assert len(errors) == 1 and errors[0].startswith("error: FID Inception"), res.output
+    assert "fid_inception_v3_torchscript.pt" in errors[0] and "FERSYNTH_WEIGHTS_DIR" in errors[0]
+    assert not (tmp_path / "out").exists()  # nothing planned or rendered

@@ -150,8 +150,12 @@ def test_load_facenet_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         raise ConnectionError("no network")
 
     monkeypatch.delenv(fn.FACENET_WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv("FERSYNTH_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(facenet_pytorch, "InceptionResnetV1", offline)
-    with pytest.raises(fn.FaceNetWeightsError, match=fn.FACENET_WEIGHTS_ENV):
+    with pytest.raises(
+        fn.FaceNetWeightsError, match=rf"\${fn.FACENET_WEIGHTS_ENV} \(not set\).*download \(ConnectionError"
+    ):
         fn.load_facenet(None)
 
 

@@ -140,13 +140,17 @@ def test_extractor_loading_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(fq.FID_WEIGHTS_ENV, str(fid_weights))
     assert isinstance(fq.load_fid_extractor(None, device="cpu"), fq.InceptionFeatures)
     monkeypatch.delenv(fq.FID_WEIGHTS_ENV)
-    # torch-fidelity is not installed here: the default extractor path must explain what to set.
-    pytest.importorskip("torchmetrics")
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        with pytest.raises(fq.FidWeightsError, match="fid_torch_fidelity_weights"):
-            fq.load_fid_extractor(None, None, device="cpu")
+    monkeypatch.delenv("FERSYNTH_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def offline(*args: object, **kw: object) -> None:  # torchmetrics' default would download
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(fq, "_TorchmetricsDefaultFeatures", offline)
+    with pytest.raises(fq.FidWeightsError, match=r"user cache .*cache/fersynth/weights.*download \(ConnectionError"):
+        fq.load_fid_extractor(None, None, device="cpu")
+    with pytest.raises(fq.FidWeightsError, match="not found"):
+        fq.require_fid_extractor(None, None)
     fq.check_lossless(["a.png", "b.PNG"])
     with pytest.raises(ValueError, match="lossless"):
         fq.check_lossless(["a.png", "b.JPG"])

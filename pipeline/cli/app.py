@@ -46,7 +46,7 @@ def guarded(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except USER_ERRORS as exc:
-        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 

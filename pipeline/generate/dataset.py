@@ -59,6 +59,7 @@ from pipeline.generate.plan import (
 from pipeline.generate.shards import render_shard, why_render
 from pipeline.io_utils import atomic_write_json
 from pipeline.quality.facenet import resolve_identity_backend
+from pipeline.quality.fid import require_fid_extractor
 from pipeline.quality.gates import GateReport, evaluate_gates
 from pipeline.swaps import draws_over_photo
 from pipeline.train.grids import compose_grid, save_png
@@ -248,6 +249,7 @@ def prepare(
     """Plan the sweep and set up (or resume) its staging folder; never touches a published dataset."""
     checkpoint, out = Path(checkpoint), Path(out)
     cfg, ckpt = resolve_config(cfg, checkpoint, overrides)
+    require_fid_extractor(cfg.quality.fid_weights, cfg.quality.fid_torch_fidelity_weights)  # before any rendering
     plan = make_plan(cfg, checkpoint, ckpt)
     name = name or cfg.generate.name or f"fersynth-{plan.key[:10]}"
     if "/" in name or name.startswith((".", "_")) or not name.strip():

@@ -12,7 +12,6 @@ and `identity_checks` fails it with reason "no_face".
 
 from __future__ import annotations
 
-import os
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,9 @@ from PIL import Image
 from torch import nn
 
 from pipeline.quality._tensors import Device, iter_batches, resolve_device, to_signed_range
+from pipeline.weights import WEIGHTS, WeightsNotFound, find_weight
 
-FACENET_WEIGHTS_ENV = "FERSYNTH_FACENET_WEIGHTS"
+FACENET_WEIGHTS_ENV = WEIGHTS["facenet"].env
 FACENET_SIZE = 160
 FACENET_MARGIN = 14
 
@@ -37,46 +37,38 @@ REASON_NAN = "nan"
 REASON_LOW = "below_threshold"
 
 
-class FaceNetWeightsError(RuntimeError):
-    """FaceNet weights could not be found or loaded; the message says which setting to set."""
+class FaceNetWeightsError(WeightsNotFound):
+    """FaceNet weights could not be found or loaded; the message says where it looked."""
 
 
 def load_facenet(weights: Path | str | None = None, device: Device | torch.device = "cpu") -> nn.Module:
     """FaceNet InceptionResnetV1 (VGGFace2, 512-d L2-normalised embeddings) in eval mode.
 
-    `weights` (else env FERSYNTH_FACENET_WEIGHTS) is a local state_dict, loaded with
-    `weights_only=True` so a weights file cannot run code. Without either, facenet-pytorch's own
-    `pretrained='vggface2'` download is tried; offline that fails with an error naming the setting.
+    The state_dict comes from `pipeline.weights.find_weight("facenet", weights)` (setting, env, weights
+    folder, user cache), loaded with `weights_only=True` so a weights file cannot run code; found
+    nowhere, facenet-pytorch's own `pretrained='vggface2'` download is tried.
     """
     from facenet_pytorch import InceptionResnetV1
 
     dev = resolve_device(device)
-    path = weights if weights is not None else os.environ.get(FACENET_WEIGHTS_ENV) or None
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FaceNetWeightsError(
-                f"FaceNet weights file not found: {path} (set quality.facenet_weights or {FACENET_WEIGHTS_ENV} "
-                "to the facenet_inception_resnet_v1_vggface2.pt state_dict)"
-            )
+    try:
+        look = find_weight("facenet", weights)
+    except WeightsNotFound as exc:
+        raise FaceNetWeightsError(str(exc)) from None
+    if look.path is not None:
         model = InceptionResnetV1(pretrained=None, classify=False)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(look.path, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as exc:  # a wrong file should say which file, not just "unexpected key"
-            raise FaceNetWeightsError(f"cannot load FaceNet state_dict from {path}: {exc}") from exc
+            raise FaceNetWeightsError(
+                f"cannot load FaceNet state_dict from {look.path} ({look.source}): {exc}"
+            ) from exc
     else:
         try:
             model = InceptionResnetV1(pretrained="vggface2", classify=False)
         except Exception as exc:
-            torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-            raise FaceNetWeightsError(
-                "FaceNet weights are not available: facenet-pytorch could not download 'vggface2' "
-                f"({type(exc).__name__}: {exc}). Set quality.facenet_weights (or env {FACENET_WEIGHTS_ENV}) "
-                "to a local InceptionResnetV1 state_dict such as shared/weights/"
-                "facenet_inception_resnet_v1_vggface2.pt, or place facenet-pytorch's download under "
-                f"{torch_home / 'checkpoints'}."
-            ) from exc
+            raise FaceNetWeightsError(look.missing_message(f"{type(exc).__name__}: {exc}")) from exc
     return model.eval().to(dev)
 
 

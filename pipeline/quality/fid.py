@@ -15,7 +15,6 @@ Inputs are uint8 or float [0, 1] NCHW decoded from lossless files: JPEG artefact
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,15 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.quality._tensors import Device, as_nchw_tensor, iter_batches, resolve_device, to_unit_range
+from pipeline.weights import WEIGHTS, Lookup, WeightsNotFound, find_weight
 
-FID_WEIGHTS_ENV = "FERSYNTH_FID_WEIGHTS"
+FID_WEIGHTS_ENV = WEIGHTS["fid"].env
 INCEPTION_SIZE = 299
 NUM_FEATURES = 2048
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".heic", ".avif"})
 
 
-class FidWeightsError(RuntimeError):
-    """No usable Inception extractor; the message names the settings to set."""
+class FidWeightsError(WeightsNotFound):
+    """No usable Inception extractor; the message says where it looked."""
 
 
 class InceptionFeatures(nn.Module):
@@ -105,26 +105,41 @@ class _Precomputed(nn.Module):
         return x
 
 
+def _find_fid(fid_weights: Path | str | None) -> Lookup:
+    try:
+        return find_weight("fid", fid_weights)
+    except WeightsNotFound as exc:
+        raise FidWeightsError(str(exc)) from None
+
+
 def load_fid_extractor(
     fid_weights: Path | str | None = None,
     torch_fidelity_weights: Path | str | None = None,
     device: Device | torch.device = "auto",
 ) -> nn.Module:
-    """The pinned TorchScript extractor if a path is given (argument or env), else torchmetrics' default."""
+    """The pinned TorchScript extractor if `pipeline.weights` finds it, else torchmetrics' default (downloads)."""
     dev = resolve_device(device)
-    path = fid_weights if fid_weights is not None else os.environ.get(FID_WEIGHTS_ENV) or None
-    if path is not None:
-        return InceptionFeatures(path).to(dev)
+    look = _find_fid(fid_weights)
+    if look.path is not None:
+        return InceptionFeatures(look.path).to(dev)
     try:
         return _TorchmetricsDefaultFeatures(torch_fidelity_weights).to(dev)
     except Exception as exc:
-        raise FidWeightsError(
-            "no FID Inception extractor available: set quality.fid_weights (or env "
-            f"{FID_WEIGHTS_ENV}) to the FID Inception TorchScript (e.g. shared/weights/"
-            "fid_inception_v3_torchscript.pt), or install torch-fidelity and set "
-            "quality.fid_torch_fidelity_weights to its Inception weights file "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+        raise FidWeightsError(look.missing_message(f"{type(exc).__name__}: {exc}")) from exc
+
+
+def require_fid_extractor(
+    fid_weights: Path | str | None = None, torch_fidelity_weights: Path | str | None = None
+) -> str:
+    """Where the FID extractor will come from, checked before any rendering; FidWeightsError if nowhere."""
+    look = _find_fid(fid_weights)
+    if look.path is not None:
+        return f"{look.path} ({look.source})"
+    try:
+        _TorchmetricsDefaultFeatures(torch_fidelity_weights)
+    except Exception as exc:
+        raise FidWeightsError(look.missing_message(f"{type(exc).__name__}: {exc}")) from exc
+    return "torchmetrics' default FID Inception"
 
 
 def check_lossless(paths: Sequence[str | Path]) -> None:
