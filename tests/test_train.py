@@ -339,7 +339,7 @@ def test_edit_mask_trains_composited_swaps_and_evaluate_scores_both_renders(tiny
 
 
 def test_precision_setting_picks_bf16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.train import networks
+    from pipeline.core import networks
 
     cpu = torch.device("cpu")
     assert networks.autocast_dtype("fp32", cpu) is None
