@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.card import CARD_JSON, CARD_MD, compute_stats
+from manifests.card import CARD_JSON, CARD_MD, CROISSANT, compute_stats
+from manifests.layout import (
+    CODES_FILE,
+    COMMON_METADATA,
+    PLAN_FILE,
+    REJECTED_MARKER,
+    REPORT_DIR,
+    REPORT_FILES,
+    SHARD_RE,
+)
 from manifests.schema import (
     COLUMNS,
     FIELD_BY_NAME,
@@ -79,6 +90,8 @@ def audit_dataset(root: Path, check_hashes: bool = True) -> AuditResult:
         for issue in row_issues(df):
             add(Problem(issue.code, issue.message, issue.file_name, issue.sample_id))
         _check_files(root, df, check_hashes, add)
+        for rel in unaccounted_files(root, df["file_name"]):
+            add(Problem("stray_file", f"{rel!r} is neither in the manifest nor a dataset file", rel))
     _check_success(root, shards, len(df), add)
     _check_imagefolder_copy(root, df, add)
     card = _check_card(root, df, add)
@@ -148,6 +161,45 @@ def _check_files(root: Path, df: pd.DataFrame, check_hashes: bool, add: Any) -> 
             add(Problem("missing_file", f"image {name!r} does not exist", name, sample))
         elif check_hashes and sha256_file(path) != sha:
             add(Problem("hash_mismatch", f"image {name!r} does not match its sha256", name, sample))
+
+
+def dataset_files() -> frozenset[str]:
+    """Every file (relative to the root) a dataset holds besides its images and manifest parts."""
+    return frozenset(
+        {
+            SUCCESS_MARKER,
+            IMAGEFOLDER_METADATA,
+            f"{MANIFEST_DIR}/{COMMON_METADATA}",
+            CARD_JSON,
+            CARD_MD,
+            CROISSANT,
+            PLAN_FILE,
+            CODES_FILE,
+            REJECTED_MARKER,
+            *(f"{REPORT_DIR}/{name}" for name in REPORT_FILES),
+        }
+    )
+
+
+def unaccounted_files(root: Path, file_names: Iterable[str]) -> list[str]:
+    """Files under `root` (relative, '/'-separated) that no manifest row and no dataset file accounts for."""
+    root = Path(root)
+    known = {PurePosixPath(n).as_posix() for n in file_names} | dataset_files()
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder).relative_to(root)
+        # A link to a folder is not walked into (it may lead anywhere), so it is reported as an entry.
+        links = [d for d in subfolders if (Path(folder) / d).is_symlink()]
+        for name in [*files, *links]:
+            rel = (here / name).as_posix()
+            if rel not in known and not _is_manifest_part(rel):
+                found.append(rel)
+    return sorted(found)
+
+
+def _is_manifest_part(rel: str) -> bool:
+    folder, _, name = rel.rpartition("/")
+    return folder == MANIFEST_DIR and SHARD_RE.match(name) is not None
 
 
 def _check_success(root: Path, shards: list[tuple[int, int, Path]], n_rows: int, add: Any) -> None:

@@ -14,6 +14,18 @@ COMMON_METADATA = "_common_metadata"
 IMAGEFOLDER_METADATA = "metadata.parquet"
 SUCCESS_MARKER = "_SUCCESS"
 SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
+# The prefix of every unfinished atomic write (pipeline.io_utils.atomic_path): never part of a dataset.
+TEMP_PREFIX = ".tmp-"
+
+# What the generator keeps with a dataset besides the manifest and the card: its sweep plan
+# (pipeline.generate.plan), the quality report folder (pipeline.quality.report writes these names)
+# and, in staging only, the marker of a rejected dataset.
+PLAN_FILE = "plan.json"
+CODES_FILE = "identity_codes.npy"
+REJECTED_MARKER = "REJECTED"
+REPORT_DIR = "__quality_report"
+GRID_FILE = "sample_grid.png"
+REPORT_FILES = ("report.md", "identity_hist.png", "expression_hist.png", "best.png", "worst.png", GRID_FILE)
 
 
 def shard_name(shard_index: int, n_shards: int) -> str:

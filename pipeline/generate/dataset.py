@@ -34,6 +34,7 @@ from PIL import Image
 
 from manifests.card import CARD_MD, package_versions
 from manifests.labels import dataset_kind, read_labels
+from manifests.layout import GRID_FILE, REJECTED_MARKER, REPORT_DIR
 from manifests.writer import finalize, read_shards_table
 from pipeline.calibration import apply_calibration
 from pipeline.config import Config, config_to_dict, load_config, to_overrides
@@ -65,11 +66,8 @@ from pipeline.swaps import draws_over_photo
 from pipeline.train.grids import compose_grid, save_png
 
 STAGING_DIR = ".staging"
-REJECTED_MARKER = "REJECTED"
-# Report and grid live under a "__" name: Hugging Face `datasets` skips such folders when it looks
-# for images, so the report's figures never turn up as extra (unlabelled) dataset images.
-REPORT_DIR = "__quality_report"
-GRID_FILE = "sample_grid.png"
+# Report and grid live under a "__" name (manifests.layout.REPORT_DIR): Hugging Face `datasets` skips
+# such folders when it looks for images, so the report's figures never turn up as dataset images.
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
 

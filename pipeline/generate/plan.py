@@ -23,14 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from manifests.layout import CODES_FILE, PLAN_FILE
 from manifests.schema import make_sample_id
 from pipeline.config import GenerateConfig, config_to_dict
 from pipeline.expressions import EXPRESSION_INDEX, check_expression_names
 from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
 from pipeline.train.data import session_of, to_model_range
 
-PLAN_FILE = "plan.json"
-CODES_FILE = "identity_codes.npy"
 PLAN_FORMAT = "fersynth.generate.plan.v1"
 # Bump when the rendering recipe (code arithmetic, jitter, PNG encoding) changes pixels: it is part of
 # every sample id, so a dataset is never resumed with images from two recipes.
