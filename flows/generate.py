@@ -29,11 +29,17 @@ def _run_id() -> str:
     return str(flow_run.id or "local")[:36]
 
 
+# The dataset locks `plan_task` took, by staging folder: the flow gives each back when it ends.
+# plan_task is called directly in the flow (not submitted), so it runs in the flow's own process.
+_HELD_LOCKS: dict[str, Any] = {}
+
+
 @task(name="plan", cache_result_in_memory=False)
 def plan_task(cfg_dict: dict[str, Any], checkpoint: str, out: str, name: str | None, overwrite: bool) -> dict[str, Any]:
     from pipeline.generate import pending_shards, prepare
 
     prep = prepare(Config.model_validate(cfg_dict), Path(checkpoint), Path(out), name=name, overwrite=overwrite)
+    _HELD_LOCKS[str(prep.staging)] = prep
     todo = [] if prep.published else pending_shards(prep.staging)
     return {
         "name": prep.name,
@@ -78,6 +84,15 @@ def generate_flow(
 ) -> Any:
     run_id = _run_id()
     prep = plan_task(cfg_dict, checkpoint, out, name, overwrite)
+    try:
+        return _render_judge_publish(prep, run_id, overwrite)
+    finally:
+        held = _HELD_LOCKS.pop(prep["staging"], None)
+        if held is not None:
+            held.release()
+
+
+def _render_judge_publish(prep: dict[str, Any], run_id: str, overwrite: bool) -> Any:
     print(
         f"plan {prep['plan_key'][:10]}: {prep['n_items']} images in {prep['n_shards']} shard(s); to render: {len(prep['todo'])}"
     )

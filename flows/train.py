@@ -15,6 +15,7 @@ from prefect import flow, task
 from flows import artifacts
 from pipeline.cache import load_tensors
 from pipeline.config import Config, config_to_dict, load_config
+from pipeline.train.loop import run_folder_lock
 
 
 def _cfg(cfg_dict: dict[str, Any]) -> Config:
@@ -81,6 +82,12 @@ def train_flow(
     cfg = load_config(config, overrides or [])
     if out_dir:
         cfg.train.out_dir = Path(out_dir)
+    # The tasks run in this process, one after another: the flow holds the run folder's lock for them.
+    with run_folder_lock(Path(cfg.train.out_dir)):
+        return _train(cfg, evaluate)
+
+
+def _train(cfg: Config, evaluate: bool) -> dict[str, Any]:
     cfg_dict = config_to_dict(cfg)
     n = prepare_data(cfg_dict)
     print(f"training images (all splits): {n}")

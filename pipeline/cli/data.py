@@ -25,9 +25,11 @@ def make(
 ) -> None:
     """Render the procedural face dataset (settings under `procedural:` in the config)."""
     # Imported here so `fersynth --help` stays fast.
+    from pipeline.preflight import writable_folder
     from pipeline.procedural.dataset import CONTACT_SHEET, make_dataset, summarize
 
     cfg = load(config, set_).procedural
+    guarded(lambda: writable_folder(out, "--out"))
     start = time.perf_counter()
     labels = guarded(lambda: make_dataset(cfg, out, overwrite=overwrite, workers=workers, progress=True))
     elapsed = time.perf_counter() - start

@@ -69,7 +69,9 @@ def _run(
     flow: bool,
 ) -> Any:
     from pipeline.generate import generate_dataset
+    from pipeline.generate.dataset import preflight_generate
 
+    guarded(lambda: preflight_generate(checkpoint, out))  # before the config, the checkpoint or the plan
     cfg = load(config, sets) if config is not None else None
     if flow:
         from flows.generate import run_generate_flow
@@ -127,7 +129,9 @@ def demo(
 ) -> None:
     """From nothing to a published dataset: make the training data if missing, then generate a small set."""
     from pipeline.core.checkpoint import load_checkpoint
+    from pipeline.preflight import writable_folder
 
+    guarded(lambda: writable_folder(out, "--out"))  # before the training data is made
     if not checkpoint.is_file():
         console.print(
             f"[bold red]error:[/] checkpoint {checkpoint} not found; train one (`fersynth train -c configs/cpu-64.yaml`) "

@@ -22,14 +22,19 @@ def train(
     ] = False,
 ) -> None:
     """Train the decoupling GAN (resumes from the run folder's last checkpoint)."""
+    from pipeline.preflight import writable_folder
+
     cfg = load(config, set_)
     if out is not None:
         cfg.train.out_dir = out
+    guarded(lambda: writable_folder(cfg.train.out_dir, "--out" if out is not None else "train.out_dir"))
     if flow:
         from flows.train import train_flow
 
-        result = train_flow(
-            config=str(config) if config else None, overrides=list(set_ or []), out_dir=str(cfg.train.out_dir)
+        result = guarded(
+            lambda: train_flow(
+                config=str(config) if config else None, overrides=list(set_ or []), out_dir=str(cfg.train.out_dir)
+            )
         )
         console.print(f"flow finished: {json.dumps(result, indent=2)}")
         return

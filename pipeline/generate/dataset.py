@@ -7,8 +7,13 @@ Folders (OUT is what the user passes as --out):
     OUT/<name>/            a published dataset: moved here in one os.replace once every gate passed
 
 Publishing never shows a half dataset: the folder appears under its final name complete, with
-`_SUCCESS`. A folder under the final name that holds another dataset is refused unless `overwrite`,
-and even then it is only replaced after the new dataset has passed its gates.
+`_SUCCESS`, and holding nothing the manifest does not account for. A folder under the final name that
+holds another dataset is refused unless `overwrite`, and even then it is only replaced after the new
+dataset has passed its gates, through a journal that lets the next run finish or undo a replacement
+a crash interrupted (`recover_publish`).
+
+One run at a time writes a dataset: `prepare` takes its lock (OUT/.staging/.<name>.lock, see
+pipeline.locks) and a second run of the same dataset refuses at once, naming the first.
 
 The steps are plain functions (`prepare`, `render_shard`, `finish`, `publish`) so that the Prefect
 flow (flows/generate.py) maps the same code over shards; `generate_dataset` runs them in-process.
@@ -17,8 +22,10 @@ flow (flows/generate.py) maps the same code over shards; `generate_dataset` runs
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import time
 import uuid
@@ -32,9 +39,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from manifests.audit import unaccounted_files
 from manifests.card import CARD_MD, package_versions
 from manifests.labels import dataset_kind, read_labels
-from manifests.layout import GRID_FILE, REJECTED_MARKER, REPORT_DIR
+from manifests.layout import GRID_FILE, REJECTED_MARKER, REPORT_DIR, SUCCESS_MARKER, TEMP_PREFIX
 from manifests.writer import finalize, read_shards_table
 from pipeline.calibration import apply_calibration
 from pipeline.config import Config, config_to_dict, load_config, to_overrides
@@ -59,6 +67,8 @@ from pipeline.generate.plan import (
 )
 from pipeline.generate.shards import render_shard, why_render
 from pipeline.io_utils import atomic_write_json
+from pipeline.locks import WriterLock
+from pipeline.preflight import readable_file, writable_folder
 from pipeline.quality.facenet import resolve_identity_backend
 from pipeline.quality.fid import require_fid_extractor
 from pipeline.quality.gates import GateReport, evaluate_gates
@@ -66,6 +76,7 @@ from pipeline.swaps import draws_over_photo
 from pipeline.train.grids import compose_grid, save_png
 
 STAGING_DIR = ".staging"
+log = logging.getLogger(__name__)
 # Report and grid live under a "__" name (manifests.layout.REPORT_DIR): Hugging Face `datasets` skips
 # such folders when it looks for images, so the report's figures never turn up as dataset images.
 
@@ -85,6 +96,11 @@ class Prepared:
     n_items: int
     n_shards: int
     published: bool  # the final folder already holds this very dataset: nothing to do
+    lock: WriterLock | None = None  # the dataset's one-writer lock, held from `prepare` on
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 @dataclass
@@ -235,6 +251,11 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
     return build_plan(gen, identities, codes_arr, render_key, meta)
 
 
+def dataset_lock(out: Path, name: str) -> WriterLock:
+    """The (not yet acquired) one-writer lock of dataset `name` under `out`: beside its staging folder, never in it."""
+    return WriterLock(Path(out) / STAGING_DIR / name, f"generation of dataset {name!r}")
+
+
 def prepare(
     cfg: Config | None,
     checkpoint: Path,
@@ -244,17 +265,47 @@ def prepare(
     overwrite: bool = False,
     overrides: list[str] | None = None,
 ) -> Prepared:
-    """Plan the sweep and set up (or resume) its staging folder; never touches a published dataset."""
+    """Plan the sweep and set up (or resume) its staging folder; never touches a published dataset.
+
+    Returns holding the dataset's one-writer lock (taken before planning when the name is known,
+    right after it otherwise); the caller gives it back with `Prepared.release()` once published.
+    """
     checkpoint, out = Path(checkpoint), Path(out)
+    preflight_generate(checkpoint, out)
     cfg, ckpt = resolve_config(cfg, checkpoint, overrides)
     require_fid_extractor(cfg.quality.fid_weights, cfg.quality.fid_torch_fidelity_weights)  # before any rendering
-    plan = make_plan(cfg, checkpoint, ckpt)
-    name = name or cfg.generate.name or f"fersynth-{plan.key[:10]}"
+    name = name or cfg.generate.name
+    lock = dataset_lock(out, check_dataset_name(name)).acquire() if name else None
+    try:
+        plan = make_plan(cfg, checkpoint, ckpt)
+        name = check_dataset_name(name or f"fersynth-{plan.key[:10]}")
+        lock = lock or dataset_lock(out, name).acquire()
+        prep = _stage(cfg, plan, out, name, overwrite)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    prep.lock = lock
+    return prep
+
+
+def check_dataset_name(name: str) -> str:
     if "/" in name or name.startswith((".", "_")) or not name.strip():
         raise ValueError(f"dataset name {name!r} must be a plain folder name (no '/', not hidden)")
+    return name
+
+
+def preflight_generate(checkpoint: Path, out: Path) -> None:
+    """The checkpoint can be read and OUT written: checked before the checkpoint is even loaded."""
+    readable_file(checkpoint, "--checkpoint")
+    writable_folder(out, "--out")
+
+
+def _stage(cfg: Config, plan: SweepPlan, out: Path, name: str, overwrite: bool) -> Prepared:
+    """Set up or resume the staging folder of `plan` (the caller holds the dataset lock)."""
     plan.meta["name"] = name
     staging, final = out / STAGING_DIR / name, out / name
-
+    recover_publish(staging, final)
     if final.exists():
         if plan_key_of(final) == plan.key and (final / "_SUCCESS").is_file() and _judged_alike(final, cfg):
             return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=True)
@@ -278,7 +329,21 @@ def prepare(
         save_plan(plan, staging)
     else:
         update_plan_meta(staging, plan.meta)
+    sweep_unplanned(staging, plan)
     return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=False)
+
+
+def sweep_unplanned(staging: Path, plan: SweepPlan) -> list[str]:
+    """Remove what a killed run left in staging: unfinished atomic writes and images the plan does not name."""
+    planned = {it.file_name for it in plan.items}
+    gone = [
+        rel
+        for rel in unaccounted_files(staging, planned)
+        if Path(rel).name.startswith(TEMP_PREFIX) or (rel.startswith("images/") and rel not in planned)
+    ]
+    for rel in gone:
+        (staging / rel).unlink(missing_ok=True)
+    return gone
 
 
 def _judged_alike(final: Path, cfg: Config) -> bool:
@@ -515,7 +580,13 @@ def _json_safe(x: Any) -> Any:
 
 
 def publish(staging: Path, final: Path, verdict: dict[str, Any], overwrite: bool = False) -> Path:
-    """Move a passing dataset to its final name in one rename; mark a failing one REJECTED in staging."""
+    """Move a passing dataset to its final name; mark a failing one REJECTED in staging.
+
+    The caller holds the dataset lock. Only what the manifest and the dataset files account for is
+    published: leftovers of killed writes are swept, any other stray file is refused. Replacing a
+    published dataset (`overwrite`) goes through a journal, so a crash at any point is repaired by
+    the next run that touches the dataset (`recover_publish`).
+    """
     staging, final = Path(staging), Path(final)
     marker = staging / REJECTED_MARKER
     if not verdict["passed"]:
@@ -529,17 +600,76 @@ def publish(staging: Path, final: Path, verdict: dict[str, Any], overwrite: bool
         )
         return staging
     marker.unlink(missing_ok=True)
-    old = None
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
-        # Out of the way first (a rename), removed only after the new one is in place.
-        old = staging.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    sweep_strays(staging)
+    if not final.exists():
+        os.replace(staging, final)
+        return final
+    if not overwrite:
+        raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")
+    _replace_published(staging, final)
     return final
+
+
+def sweep_strays(staging: Path) -> None:
+    """Remove unfinished writes and unlisted images from a finished staging folder; refuse any other stray file."""
+    listed = read_shards_table(staging).column("file_name").to_pylist()
+    strays = unaccounted_files(staging, listed)
+    owned = [r for r in strays if Path(r).name.startswith(TEMP_PREFIX) or r.startswith("images/")]
+    for rel in owned:
+        (staging / rel).unlink(missing_ok=True)
+    foreign = [r for r in strays if r not in owned]
+    if foreign:
+        raise GenerateError(
+            f"{staging}: not publishing: {len(foreign)} file(s) the manifest does not list: {', '.join(foreign[:10])}; "
+            "remove them and rerun"
+        )
+
+
+def publish_journal(final: Path) -> Path:
+    """The journal of an `--overwrite` publish of `final`: in OUT/.staging, never inside a dataset."""
+    return final.parent / STAGING_DIR / f".{final.name}.publish.json"
+
+
+def _replace_published(staging: Path, final: Path) -> None:
+    # Journal first: from here on a crash leaves enough on disk for recover_publish to finish the job.
+    old = staging.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"  # recover_publish knows this pattern
+    journal = publish_journal(final)
+    atomic_write_json(journal, {"final": final.name, "old": old.name, "new": staging.name})
+    os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old)
+    journal.unlink()
+
+
+def recover_publish(staging: Path, final: Path) -> str | None:
+    """Finish or undo an `--overwrite` publish a crash interrupted; returns what was done, or None.
+
+    Between the two renames the final name is empty: the new dataset (complete in staging) is moved
+    in; if it is not complete, the old one is moved back. Any `.old-<name>-*` copy left once the
+    final name holds a dataset is removed (also those of versions that kept no journal).
+    """
+    journal = publish_journal(final)
+    olds = sorted(
+        (p for p in staging.parent.glob(f".old-{final.name}-*") if re.fullmatch(r"[0-9a-f]{8}", p.name[-8:])),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not journal.is_file() and not olds:
+        return None
+    done = "removed the old copy left by an interrupted --overwrite"
+    if not final.exists():
+        new_complete = (staging / SUCCESS_MARKER).is_file() and not (staging / REJECTED_MARKER).exists()
+        if journal.is_file() and new_complete:
+            os.replace(staging, final)
+            done = "finished an interrupted --overwrite: the new dataset is published"
+        elif olds:
+            os.replace(olds.pop(), final)
+            done = "undid an interrupted --overwrite: the old dataset is back"
+    for old in olds:
+        if old.exists():
+            shutil.rmtree(old)
+    journal.unlink(missing_ok=True)
+    log.warning("%s: %s", final, done)
+    return done
 
 
 # --------------------------------------------------------------------------- all in one
@@ -568,6 +698,15 @@ def generate_dataset(
     prep = prepare(cfg, Path(checkpoint), Path(out), name=name, overwrite=overwrite, overrides=overrides)
     if progress:
         progress("plan", 1, 1, {})
+    try:
+        return _render_judge_publish(prep, run_id, overwrite, progress, t0)
+    finally:
+        prep.release()
+
+
+def _render_judge_publish(
+    prep: Prepared, run_id: str, overwrite: bool, progress: ProgressFn | None, t0: float
+) -> GenerateResult:
     if prep.published:
         return _result_from_published(prep, run_id, time.perf_counter() - t0)
     plan = load_plan(prep.staging)

@@ -31,6 +31,7 @@ from manifests.labels import LABELS_FILE, read_labels, write_labels
 from pipeline.config import ProceduralConfig, config_to_dict
 from pipeline.expressions import EXPRESSION_INDEX
 from pipeline.io_utils import atomic_write_bytes, atomic_write_json, remove_owned, sha256_bytes, sha256_file
+from pipeline.locks import writer_lock
 from pipeline.procedural.aus import expression_aus
 from pipeline.procedural.contact_sheet import grid_image, save_png
 from pipeline.procedural.factors import IdentityFactors, sample_identity
@@ -235,9 +236,17 @@ def make_dataset(
 
     Refuses (FileExistsError) to write into a non-empty folder that holds something else unless
     `overwrite`; resumes an interrupted run of the same config by rendering only missing images.
+    Holds the folder's one-writer lock (pipeline.locks) throughout: a second run into `out` refuses.
     """
     out = Path(out)
     items = plan(cfg)  # validates the config combination before touching the disk
+    with writer_lock(out, "data make"):
+        return _make_dataset(cfg, out, items, overwrite, workers, progress)
+
+
+def _make_dataset(
+    cfg: ProceduralConfig, out: Path, items: list[_Item], overwrite: bool, workers: int | None, progress: bool
+) -> Path:
     identities = [identity_name(i) for i in range(cfg.n_identities)]
     splits = split_identities(identities, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     fp = fingerprint(cfg)

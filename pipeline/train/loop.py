@@ -8,6 +8,7 @@ random-number state.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -29,6 +30,7 @@ from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config
 from pipeline.core.networks import Networks, autocast_dtype, build_networks, update_ema
 from pipeline.judges import train_judges
+from pipeline.locks import WriterLock, writer_lock
 from pipeline.train.data import TrainData, dataset_key, downsample, load_split
 from pipeline.train.objective import Batch, DecouplingObjective, to_full
 
@@ -39,6 +41,11 @@ SPEED_SETTINGS = ("out_dir", "device", "num_threads", "channels_last", "precisio
 # Loss terms that exist only where the data holds each swap's true image (procedural data).
 TRUTH_TERMS = ("swap_truth",)
 FINAL = "final.pt"
+
+
+def run_folder_lock(out_dir: Path) -> contextlib.AbstractContextManager[WriterLock]:
+    """One training run per out_dir: held by `Trainer.train`, `run_training` and the train flow."""
+    return writer_lock(Path(out_dir), "training")
 
 
 class TrainingDiverged(RuntimeError):
@@ -322,9 +329,10 @@ class Trainer:
         self.calibration = _calibrate(self.cfg, self.state_dict(), self.device)
 
     def train(self) -> Path:
-        self.run_judges()
-        while not self.finished:
-            self.run_stage()
+        with run_folder_lock(self.out):
+            self.run_judges()
+            while not self.finished:
+                self.run_stage()
         return self.ckpt_dir / FINAL
 
     @torch.no_grad()

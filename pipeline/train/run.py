@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.train.loop import ProgressFn, Trainer
+from pipeline.train.loop import ProgressFn, Trainer, run_folder_lock
 from pipeline.train.report import write_training_report
 
 
@@ -17,6 +17,12 @@ def peak_rss_mb() -> float:
 
 
 def run_training(cfg: Config, progress: ProgressFn | None = None, out_dir: Path | None = None) -> dict[str, Any]:
+    """Train (or resume) into the run folder, holding its one-writer lock from before the data is loaded."""
+    with run_folder_lock(Path(out_dir or cfg.train.out_dir)):
+        return _run_training(cfg, progress, out_dir)
+
+
+def _run_training(cfg: Config, progress: ProgressFn | None, out_dir: Path | None) -> dict[str, Any]:
     started = time.perf_counter()
     trainer = Trainer(cfg, out_dir, progress)
     trainer.run_judges()
