@@ -77,8 +77,6 @@ from pipeline.train.grids import compose_grid, save_png
 
 STAGING_DIR = ".staging"
 log = logging.getLogger(__name__)
-# Report and grid live under a "__" name (manifests.layout.REPORT_DIR): Hugging Face `datasets` skips
-# such folders when it looks for images, so the report's figures never turn up as dataset images.
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
 

@@ -24,6 +24,7 @@ process group, which is also the reference a distributed run is compared with in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -39,7 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pipeline.config import Config, load_config
-from pipeline.train.loop import StepInfo, Trainer
+from pipeline.train.loop import StepInfo, Trainer, run_folder_lock
 
 LOG_FILE = "train-log.jsonl"
 # Networks the GAN step optimises; the judges are frozen after their own phase and not wrapped.
@@ -111,6 +112,12 @@ class _StepLog:
 def train_ddp(cfg: Config, out_dir: Path | None = None) -> dict[str, Any]:
     """Train `cfg` on this rank (torchrun env: RANK, WORLD_SIZE, LOCAL_RANK); returns rank 0's summary."""
     rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    # Rank 0 speaks for the run: it holds the run folder's lock (a refusal ends it, and torchrun the rest).
+    with run_folder_lock(Path(out_dir or cfg.train.out_dir)) if rank == 0 else contextlib.nullcontext():
+        return _train_rank(cfg, out_dir, rank, world, local)
+
+
+def _train_rank(cfg: Config, out_dir: Path | None, rank: int, world: int, local: int) -> dict[str, Any]:
     distributed = world > 1
     use_cuda = torch.cuda.is_available() and cfg.train.device != "cpu"
     if use_cuda:
