@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from manifests.audit import AuditResult, audit_dataset
-from pipeline.cli.app import app
+from pipeline.cli.app import app, guarded
 
 # The summary is the command's output, so it goes to stdout (errors stay on the shared stderr console).
 out = Console(highlight=False)
@@ -27,7 +27,7 @@ def audit(
     ] = False,
 ) -> None:
     """Audit a generated dataset: schema, files and hashes, paths, card, lineage. Exit 1 on problems."""
-    result = audit_dataset(root, check_hashes=not no_hashes)
+    result = guarded(lambda: audit_dataset(root, check_hashes=not no_hashes))
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
     else:
