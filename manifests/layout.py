@@ -13,6 +13,9 @@ from manifests.schema import MANIFEST_DIR
 COMMON_METADATA = "_common_metadata"
 IMAGEFOLDER_METADATA = "metadata.parquet"
 SUCCESS_MARKER = "_SUCCESS"
+# Report and grid live under a "__" name: Hugging Face `datasets` skips such folders when it looks
+# for images, so the report's figures never turn up as extra (unlabelled) dataset images.
+REPORT_DIR = "__quality_report"
 SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 
 
