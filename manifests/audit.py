@@ -27,6 +27,7 @@ from manifests.layout import (
     REPORT_DIR,
     REPORT_FILES,
     SHARD_RE,
+    USEFULNESS_FILE,
 )
 from manifests.schema import (
     COLUMNS,
@@ -176,6 +177,7 @@ def dataset_files() -> frozenset[str]:
             PLAN_FILE,
             CODES_FILE,
             REJECTED_MARKER,
+            USEFULNESS_FILE,
             *(f"{REPORT_DIR}/{name}" for name in REPORT_FILES),
         }
     )
@@ -260,12 +262,46 @@ def _check_card(root: Path, df: pd.DataFrame, add: Any) -> dict[str, Any]:
         return card
     for key, stated, actual in _diff(card.get("stats", {}), compute_stats(df)):
         add(Problem("card_mismatch", f"card stats.{key} = {stated!r} but the rows give {actual!r}", str(path)))
+    _recheck_gates(card, df, str(path), add)
     for gate in card.get("gates", []):
         verdict = _gate_verdict(gate)
         if verdict is not None and verdict != bool(gate.get("passed")):
             add(Problem("gate_inconsistent", f"gate {gate.get('name')!r}: passed={gate.get('passed')} "
                         f"but {gate.get('value')} {gate.get('op')} {gate.get('threshold')} is {verdict}", str(path)))  # fmt: skip
     return card
+
+
+def _recheck_gates(card: dict[str, Any], df: pd.DataFrame, path: str, add: Any) -> None:
+    """Re-run the gates on the manifest's per-image scores, the card's metrics and its thresholds:
+    a card whose gate values or verdicts the rows do not give is flagged (and a publish despite a failure)."""
+    from pipeline.config import QualityConfig
+    from pipeline.quality.gates import evaluate_gates, gate_inputs_from_manifest
+
+    stated = {g.get("name"): g for g in card.get("gates", [])}
+    if not stated:
+        return
+    try:
+        # A card older than the usefulness gate has no such threshold: its gate did not exist then.
+        cfg = QualityConfig(**{"usefulness": False, **card.get("thresholds", {})})
+    except ValueError as exc:
+        add(Problem("card_mismatch", f"card thresholds cannot be read back: {exc}".splitlines()[0], path))
+        return
+    metrics = {k: (math.nan if v is None else v) for k, v in card.get("metrics", {}).items()}
+    report = evaluate_gates(gate_inputs_from_manifest(df), metrics, cfg)
+    for gate in report.gates:
+        was = stated.get(gate.name)
+        if was is None:
+            add(Problem("gate_missing", f"the card has no {gate.name!r} gate, which these thresholds require", path))
+            continue
+        value = None if math.isnan(gate.value) else gate.value
+        same_value = (value is None) == (was.get("value") is None) and (
+            value is None or math.isclose(float(was["value"]), value, rel_tol=1e-6, abs_tol=TOLERANCE)
+        )
+        if not same_value or bool(was.get("passed")) != gate.passed:
+            add(Problem("gate_mismatch", f"card gate {gate.name!r}: value {was.get('value')!r} passed "
+                        f"{was.get('passed')} but the manifest gives {value!r} passed {gate.passed}", path))  # fmt: skip
+    if card.get("status") == "published" and not report.passed:
+        add(Problem("gate_mismatch", f"published although the manifest fails: {report.failed_message()}", path))
 
 
 _OPS = {

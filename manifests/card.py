@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from manifests.layout import IMAGEFOLDER_METADATA, list_shards
+from manifests.layout import IMAGEFOLDER_METADATA, REPORT_DIR, list_shards
 from manifests.schema import MANIFEST_DIR, MANIFEST_FIELDS, MANIFEST_SCHEMA_VERSION
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text, sha256_file
@@ -164,6 +164,30 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+_SHOWN_AS_PICTURES = ("usefulness_confusion_synthetic", "usefulness_confusion_real")
+USEFULNESS_PICTURE = f"{REPORT_DIR}/usefulness_confusion.png"
+
+
+def _gate_row(g: dict[str, Any]) -> list[Any]:
+    value = "not computed" if g.get("value") is None else g.get("value")
+    return [g.get("name"), value, g.get("op"), g.get("threshold"), g.get("passed"), g.get("note") or ""]
+
+
+def _usefulness_section(metrics: dict[str, Any]) -> list[str]:
+    """What a recogniser trained on this set does on real faces, beside one trained on real images."""
+    if metrics.get("usefulness_accuracy_synthetic") is None:
+        return []
+    m = metrics
+    return [
+        "## What the renders teach a recogniser",
+        f"A small recogniser trained on {m['usefulness_n_train']} passing renders recognises "
+        f"{m['usefulness_accuracy_synthetic']:.3f} of {m['usefulness_n_eval']} real `{m['usefulness_eval_split']}` "
+        f"faces; the same recipe trained on as many real images, {m['usefulness_accuracy_real']:.3f} "
+        f"(chance {m['usefulness_chance']:.3f}; ratio {m['usefulness_ratio']:.3f}).",
+        f"![confusion matrices]({USEFULNESS_PICTURE})",
+    ]
+
+
 def render_markdown(card: dict[str, Any], dataset_meta: dict[str, Any]) -> str:
     stats, lineage = card["stats"], card["lineage"]
     front = {
@@ -196,14 +220,12 @@ def render_markdown(card: dict[str, Any], dataset_meta: dict[str, Any]) -> str:
         "## Per-image checks",
         _table(["statistic", "value"], [[k, v] for k, v in stats["checks"].items()]),
         "## Quality gates",
-        _table(
-            ["gate", "value", "op", "threshold", "passed"],
-            [[g.get("name"), g.get("value"), g.get("op"), g.get("threshold"), g.get("passed")] for g in card["gates"]],
-        )
+        _table(["gate", "value", "op", "threshold", "passed", "note"], [_gate_row(g) for g in card["gates"]])
         if card["gates"]
         else "No gates recorded.",
+        *_usefulness_section(card["metrics"]),
         "## Metrics",
-        _table(["metric", "value"], [[k, v] for k, v in card["metrics"].items()])
+        _table(["metric", "value"], [[k, v] for k, v in card["metrics"].items() if k not in _SHOWN_AS_PICTURES])
         if card["metrics"]
         else "None recorded.",
         "## Thresholds",

@@ -23,11 +23,21 @@ TEMP_PREFIX = ".tmp-"
 PLAN_FILE = "plan.json"
 CODES_FILE = "identity_codes.npy"
 REJECTED_MARKER = "REJECTED"
+# The usefulness gate's figures, kept so that re-judging the same passing renders retrains nothing.
+USEFULNESS_FILE = "usefulness.json"
 # Report and grid live under a "__" name: Hugging Face `datasets` skips such folders when it looks
 # for images, so the report's figures never turn up as extra (unlabelled) dataset images.
 REPORT_DIR = "__quality_report"
 GRID_FILE = "sample_grid.png"
-REPORT_FILES = ("report.md", "identity_hist.png", "expression_hist.png", "best.png", "worst.png", GRID_FILE)
+REPORT_FILES = (
+    "report.md",
+    "identity_hist.png",
+    "expression_hist.png",
+    "best.png",
+    "worst.png",
+    "usefulness_confusion.png",
+    GRID_FILE,
+)
 
 
 def shard_name(shard_index: int, n_shards: int) -> str:

@@ -7,7 +7,7 @@ from models.discriminator import Discriminator
 from models.encoder import Encoder, MappingNetwork
 from models.feedback import FeedbackNetwork
 from models.generator import Generator, composite
-from models.judges import ExpressionClassifier, IdentityEmbedder
+from models.judges import ExpressionClassifier, IdentityEmbedder, JudgePanel
 from models.layers import AdaIN, EqualConv2d, EqualLinear, MinibatchStdDev, PixelNorm
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "FeedbackNetwork",
     "Generator",
     "IdentityEmbedder",
+    "JudgePanel",
     "MappingNetwork",
     "MinibatchStdDev",
     "PixelNorm",

@@ -59,6 +59,25 @@ class ExpressionClassifier(nn.Module):
         return self.head(self.trunk(x))
 
 
+class JudgePanel(nn.Module):
+    """Independently seeded expression classifiers judging together by their mean probability.
+
+    ``forward`` returns the log of the mean probability, so a softmax of it is the panel's mean and
+    its argmax the panel's verdict: anything that reads a classifier's logits reads a panel alike.
+    """
+
+    def __init__(self, members: list[ExpressionClassifier]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a judge panel needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.num_classes = members[0].num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = torch.stack([torch.softmax(m(x).float(), 1) for m in self.members]).mean(0)
+        return p.clamp_min(1e-12).log()
+
+
 class IdentityEmbedder(nn.Module):
     """Image in [-1, 1] -> unit-norm identity embedding; trained as a cosine classifier.
 

@@ -28,7 +28,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.expressions import EXPRESSIONS
-from pipeline.judges import load_eval_judges
+from pipeline.judges import load_gate_judges
 from pipeline.quality.facenet import IdentityScorer
 from pipeline.train.data import load_split
 
@@ -121,7 +121,7 @@ def calibrate_expression_thresholds(
 
 @torch.no_grad()
 def calibrate_thresholds(cfg: Config, ckpt: dict[str, Any], device: torch.device, split: str = "val") -> dict[str, Any]:
-    clf, emb = load_eval_judges(cfg, ckpt, device)
+    clf, emb = load_gate_judges(cfg, ckpt, device)
     data = load_split(cfg.data.root, cfg.model.max_resolution, split, cfg.data.cache_dir)
     full = cfg.model.max_resolution
     probs, embs = [], []
@@ -292,3 +292,26 @@ def _calibrate_facenet(cfg: Config) -> None:
         return
     q.identity_threshold = round(float(info["identity_threshold"]), 4)
     q.calibration["facenet"] = {"split": "all", **info}
+
+
+def real_vs_real_kid(
+    real_features: torch.Tensor, n: int, draws: int = 10, quantile: float = 0.95, subsets: int = 20, seed: int = 0
+) -> float:
+    """How far apart two real samples of `n` images look to KID: the `quantile` of KID between two
+    disjoint random real subsets of that size (half the class each when it has fewer than 2n).
+
+    A class's KID gate is the set's ceiling plus this: small classes give noisy KIDs, and a render
+    set must not fail for a difference two real samples of its size would show too.
+    """
+    from pipeline.quality.fid import kid_from_features
+
+    size = min(n, real_features.shape[0] // 2)
+    if size < 2:
+        return float("nan")
+    gen = torch.Generator().manual_seed(seed)
+    kids = []
+    for d in range(draws):
+        perm = torch.randperm(real_features.shape[0], generator=gen)
+        a, b = real_features[perm[:size]], real_features[perm[size : 2 * size]]
+        kids.append(kid_from_features(a, b, size, subsets, seed=seed + d)[0])
+    return float(np.quantile(kids, quantile))

@@ -192,6 +192,10 @@ class TrainConfig(_Section):
         description="share of the judges' training batches blurred or resampled, so they judge expressions "
         "and identities rather than sharpness (0.5 recommended; see README Results)",
     )
+    # One judge's verdicts flip with its seed; independently seeded judges averaged do not.
+    judge_panel: int = Field(
+        3, ge=1, description="expression judges whose mean probability gates each render (the independent one + others)"
+    )
     checkpoint_every: int = Field(200, ge=1)
     sample_every: int = Field(500, ge=1)
     num_threads: int | None = Field(None, ge=1, le=256)
@@ -264,6 +268,18 @@ class QualityConfig(_Section):
     min_fid_images: int = Field(2048, ge=2, description="below this many images per set FID is reported, KID gates")
     kid_subset_size: int = Field(1000, ge=2, description="clamped to the smaller set size at run time")
     kid_subsets: int = Field(100, ge=1)
+    # Judges read renders, not what they teach: a recogniser trained on them must also recognise real faces.
+    usefulness: bool = Field(
+        True, description="gate on a small recogniser trained on passing renders, tested on real validation faces"
+    )
+    usefulness_floor: float = Field(
+        0.6, ge=0.0, description="min accuracy ratio: trained on renders / trained on as many real images"
+    )
+    usefulness_max_images: int = Field(2000, ge=1, description="passing renders (and real images) trained on")
+    usefulness_max_eval_images: int = Field(1000, ge=1, description="real validation images tested on")
+    usefulness_steps: int = Field(300, ge=1, description="optimiser steps of each recogniser")
+    usefulness_batch_size: int = Field(64, ge=1)
+    usefulness_split: str = Field("val", description="real split the recognisers are tested on (never 'test')")
     facenet_weights: Path | None = Field(
         None, description="local FaceNet state_dict (else env FERSYNTH_FACENET_WEIGHTS, else download)"
     )
@@ -293,6 +309,13 @@ class QualityConfig(_Section):
         bad = {k: t for k, t in v.items() if not 0.0 <= t <= 1.0}
         if bad:
             raise ValueError(f"expression thresholds must be in [0, 1], got {bad}")
+        return v
+
+    @field_validator("usefulness_split")
+    @classmethod
+    def _not_the_test_split(cls, v: str) -> str:
+        if v == "test":
+            raise ValueError("the test split only reports results; test the usefulness recognisers on 'val'")
         return v
 
     def expression_threshold_for(self, expression: str) -> float:

@@ -17,12 +17,13 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from models import ExpressionClassifier, IdentityEmbedder
+from models import ExpressionClassifier, IdentityEmbedder, JudgePanel
 from pipeline.config import Config
 from pipeline.train.data import TrainData
 
-# The independent pair's seed is the training seed plus this.
+# The independent pair's seed is the training seed plus this; panel member k's, plus k times PANEL_SEED_STEP more.
 SEED_OFFSET = 1000
+PANEL_SEED_STEP = 100
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, soften: float = 0.0) -> torch.Tensor:
@@ -121,9 +122,14 @@ def judge_accuracy(classifier: nn.Module, data: TrainData, device: torch.device,
 # ------------------------------------------------------------------ the independent pair
 
 
+def build_expression_judge(cfg: Config) -> ExpressionClassifier:
+    m = cfg.model
+    return ExpressionClassifier(m.num_classes, input_size=m.max_resolution, channels=m.judge_channels)
+
+
 def build_eval_judges(cfg: Config, n_identities: int) -> tuple[ExpressionClassifier, IdentityEmbedder]:
     m = cfg.model
-    clf = ExpressionClassifier(m.num_classes, input_size=m.max_resolution, channels=m.judge_channels)
+    clf = build_expression_judge(cfg)
     emb = IdentityEmbedder(
         n_identities, embed_dim=m.judge_embed_dim, input_size=m.max_resolution, channels=m.judge_channels
     )
@@ -163,3 +169,39 @@ def load_eval_judges(
     clf.load_state_dict(state["classifier"])
     emb.load_state_dict(state["embedder"])
     return clf.to(device).eval().requires_grad_(False), emb.to(device).eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------ the gate's judge panel
+
+
+def train_panel_members(
+    cfg: Config,
+    data: TrainData,
+    device: torch.device,
+    size: int,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """The expression classifiers that join the independent one in a panel of `size` (own seeds, same recipe)."""
+    members = []
+    for k in range(1, size):
+        seed = cfg.train.seed + SEED_OFFSET + k * PANEL_SEED_STEP
+        torch.manual_seed(seed)  # each member's initial weights
+        clf = build_expression_judge(cfg)
+        batch = min(cfg.train.batch_size * 2, 128)
+        train_judges(clf, None, data, cfg.train.judge_steps, batch, device, seed, progress, cfg.train.judge_soften)
+        members.append(clf.state_dict())
+    return members
+
+
+def load_gate_judges(cfg: Config, ckpt: dict[str, Any], device: torch.device) -> tuple[nn.Module, IdentityEmbedder]:
+    """What gates the renders: the checkpoint's judge panel when it has one, else its independent classifier."""
+    clf, emb = load_eval_judges(cfg, ckpt, device)
+    extra = ckpt["eval_judges"].get("panel") or []
+    if not extra:
+        return clf, emb
+    members = [clf]
+    for state in extra:
+        member = build_expression_judge(cfg)
+        member.load_state_dict(state)
+        members.append(member)
+    return JudgePanel(members).to(device).eval().requires_grad_(False), emb

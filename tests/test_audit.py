@@ -63,6 +63,14 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda r: _edit_card(r, lambda c: c["gates"][0].update(passed=False)),
         "gate_inconsistent",
     ),
+    "gate value edited": (
+        lambda r: _edit_card(r, lambda c: c["gates"][0].update(value=0.99)),  # pass_rate the rows do not give
+        "gate_mismatch",
+    ),
+    "per-image verdicts flipped": (
+        lambda r: _rewrite_shard(r, lambda rows: [{**row, "all_pass": False} for row in rows]),
+        "gate_mismatch",
+    ),
     "unfinished run": (lambda r: (r / "_SUCCESS").unlink(), "not_finalized"),
 }
 

@@ -34,6 +34,12 @@ from pipeline.generate.dataset import make_plan
 from pipeline.train.grids import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
+# The usefulness gate's recognisers, a few steps on a few images: the gate runs, its verdict is cheap.
+USEFULNESS_FAST = [
+    "quality.usefulness_steps=3",
+    "quality.usefulness_batch_size=8",
+    "quality.usefulness_max_eval_images=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +65,12 @@ def fast(fid_weights: Path) -> list[str]:
         "generate.report_max_images=16",
         "quality.kid_subsets=10",
         f"quality.fid_weights={fid_weights}",
+        *USEFULNESS_FAST,
     ]
 
 
 LENIENT = [
+    "quality.usefulness_floor=0.0",
     "quality.embedder_identity_threshold=-1.0",
     "quality.ssim_floor=-1.0",
     "quality.kid_ceiling=100.0",

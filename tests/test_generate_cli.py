@@ -73,6 +73,9 @@ def test_demo_makes_missing_data_and_publishes(
         "quality.ssim_floor=-1.0",
         "quality.kid_ceiling=100.0",
         "quality.pass_rate_floor=0.0",
+        "quality.usefulness_floor=0.0",
+        "quality.usefulness_steps=3",
+        "quality.usefulness_max_eval_images=32",
         "generate.n_novel=2",
     )
     res = CliRunner().invoke(app, ["demo", "--checkpoint", str(ckpt), "--out", str(tmp_path), *lenient])

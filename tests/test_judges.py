@@ -1,9 +1,10 @@
-"""The judges' training augmentation: softened copies teach them expressions, not sharpness."""
+"""The judges: softened training copies teach them expressions, not sharpness; a panel votes by mean probability."""
 
 from __future__ import annotations
 
 import torch
 
+from models import ExpressionClassifier, JudgePanel
 from pipeline.judges import augment
 
 
@@ -35,3 +36,15 @@ def test_soften_share_picks_part_of_the_batch_reproducibly() -> None:
     assert 16 <= softened <= 48  # about half (binomial, n = 64)
     assert torch.equal(out, augment(x, torch.Generator().manual_seed(2), soften=0.5))
     assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+
+
+def test_a_panel_reads_as_one_classifier_whose_probabilities_are_the_members_mean() -> None:
+    torch.manual_seed(0)
+    members = [ExpressionClassifier(7, input_size=16, channels=4).eval() for _ in range(3)]
+    panel = JudgePanel(members).eval()
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+        assert torch.allclose(torch.softmax(panel(x), 1), mean, atol=1e-6)
+        # each member alone would vote otherwise on some image: the panel is not its first member
+        assert not torch.allclose(torch.softmax(panel(x), 1), torch.softmax(members[0](x), 1))

@@ -33,15 +33,13 @@ from manifests.writer import (
     shard_path,
     write_shard,
 )
+from pipeline.config import QualityConfig, config_to_dict
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import sha256_file
+from pipeline.quality.gates import evaluate_gates, gate_inputs_from_manifest
 
 CKPT = "c" * 64
 N_SHARDS = 2
-GATES = [
-    {"name": "fid", "value": 41.5, "threshold": 60.0, "op": "<=", "passed": True},
-    {"name": "all_pass_rate", "value": 0.75, "threshold": 0.5, "op": ">=", "passed": True},
-]
 DATASET_META: dict[str, Any] = {
     "run_id": "run-test",
     "checkpoint": {"sha256": CKPT, "step": 1200},
@@ -49,7 +47,14 @@ DATASET_META: dict[str, Any] = {
     "splits": {"train": 3, "val": 1, "test": 1},
     "config": {"render": {"intensities": [0.5, 1.0]}},
 }
-FINAL_META = {**DATASET_META, "gates": GATES, "metrics": {"fid": 41.5, "kid": 0.012}, "thresholds": {"fid": 60.0}}
+METRICS = {"fid": 41.5, "kid_mean": 0.012, "n_real": 8, "n_fake": 8}
+THRESHOLDS = QualityConfig(usefulness=False, pass_rate_floor=0.5, class_balance_tolerance=10.0, ssim_floor=0.0)
+
+
+def final_meta(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What generation finalizes a dataset with: the gates computed from these rows, metrics and thresholds."""
+    gates = evaluate_gates(gate_inputs_from_manifest(pd.DataFrame(rows)), METRICS, THRESHOLDS).to_dict()["gates"]
+    return {**DATASET_META, "gates": gates, "metrics": METRICS, "thresholds": config_to_dict(THRESHOLDS)}
 
 
 def make_rows(root: Path, n: int = 8) -> list[dict[str, Any]]:
@@ -100,7 +105,7 @@ def build_dataset(root: Path, n: int = 8, finalize_it: bool = True) -> list[dict
     for i in range(N_SHARDS):
         write_shard(root, i, N_SHARDS, rows[i * half : (i + 1) * half], DATASET_META)
     if finalize_it:
-        finalize(root, FINAL_META)
+        finalize(root, final_meta(rows))
     return rows
 
 
@@ -149,7 +154,8 @@ def test_field_docs_and_dataset_meta_survive(dataset: Path) -> None:
         assert meta["schema_version"] == MANIFEST_SCHEMA_VERSION and meta["run_id"] == "run-test"
     assert ds.dataset(dataset / MANIFEST_DIR).schema.field("file_name").metadata[b"doc"]
     # Gates are only known at finalize: they are in the final metadata, not in the shards.
-    assert read_dataset_meta(dataset)["gates"] == GATES
+    gates = read_dataset_meta(dataset)["gates"]
+    assert [g["name"] for g in gates][:2] == ["pass_rate", "identity_pass_rate"] and "kid_mean" in json.dumps(gates)
     assert "gates" not in json.loads(pq.read_schema(shard_path(dataset, 0, N_SHARDS)).metadata[DATASET_METADATA_KEY])
 
 
@@ -232,7 +238,7 @@ def test_write_shard_invalidates_success_and_finalize_needs_all_shards(dataset: 
     assert not (dataset / SUCCESS_MARKER).exists()
     shard_path(dataset, 1, N_SHARDS).unlink()
     with pytest.raises(ManifestError, match=r"missing shard\(s\) \[1\] of 2"):
-        finalize(dataset, FINAL_META)
+        finalize(dataset, final_meta(rows.to_dict("records")))
 
 
 def test_newer_schema_version_is_refused(dataset: Path) -> None:

@@ -98,7 +98,18 @@ def _scored(n_per: int = 10, labels: tuple[str, ...] = ("happy", "sad", "anger")
     return pd.DataFrame(rows)
 
 
-GOOD = {"fid": 20.0, "kid_mean": 0.01, "n_real": 3000, "n_fake": 3000}
+GOOD = {
+    "fid": 20.0,
+    "kid_mean": 0.01,
+    "n_real": 3000,
+    "n_fake": 3000,
+    "usefulness_ratio": 0.9,
+    "usefulness_accuracy_synthetic": 0.81,
+    "usefulness_accuracy_real": 0.9,
+    "usefulness_chance": 0.15,
+    "usefulness_n_train": 2000,
+    "usefulness_eval_split": "val",
+}
 
 
 def test_per_image_flags_and_passing_dataset() -> None:
@@ -125,13 +136,13 @@ def test_gate_failures_name_value_and_threshold() -> None:
     msg = rep.failed_message()
     assert not rep.passed
     assert "fid = 45, required <= 30" in msg
-    assert "kid_mean = NaN" in msg and "(nan)" in msg
+    assert "kid_mean not computed" in msg
     assert "class_balance = inf" in msg and "pass_rate = 0.6667, required >= 0.8" in msg
     assert rep.to_dict()["gates"][0]["name"] == "pass_rate"
 
 
 def test_small_sets_fid_informational_and_empty_error() -> None:
-    cfg = QualityConfig()
+    cfg = QualityConfig(usefulness=False)
     df = per_image_flags(_scored(), cfg)
     rep = evaluate_gates(df, {"fid": 500.0, "kid_mean": 0.01, "n_real": 100, "n_fake": 30}, cfg)
     fid_gate = next(g for g in rep.gates if g.name == "fid")
@@ -139,11 +150,29 @@ def test_small_sets_fid_informational_and_empty_error() -> None:
     assert rep.passed  # KID decides on small sets
     assert evaluate_gates(df, {"kid_mean": 0.2, "n_real": 100, "n_fake": 30}, cfg).passed is False
     missing = evaluate_gates(df, {}, cfg)  # FID/KID never computed: never a silent pass
-    assert not missing.passed and "kid_mean = NaN" in missing.failed_message()
+    assert not missing.passed and "kid_mean not computed" in missing.failed_message()
     with pytest.raises(ValueError, match="empty"):
         evaluate_gates(df.iloc[:0], GOOD, cfg)
     with pytest.raises(ValueError, match="empty"):
         per_image_flags(df.iloc[:0], cfg)
+
+
+def test_worst_class_kid_gate_holds_each_class_to_its_own_ceiling() -> None:
+    cfg = QualityConfig(usefulness=False)
+    df = per_image_flags(_scored(), cfg)
+    per = [
+        {"label": "anger", "n_fake": 40, "kid_mean": 0.06, "kid_threshold": 0.08},  # noisy small class: within
+        {"label": "happy", "n_fake": 400, "kid_mean": 0.04, "kid_threshold": 0.055},
+        {"label": "sad", "n_fake": 400, "kid_mean": 0.07, "kid_threshold": 0.055},  # over its own
+    ]
+    rep = evaluate_gates(df, {**GOOD, "fid_per_expression": per}, cfg)
+    gate = next(g for g in rep.gates if g.name == "kid_worst_class")
+    assert not gate.passed and gate.value == 0.07 and gate.note.startswith("sad")
+    per[2]["kid_mean"] = 0.05
+    assert evaluate_gates(df, {**GOOD, "fid_per_expression": per}, cfg).passed
+    per[1]["kid_mean"] = None  # a class whose KID could not be computed: never a silent pass
+    rep = evaluate_gates(df, {**GOOD, "fid_per_expression": per}, cfg)
+    assert not rep.passed and "kid_worst_class not computed: no KID for happy" in rep.failed_message()
 
 
 def test_quality_config_fields() -> None:
@@ -173,12 +202,24 @@ def test_report_written(tmp_path: Path) -> None:
         {"label": ["anger", "happy", "sad"], "n_real": 8, "n_fake": 8, "fid": [90.0, 70.0, math.nan],
          "kid_mean": [0.02, 0.01, math.nan], "kid_std": 0.001, "fid_reliable": False, "note": ""}
     )  # fmt: skip
-    paths = write_quality_report(tmp_path, rep, df, per_expr, images=imgs, cfg=cfg, n_grid=8)
-    assert set(paths) == {"identity_hist", "expression_hist", "best_grid", "worst_grid", "report"}
+    conf = np.eye(7, dtype=int).tolist()
+    useful = {"usefulness_confusion_synthetic": conf, "usefulness_confusion_real": conf}
+    useful |= {"usefulness_accuracy_synthetic": 0.2, "usefulness_accuracy_real": 0.7}
+    paths = write_quality_report(tmp_path, rep, df, per_expr, images=imgs, cfg=cfg, n_grid=8, usefulness=useful)
+    assert set(paths) == {
+        "identity_hist",
+        "expression_hist",
+        "best_grid",
+        "worst_grid",
+        "usefulness_confusion",
+        "report",
+    }
     assert all(p.is_file() and p.parent == tmp_path / "quality_report" for p in paths.values())
     md = paths["report"].read_text()
     assert md.startswith("# Quality report\n")
     assert "REJECTED" in md and "pass_rate" in md and "| anger |" in md and "![Worst renders](worst.png)" in md
+    assert "NaN" not in md and "not computed" in md  # the usefulness gate's figures were not handed to the gates
+    assert "(usefulness_confusion.png)" in md
     for key in ("identity_hist", "best_grid"):
         with Image.open(paths[key]) as im:
             assert im.format == "PNG" and im.size[0] > 100

@@ -43,6 +43,9 @@ GENERATE_FAST = [
     "quality.kid_ceiling=100.0",
     "quality.pass_rate_floor=0.0",
     "quality.class_balance_tolerance=100.0",
+    "quality.usefulness_floor=0.0",
+    "quality.usefulness_steps=3",
+    "quality.usefulness_max_eval_images=32",
 ]
 TSTR_FAST = [
     "tstr.steps=2",

@@ -430,3 +430,32 @@ def test_objective_phases_return_named_terms_that_make_their_totals(tiny_data: P
     )
     assert float(loss_g) == pytest.approx(float(expected), rel=1e-5)
     assert 0.0 <= float(g["swap_acc"]) <= 1.0  # a readout, not a loss term
+
+
+def test_finished_training_stores_a_judge_panel_that_gates_and_export_can_grow_it(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from models import JudgePanel
+    from pipeline.judges import load_eval_judges, load_gate_judges
+    from pipeline.train.export import export_release
+
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", "train.judge_panel=2")
+    final = Trainer(cfg).train()
+    ckpt = load_checkpoint(final)
+    assert len(ckpt["eval_judges"]["panel"]) == 1
+    gate, _ = load_gate_judges(cfg, ckpt, torch.device("cpu"))
+    independent, _ = load_eval_judges(cfg, ckpt, torch.device("cpu"))
+    assert isinstance(gate, JudgePanel) and len(gate.members) == 2
+    first = gate.members[0].state_dict()
+    assert all(torch.equal(first[k], v) for k, v in independent.state_dict().items())  # evaluation's judge leads
+    assert not torch.equal(gate.members[1].state_dict()["head.1.weight"], first["head.1.weight"])  # own seed
+
+    grown = load_checkpoint(export_release(final, tmp_path / "rel.pt", judge_panel=3))
+    members = grown["eval_judges"]["panel"]
+    assert len(members) == 2 and torch.equal(
+        members[0]["head.1.weight"], ckpt["eval_judges"]["panel"][0]["head.1.weight"]
+    )
+    assert grown["calibration"]["expression_thresholds"]  # recalibrated on the grown panel
+    alone = load_checkpoint(export_release(final, tmp_path / "one.pt", judge_panel=1))
+    assert not alone["eval_judges"].get("panel")
+    assert type(load_gate_judges(cfg, alone, torch.device("cpu"))[0]).__name__ == "ExpressionClassifier"

@@ -86,7 +86,7 @@ def _run(
             raise typer.Exit(code=1)
         console.print(f"[green]flow run completed[/]: {state.result()}", soft_wrap=True, highlight=False)
         return None
-    with PhaseProgress(("fid", "kid_mean")) as bar:
+    with PhaseProgress(("fid", "kid_mean", "ratio")) as bar:
         result = guarded(
             lambda: generate_dataset(
                 cfg, checkpoint, out, name=name, overwrite=overwrite, overrides=None if cfg else sets, progress=bar

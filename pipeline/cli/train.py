@@ -81,12 +81,16 @@ def export(
     recalibrate: Annotated[
         bool, typer.Option(help="Recompute the gate thresholds on the real validation split (needs the data).")
     ] = False,
+    judge_panel: Annotated[
+        int | None,
+        typer.Option(min=1, help="Expression judges gating each render: trains the missing ones, then recalibrates."),
+    ] = None,
 ) -> None:
     """Write a slim render-only checkpoint (no optimisers, discriminator or feedback network)."""
     from pipeline.io_utils import sha256_file
     from pipeline.train.export import export_release
 
-    path = guarded(lambda: export_release(checkpoint, out, half=half, recalibrate=recalibrate))
+    path = guarded(lambda: export_release(checkpoint, out, half=half, recalibrate=recalibrate, judge_panel=judge_panel))
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)[:16]}…)")
 
 

@@ -71,7 +71,7 @@ from pipeline.locks import WriterLock
 from pipeline.preflight import readable_file, writable_folder
 from pipeline.quality.facenet import resolve_identity_backend
 from pipeline.quality.fid import require_fid_extractor
-from pipeline.quality.gates import GateReport, evaluate_gates
+from pipeline.quality.gates import GateReport, evaluate_gates, gate_inputs_from_manifest
 from pipeline.swaps import draws_over_photo
 from pipeline.train.grids import compose_grid, save_png
 
@@ -415,6 +415,7 @@ def fid_metrics(cfg: Config, root: Path, df: pd.DataFrame) -> tuple[dict[str, An
         per = per_group_fid_kid(
             fr, real_labels, ff, fake_df["expression"].to_numpy(), q.kid_subset_size, q.kid_subsets, q.min_fid_images
         )
+        per["kid_threshold"] = kid_class_thresholds(fr, real_labels, per, q.kid_ceiling, gen.seed)
         m["fid_split"] = gen.fid_split
         m["fid_per_expression"] = json.loads(per.to_json(orient="records"))
         return m, per
@@ -426,6 +427,46 @@ def fid_metrics(cfg: Config, root: Path, df: pd.DataFrame) -> tuple[dict[str, An
             "n_fake": 0,
             "fid_error": f"{type(exc).__name__}: {exc}",
         }, None
+
+
+def kid_class_thresholds(
+    real_features: torch.Tensor, real_labels: np.ndarray, per: pd.DataFrame, ceiling: float, seed: int
+) -> list[float]:
+    """Each expression's KID ceiling: the set's, plus what two real samples of its render count show."""
+    from pipeline.calibration import real_vs_real_kid
+
+    return [
+        ceiling
+        + real_vs_real_kid(real_features[torch.from_numpy(real_labels == row.label)], int(row.n_fake), seed=seed)
+        for row in per.itertuples()
+    ]
+
+
+def usefulness_metrics(cfg: Config, staging: Path, df: pd.DataFrame, data_key: str) -> dict[str, Any]:
+    """The usefulness gate's figures (cached in staging per passing set), or why it was not computed."""
+    from pipeline.quality import usefulness as U
+
+    q = cfg.quality
+    s = U.UsefulnessSettings(
+        q.usefulness_max_images,
+        q.usefulness_max_eval_images,
+        q.usefulness_steps,
+        q.usefulness_batch_size,
+        q.usefulness_split,
+        "train",
+        cfg.generate.seed,
+    )
+    key = U.cache_key(df, data_key, s)
+    try:
+        result = U.cached_usefulness(staging, key)
+        if result is None:
+            result = U.measure_usefulness(
+                staging, df, Path(cfg.data.root), cfg.model.max_resolution, s, cfg.data.cache_dir
+            )
+            U.store_usefulness(staging, key, result)
+    except (U.UsefulnessNotComputed, OSError) as exc:
+        return {"usefulness_ratio": math.nan, "usefulness_error": str(exc)}
+    return result.metrics()
 
 
 def sample_grid(root: Path, df: pd.DataFrame, plan: SweepPlan, n_ids: int, path: Path) -> Path:
@@ -474,7 +515,13 @@ def finish(
     metrics, per_expr = fid_metrics(cfg, staging, df)
     if progress:
         progress("fid", 1, 1, {k: float(metrics[k]) for k in ("fid", "kid_mean") if k in metrics})
-    per_image = _per_image_scores(df)
+    if cfg.quality.usefulness:
+        if progress:
+            progress("usefulness", 0, 1, {})
+        metrics.update(usefulness_metrics(cfg, staging, df, plan.meta["data"]["key"]))
+        if progress:
+            progress("usefulness", 1, 1, {"ratio": float(metrics["usefulness_ratio"])})
+    per_image = gate_inputs_from_manifest(df)
     report = evaluate_gates(per_image, metrics, cfg.quality)
     status = "published" if report.passed else "rejected"
     gates = report.to_dict()["gates"]
@@ -493,6 +540,7 @@ def finish(
         identity_threshold=ident_thr,
         title=f"Quality report: {plan.meta.get('name')}",
         folder_name=REPORT_DIR,
+        usefulness=metrics,
     )
     grid = sample_grid(staging, df, plan, cfg.generate.grid_identities, staging / REPORT_DIR / GRID_FILE)
     return {
@@ -505,25 +553,6 @@ def finish(
         "grid": str(grid),
         "n_images": len(df),
     }
-
-
-def _per_image_scores(df: pd.DataFrame) -> pd.DataFrame:
-    """The manifest's per-image check columns under the names the gates read."""
-    per_image = pd.DataFrame(
-        {
-            "all_pass": df["all_pass"].astype(bool),
-            "identity_pass": df["identity_pass"].fillna(False).astype(bool),
-            "expression_pass": df["expression_pass"].astype(bool),
-            "expression": df["expression"],
-            "identity_cosine": df["identity_score"].astype(float),
-            "expression_p_target": df["expression_p_target"].astype(float),
-        }
-    )
-    if df["ssim_truth"].notna().any():
-        # Only with ground truth: an all-NaN column would fail the SSIM gate for datasets (novel
-        # identities, photos) where the check cannot apply.
-        per_image["ssim"] = df["ssim_truth"].astype(float)
-    return per_image
 
 
 def _dataset_meta(

@@ -105,7 +105,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
     from pipeline.cache import load_tensors
     from pipeline.core.checkpoint import CheckpointError, checkpoint_sha256
     from pipeline.core.trained import load_trained
-    from pipeline.judges import load_eval_judges
+    from pipeline.judges import load_gate_judges
 
     ckpt_path = Path(plan.meta["checkpoint"]["path"])
     sha = checkpoint_sha256(ckpt_path)
@@ -117,7 +117,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
     _, nets, ckpt = load_trained(ckpt_path, device=device)
     # NHWC convolutions render faster on CPU (oneDNN); the batch-independence test holds.
     nets.generator_ema.to(memory_format=torch.channels_last)
-    clf, emb = load_eval_judges(cfg, ckpt, device)
+    clf, emb = load_gate_judges(cfg, ckpt, device)
     res = cfg.model.max_resolution
     images, labels = load_tensors(Path(cfg.data.root), res, cfg.data.cache_dir)
     procedural = dataset_kind(labels) == "procedural"

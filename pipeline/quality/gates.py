@@ -1,6 +1,7 @@
 """Per-image flags and dataset-level gates (their thresholds are calibrated in pipeline.calibration).
 
-Rules that hold everywhere here: a NaN score never passes (its gate fails with note "nan"), an
+Rules that hold everywhere here: a score that could not be computed (NaN or missing) never passes
+(its gate fails with a note starting "not computed", naming why where the caller knows), an
 empty dataset is an error rather than a vacuous pass, and every failed gate can name its value and
 threshold (`GateReport.failed_message`), which becomes the flow's failure reason.
 """
@@ -82,6 +83,25 @@ def _expression_thresholds(df: pd.DataFrame, cfg: QualityConfig) -> pd.Series | 
     return labels.map(cfg.expression_threshold_for).astype(float)
 
 
+def gate_inputs_from_manifest(df: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's per-image check columns under the names the gates read (generation and audit)."""
+    per_image = pd.DataFrame(
+        {
+            "all_pass": df["all_pass"].astype(bool),
+            "identity_pass": df["identity_pass"].fillna(False).astype(bool),
+            "expression_pass": df["expression_pass"].astype(bool),
+            "expression": df["expression"],
+            "identity_cosine": df["identity_score"].astype(float),
+            "expression_p_target": df["expression_p_target"].astype(float),
+        }
+    )
+    if df["ssim_truth"].notna().any():
+        # Only with ground truth: an all-NaN column would fail the SSIM gate for datasets (novel
+        # identities, photos) where the check cannot apply.
+        per_image["ssim"] = df["ssim_truth"].astype(float)
+    return per_image
+
+
 # --------------------------------------------------------------------------- dataset gates
 
 
@@ -112,9 +132,11 @@ class GateReport:
         """One line per failed gate with value, operator and threshold; '' when all passed."""
         parts = []
         for g in self.failed:
-            v = "NaN" if math.isnan(g.value) else f"{g.value:.4g}"
+            if math.isnan(g.value):
+                parts.append(f"{g.name} {g.note}")
+                continue
             note = f" ({g.note})" if g.note else ""
-            parts.append(f"{g.name} = {v}, required {g.op} {g.threshold:.4g}{note}")
+            parts.append(f"{g.name} = {g.value:.4g}, required {g.op} {g.threshold:.4g}{note}")
         return "; ".join(parts)
 
     def to_frame(self) -> pd.DataFrame:
@@ -130,10 +152,11 @@ class GateReport:
 
 
 def make_gate(name: str, value: float | None, threshold: float, op: Op, note: str = "", enforced: bool = True) -> Gate:
-    """A gate whose NaN/missing value fails with note 'nan' rather than comparing False silently."""
+    """A gate whose NaN/missing value fails as 'not computed' (with `note` as the reason) rather than
+    comparing False silently."""
     v = math.nan if value is None else float(value)
     if math.isnan(v):
-        return Gate(name, v, threshold, op, False, "nan" if not note else f"nan; {note}", enforced)
+        return Gate(name, v, threshold, op, False, "not computed" + (f": {note}" if note else ""), enforced)
     ok = v >= threshold if op == ">=" else v <= threshold
     return Gate(name, v, threshold, op, bool(ok), note, enforced)
 
@@ -178,13 +201,49 @@ def evaluate_gates(per_image_df: pd.DataFrame, dataset_metrics: Mapping[str, Any
     n_real = dataset_metrics.get("n_real")
     n_fake = dataset_metrics.get("n_fake")
     n_min = min(n_real or 0, n_fake or 0)
-    gates.append(make_gate("kid_mean", dataset_metrics.get("kid_mean"), cfg.kid_ceiling, "<="))
+    fid_error = dataset_metrics.get("fid_error", "")
+    gates.append(make_gate("kid_mean", dataset_metrics.get("kid_mean"), cfg.kid_ceiling, "<=", fid_error))
     reliable = n_min >= cfg.min_fid_images
-    fid_note = "" if reliable else f"informational: {n_min} < {cfg.min_fid_images} images per set; KID gate decides"
+    fid_note = fid_error or (
+        "" if reliable else f"informational: {n_min} < {cfg.min_fid_images} images per set; KID gate decides"
+    )
     gates.append(make_gate("fid", dataset_metrics.get("fid"), cfg.fid_ceiling, "<=", fid_note, enforced=reliable))
     if COL_LABEL in df:
         expected = sorted(df[COL_LABEL].dropna().unique().tolist(), key=str)
         ratio = class_balance_ratio(df.loc[df["all_pass"].astype(bool), COL_LABEL], expected)
         note = "a class has no passing render" if math.isinf(ratio) else ""
         gates.append(make_gate("class_balance", ratio, cfg.class_balance_tolerance, "<=", note))
+    if dataset_metrics.get("fid_per_expression") is not None:
+        gates.append(worst_class_kid_gate(dataset_metrics["fid_per_expression"]))
+    if cfg.usefulness:
+        gates.append(usefulness_gate(dataset_metrics, cfg))
     return GateReport(gates)
+
+
+def worst_class_kid_gate(per_expression: list[dict[str, Any]]) -> Gate:
+    """The expression whose KID exceeds its own ceiling most (set ceiling + real-vs-real noise at its size)."""
+    rows = [r for r in per_expression if r.get("n_fake", 0) > 0]
+    bad = [r for r in rows if not _finite(r.get("kid_mean")) or not _finite(r.get("kid_threshold"))]
+    if bad or not rows:
+        why = f"no KID for {', '.join(str(r['label']) for r in bad)}" if bad else "no rendered class"
+        return make_gate("kid_worst_class", None, math.nan, "<=", why)
+    worst = max(rows, key=lambda r: r["kid_mean"] - r["kid_threshold"])
+    note = f"{worst['label']} ({worst['n_fake']} renders); each class: set ceiling + real-vs-real KID at its size"
+    return make_gate("kid_worst_class", worst["kid_mean"], worst["kid_threshold"], "<=", note)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def usefulness_gate(dataset_metrics: Mapping[str, Any], cfg: QualityConfig) -> Gate:
+    """Accuracy on real faces of a recogniser trained on the renders / of one trained on real images."""
+    m = dataset_metrics
+    note = m.get("usefulness_error") or "usefulness figures missing: the gate did not run"
+    if m.get("usefulness_ratio") is not None and math.isfinite(m["usefulness_ratio"]):
+        note = (
+            f"real-{m['usefulness_eval_split']} accuracy {m['usefulness_accuracy_synthetic']:.3f} trained on "
+            f"{m['usefulness_n_train']} renders vs {m['usefulness_accuracy_real']:.3f} on as many real images "
+            f"(chance {m['usefulness_chance']:.3f})"
+        )
+    return make_gate("usefulness_ratio", m.get("usefulness_ratio"), cfg.usefulness_floor, ">=", note)

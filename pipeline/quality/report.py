@@ -18,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline.config import QualityConfig
+from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_path, atomic_write_text
 from pipeline.quality.gates import COL_IDENTITY, COL_P_TARGET, GateReport
 
@@ -28,7 +29,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     if isinstance(v, (float, np.floating)):
-        return "NaN" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.4g}")
+        return "not computed" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.4g}")
     return str(v)
 
 
@@ -94,6 +95,29 @@ def _grid(images: np.ndarray, idx: np.ndarray, captions: list[str], title: str, 
     return _save_fig(fig, path)
 
 
+def _confusion_figure(usefulness: dict[str, Any], path: Path) -> Path:
+    """Row-normalised confusion matrices on real faces: recogniser trained on renders | on real images."""
+    fig = Figure(figsize=(10, 4.4))
+    arms = [("renders", "usefulness_confusion_synthetic", "usefulness_accuracy_synthetic")]
+    arms.append(("real images", "usefulness_confusion_real", "usefulness_accuracy_real"))
+    for k, (name, conf_key, acc_key) in enumerate(arms):
+        ax = fig.add_subplot(1, 2, k + 1)
+        conf = np.asarray(usefulness[conf_key], dtype=np.float64)
+        rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+        ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
+        for i, j in np.ndindex(rows.shape):
+            ax.text(
+                j, i, f"{rows[i, j]:.2f}", ha="center", va="center", fontsize=7, color="k" if rows[i, j] < 0.6 else "w"
+            )
+        ax.set_xticks(range(len(EXPRESSIONS)), EXPRESSIONS, rotation=45, ha="right")
+        ax.set_yticks(range(len(EXPRESSIONS)), EXPRESSIONS if k == 0 else [])
+        ax.set_xlabel("predicted")
+        if k == 0:
+            ax.set_ylabel("true (real faces)")
+        ax.set_title(f"trained on {name}: accuracy {usefulness[acc_key]:.3f}")
+    return _save_fig(fig, path)
+
+
 def default_rank_scores(df: pd.DataFrame) -> np.ndarray:
     """Mean of identity cosine and target probability (both 'higher is better'); NaN ranks worst."""
     parts = [df[c].astype(float).to_numpy() for c in (COL_IDENTITY, COL_P_TARGET) if c in df]
@@ -114,6 +138,7 @@ def write_quality_report(
     n_grid: int = 16,
     title: str = "Quality report",
     folder_name: str = REPORT_DIRNAME,
+    usefulness: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write `<dataset_dir>/<folder_name>/` and return {name: path} of what was written.
 
@@ -121,6 +146,7 @@ def write_quality_report(
     [0, 1] or [-1, 1]); with them come best/worst grids ranked by `rank_scores` (default: the
     mean of identity cosine and target probability; NaN counts as worst). Threshold lines come
     from `cfg`; pass `identity_threshold` when the embedder backend (not FaceNet's) was used.
+    `usefulness` (the usefulness gate's figures) adds its confusion matrices.
     """
     out = Path(dataset_dir) / folder_name
     out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +186,9 @@ def write_quality_report(
         paths["best_grid"] = _grid(imgs, best, [caption(i) for i in best], f"Best {k} renders", out / "best.png")
         paths["worst_grid"] = _grid(imgs, worst, [caption(i) for i in worst], f"Worst {k} renders", out / "worst.png")
 
+    if usefulness and usefulness.get("usefulness_confusion_synthetic") is not None:
+        paths["usefulness_confusion"] = _confusion_figure(usefulness, out / "usefulness_confusion.png")
+
     verdict = "PASSED" if gate_report.passed else "REJECTED"
     md = [f"# {title}", "", f"**Verdict: {verdict}** ({len(df)} renders)", ""]
     if not gate_report.passed:
@@ -177,6 +206,7 @@ def write_quality_report(
         ("Expression scores", "expression_hist"),
         ("Best renders", "best_grid"),
         ("Worst renders", "worst_grid"),
+        ("What a recogniser trained on the renders recognises in real faces", "usefulness_confusion"),
     ]
     md += ["## Figures", ""]
     md += [f"![{name}]({paths[key].name})" for name, key in figs if key in paths]

@@ -26,11 +26,15 @@ KEEP_KEYS = (
 )
 
 
-def export_release(src: Path, dst: Path, half: bool = False, recalibrate: bool = False) -> Path:
+def export_release(
+    src: Path, dst: Path, half: bool = False, recalibrate: bool = False, judge_panel: int | None = None
+) -> Path:
     """Write a render-only checkpoint; `half` stores floating tensors as float16 (loaded back as float32).
 
     `recalibrate` recomputes the gate thresholds on the real validation split (needs the training
     data): a run calibrated before per-class expression thresholds existed gains them.
+    `judge_panel` (needs the training data) trains the expression judges that make the gate's panel
+    that size (1: the independent judge alone) and recalibrates on the panel.
     """
     ckpt = load_checkpoint(src)
     if not ckpt.get("codes") or not ckpt.get("eval_judges"):
@@ -41,10 +45,15 @@ def export_release(src: Path, dst: Path, half: bool = False, recalibrate: bool =
 
     out = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
     out["nets"] = {k: conv(ckpt["nets"][k]) for k in KEEP_NETS}
+    judges = dict(ckpt["eval_judges"])
+    if judge_panel is not None:
+        judges["panel"] = _panel_members(ckpt, src, judge_panel)
+        recalibrate = True
     out["eval_judges"] = {
-        **ckpt["eval_judges"],
-        "classifier": conv(ckpt["eval_judges"]["classifier"]),
-        "embedder": conv(ckpt["eval_judges"]["embedder"]),
+        **judges,
+        "classifier": conv(judges["classifier"]),
+        "embedder": conv(judges["embedder"]),
+        **({"panel": [conv(m) for m in judges["panel"]]} if judges.get("panel") else {}),
     }
     if recalibrate or not ckpt.get("calibration"):  # runs finished before calibration existed: calibrate now
         from pipeline.calibration import calibrate_thresholds
@@ -54,3 +63,19 @@ def export_release(src: Path, dst: Path, half: bool = False, recalibrate: bool =
         out["calibration"] = calibrate_thresholds(checkpoint_config(ckpt, str(src)), out, torch.device("cpu"))
     out["release_of"] = str(Path(src).name)
     return save_checkpoint(Path(dst), out)
+
+
+def _panel_members(ckpt: dict, src: Path, size: int) -> list[dict[str, torch.Tensor]]:
+    """The checkpoint's panel members beyond the independent judge, grown or cut to `size` in all."""
+    from pipeline.core.legacy import checkpoint_config
+    from pipeline.judges import train_panel_members
+    from pipeline.train.data import load_split
+
+    have = list(ckpt["eval_judges"].get("panel") or [])
+    if len(have) >= size - 1:
+        return have[: size - 1]
+    cfg = checkpoint_config(ckpt, str(src), [f"train.judge_panel={size}"])
+    data = load_split(cfg.data.root, cfg.model.max_resolution, "train", cfg.data.cache_dir)
+    # Members are seeded by their place in the panel: the new ones continue after those it has.
+    new = train_panel_members(cfg, data, torch.device("cpu"), size)
+    return have + new[len(have) :]

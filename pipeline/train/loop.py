@@ -314,7 +314,7 @@ class Trainer:
 
     def finalize(self) -> None:
         """After the last stage: target codes, and the independent judges used for scoring."""
-        from pipeline.judges import train_eval_judges
+        from pipeline.judges import train_eval_judges, train_panel_members
 
         if not self.is_main:  # other ranks never save, so the codes and eval judges would be unused
             return
@@ -326,6 +326,10 @@ class Trainer:
                     self.progress(StepInfo("eval judges", step + 1, self.cfg.train.judge_steps, m))
 
             self.eval_judges = train_eval_judges(self.cfg, self.data, self.device, report)
+        if self.cfg.train.judge_panel > 1 and "panel" not in self.eval_judges:
+            self.eval_judges["panel"] = train_panel_members(
+                self.cfg, self.data, self.device, self.cfg.train.judge_panel
+            )
         self.calibration = _calibrate(self.cfg, self.state_dict(), self.device)
 
     def train(self) -> Path:
