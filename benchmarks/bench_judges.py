@@ -1,6 +1,6 @@
 """How steady an instrument the expression judge is (run by hand; prints one line per judge).
 
-    python benchmarks/bench_judges.py CHECKPOINT DATASET_DIR [--soften 0 0.5] [--steps 400] [--seeds 0 1 2]
+    python benchmarks/bench_judges.py CHECKPOINT DATASET_DIR [--soften 0 0.5] [--steps 400] [--seeds 0 1 2] [--panel 3]
 
 For each (soften, steps, seed) it trains a fresh pair of independent judges the way training's
 `finalize` does (`train.judge_soften`, `train.judge_steps`, `train.seed`) on the checkpoint's real
@@ -13,7 +13,10 @@ training split and prints:
   expression check, the class balance of the passing renders, per-class pass rates;
 - a control: the unchanged base photos of the dataset's real identities scored against every
   expressive target (a judge that passes them is lenient, not robust).
-The spread over seeds is what a gate built on one judge can flip on.
+The spread over seeds is what a gate built on one judge can flip on. With `--panel K` each seed trains
+a panel of K judges (the gate's `train.judge_panel`) and scores with their mean probability; each line
+then also gives the verdict of the gates the expression check feeds (pass rates, class balance), with
+the dataset's own identity and SSIM flags.
 Needs the checkpoint's training data (`fersynth data make ...`); about 2 min per 400-step pair on 2 cores.
 """
 
@@ -30,13 +33,14 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from models import JudgePanel
 from pipeline.calibration import calibrate_expression_threshold, calibrate_expression_thresholds
 from pipeline.config import QualityConfig, config_to_dict, load_config, to_overrides
 from pipeline.core.checkpoint import load_checkpoint
 from pipeline.core.legacy import checkpoint_config
 from pipeline.expressions import EXPRESSIONS
-from pipeline.judges import build_eval_judges, train_eval_judges
-from pipeline.quality.gates import class_balance_ratio, per_image_flags
+from pipeline.judges import build_eval_judges, build_expression_judge, train_eval_judges, train_panel_members
+from pipeline.quality.gates import class_balance_ratio, evaluate_gates, gate_inputs_from_manifest, per_image_flags
 from pipeline.train.data import load_split, to_model_range
 
 
@@ -53,6 +57,7 @@ def main() -> None:
     ap.add_argument("--soften", type=float, nargs="+", default=[0.0, 0.5])
     ap.add_argument("--steps", type=int, nargs="+", default=[400])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--panel", type=int, default=1, help="judges per panel (1: a single judge)")
     args = ap.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -85,6 +90,9 @@ def main() -> None:
                 clf, _ = build_eval_judges(cfg, len(train.identity_names))
                 clf.load_state_dict(state["classifier"])
                 clf.eval()
+                if args.panel > 1:
+                    clf = JudgePanel([clf, *_members(cfg, train, args.panel)]).eval()
+                    took = time.perf_counter() - start
 
                 @torch.no_grad()
                 def probs(x: torch.Tensor, clf: torch.nn.Module = clf) -> torch.Tensor:
@@ -126,6 +134,7 @@ def main() -> None:
                     verdicts.append(
                         f"{name}: pass {passed.mean():.3f}, balance {balance:.2f}, photos pass as another class "
                         f"{control:.2f}, {by_class.mean().round(2).to_dict()}"
+                        + (f", expression gates {_verdict(df, passed, q)}" if name == "per-class" else "")
                     )
                 print(
                     f"soften={soften} steps={steps} seed={seed} ({took:.0f} s) | real val: accuracy "
@@ -134,6 +143,26 @@ def main() -> None:
                     + " | ".join(verdicts),
                     flush=True,
                 )
+
+
+def _members(cfg, train, size: int) -> list[torch.nn.Module]:
+    members = []
+    for state in train_panel_members(cfg, train, torch.device("cpu"), size):
+        m = build_expression_judge(cfg)
+        m.load_state_dict(state)
+        members.append(m.eval())
+    return members
+
+
+def _verdict(manifest: pd.DataFrame, expression_pass: pd.Series, q: QualityConfig) -> str:
+    """publish/reject of the gates the expression check feeds, with the dataset's other per-image flags."""
+    rows = manifest.assign(expression_pass=expression_pass.to_numpy())
+    rows["all_pass"] = rows["expression_pass"] & rows["identity_pass"].fillna(False).astype(bool)
+    if rows["ssim_truth"].notna().any():
+        rows["all_pass"] &= ~(rows["ssim_truth"] < q.ssim_floor).fillna(False)
+    gates = evaluate_gates(gate_inputs_from_manifest(rows), {}, q.model_copy(update={"usefulness": False}))
+    fed = [g for g in gates.gates if g.name in ("pass_rate", "expression_pass_rate", "class_balance")]
+    return "publish" if all(g.passed for g in fed) else "reject"
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ def measure_usefulness(
     if len(eval_rows) == 0:
         raise UsefulnessNotComputed(f"{data_root}/labels.parquet has no {s.eval_split!r} split to test on")
     eval_rows = np.sort(np.random.default_rng(s.seed).permutation(eval_rows)[: s.max_eval_images])
-    test = (images[torch.as_tensor(eval_rows)], torch.as_tensor(frame["expression_index"].to_numpy()[eval_rows]))
+    classes = frame["expression_index"].to_numpy().astype(np.int64)
+    test = (images[torch.as_tensor(eval_rows)], torch.as_tensor(classes[eval_rows]))
     syn_labels = sample["expression_index"].to_numpy().astype(np.int64)
     syn = _read_renders(Path(renders_root), sample["file_name"].tolist())
     if syn.shape[-1] != images.shape[-1]:
@@ -142,7 +143,7 @@ def measure_usefulness(
     real_rows = matched_real_rows(frame, s.train_split, syn_labels, s.seed)
     if len(real_rows) == 0:
         raise UsefulnessNotComputed(f"{data_root}/labels.parquet has no {s.train_split!r} images to compare with")
-    real_labels = torch.as_tensor(frame["expression_index"].to_numpy()[real_rows])
+    real_labels = torch.as_tensor(classes[real_rows])
     acc_syn, conf_syn = score_arm(syn, torch.as_tensor(syn_labels), test, s)
     acc_real, conf_real = score_arm(images[torch.as_tensor(real_rows)], real_labels, test, s)
     chance = float(np.bincount(test[1].numpy(), minlength=len(EXPRESSIONS)).max() / len(test[1]))
