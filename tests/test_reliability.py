@@ -345,8 +345,11 @@ def test_recovery_puts_the_old_dataset_back_when_the_new_one_is_not_complete(tmp
     old.mkdir(parents=True)
     (old / "_SUCCESS").write_text("{}")
     staging.mkdir()  # no _SUCCESS: not a dataset that passed its gates
+    neighbour = tmp_path / STAGING_DIR / ".old-ds-2-0123abcd"  # another dataset's (named ds-2): not ours
+    neighbour.mkdir()
     atomic_write_json(dataset_mod.publish_journal(final), {"final": "ds", "old": old.name, "new": "ds"})
     assert "old dataset is back" in str(dataset_mod.recover_publish(staging, final))
     assert (final / "_SUCCESS").is_file() and not old.exists()
     assert not dataset_mod.publish_journal(final).exists()
     assert dataset_mod.recover_publish(staging, final) is None  # nothing left to do
+    assert neighbour.is_dir()

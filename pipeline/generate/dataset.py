@@ -676,13 +676,14 @@ def recover_publish(staging: Path, final: Path) -> str | None:
     final name holds a dataset is removed (also those of versions that kept no journal).
     """
     journal = publish_journal(final)
+    own_old = re.compile(rf"\.old-{re.escape(final.name)}-[0-9a-f]{{8}}")  # not those of `<name>-2`
     olds = sorted(
-        (p for p in staging.parent.glob(f".old-{final.name}-*") if re.fullmatch(r"[0-9a-f]{8}", p.name[-8:])),
+        (p for p in staging.parent.glob(f".old-{final.name}-*") if own_old.fullmatch(p.name)),
         key=lambda p: p.stat().st_mtime,
     )
     if not journal.is_file() and not olds:
         return None
-    done = "removed the old copy left by an interrupted --overwrite"
+    done = "removed the old copy left by an interrupted --overwrite" if olds else "cleared an unstarted --overwrite"
     if not final.exists():
         new_complete = (staging / SUCCESS_MARKER).is_file() and not (staging / REJECTED_MARKER).exists()
         if journal.is_file() and new_complete:
