@@ -15,7 +15,8 @@ from pipeline.cli.app import ConfigOpt, SetOpt, app, console, guarded, load
 def tstr(
     synthetic: Annotated[Path | None, typer.Option(help="Generated dataset (omit to run only the real arms).")] = None,
     real: Annotated[
-        Path | None, typer.Option(help="Real labelled dataset (labels.parquet) with train/test splits.")
+        Path | None,
+        typer.Option(help="Real labelled dataset (labels.parquet) with train/test splits; not for --report-only."),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
