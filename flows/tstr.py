@@ -1,8 +1,9 @@
-"""Prefect flow `tstr`: one task per training arm, then the table and bar plot as artifacts.
+"""Prefect flow `tstr`: one task per (recipe, seed, arm), then the report and bar plot as artifacts.
 
 Thin orchestration over pipeline.tstr. Arms run one after another (each already uses the machine's
-cores and DataLoader workers; running them side by side would only make them fight), and each task
-returns a small dict, never a model.
+cores and DataLoader workers; running them side by side would only make them fight); an arm already
+finished under the report folder is read back, not trained again; each task returns a small dict,
+never a model.
 """
 
 from __future__ import annotations
@@ -16,28 +17,29 @@ from flows import artifacts
 from pipeline.config import Config, TstrConfig, load_config
 
 
-@task(name="tstr-arm", task_run_name="arm-{arm}", cache_result_in_memory=False)
-def arm_task(arm: str, synthetic: str | None, real: str, tstr_dict: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.tstr import result_to_dict, train_arm
+@task(name="tstr-arm", task_run_name="{recipe}-seed{seed}-{arm}", cache_result_in_memory=False)
+def arm_task(
+    recipe: str, seed: int, arm: str, synthetic: str | None, real: str, tstr_dict: dict[str, Any], out: str
+) -> dict[str, Any]:
+    from pipeline.tstr import result_to_dict, run_arm
 
     cfg = TstrConfig.model_validate(tstr_dict)
-    result = train_arm(arm, Path(synthetic) if synthetic else None, Path(real), cfg)
-    print(f"{arm}: accuracy {result.accuracy:.4f} macro F1 {result.macro_f1:.4f} ({result.n_train} training images)")
-    return result_to_dict(result)
+    r, new = run_arm(recipe, seed, arm, Path(synthetic) if synthetic else None, Path(real), cfg, Path(out))
+    print(f"{recipe} seed {seed} {arm}: accuracy {r.accuracy:.4f} macro F1 {r.macro_f1:.4f}{'' if new else ' (done)'}")
+    return result_to_dict(r)
 
 
 @task(name="tstr-report", cache_result_in_memory=False)
-def report_task(
-    results: list[dict[str, Any]], synthetic: str | None, real: str, tstr_dict: dict[str, Any], out: str
-) -> dict[str, str]:
-    from pipeline.tstr import report_meta, result_from_dict, write_report
+def report_task(results: list[dict[str, Any]], out: str) -> dict[str, str]:
+    from pipeline.tstr import report, result_from_dict
 
-    cfg = TstrConfig.model_validate(tstr_dict)
-    rows = [result_from_dict(r) for r in results]
-    files = write_report(rows, Path(out), report_meta(Path(real), Path(synthetic) if synthetic else None, cfg))
-    artifacts.table("tstr-table", [r.row() for r in rows], f"TSTR accuracy on the real {cfg.eval_split} split")
-    artifacts.markdown_file("tstr-report", files["markdown"], "TSTR table")
-    artifacts.png("tstr-plot", files["plot"], "TSTR accuracy per training arm")
+    rep = report(Path(out), [result_from_dict(r) for r in results])
+    for t in rep["targets"]:
+        print(t["line"])
+    files = rep["files"]
+    artifacts.table("tstr-table", rep["summary"].round(4).to_dict("records"), "TSTR accuracy, mean and std over seeds")
+    artifacts.markdown_file("tstr-report", files["markdown"], "TSTR table and targets")
+    artifacts.png("tstr-plot", files["plot"], "TSTR accuracy per training arm and recipe")
     return {k: str(v) for k, v in files.items()}
 
 
@@ -51,11 +53,12 @@ def tstr_flow(
     cfg_dict: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """TSTR of `synthetic` (a generated dataset) against `real` (a labelled dataset)."""
-    from pipeline.tstr import arms_of
+    from pipeline.tstr import jobs, prepare_run
 
     cfg = Config.model_validate(cfg_dict) if cfg_dict is not None else load_config(config, overrides or [])
     tstr_dict = cfg.tstr.model_dump(mode="json")
     out_dir = str(out or cfg.tstr.out_dir)
-    results = [arm_task(arm, synthetic, real, tstr_dict) for arm in arms_of(cfg.tstr)]
-    files = report_task(results, synthetic, real, tstr_dict, out_dir)
+    prepare_run(Path(synthetic) if synthetic else None, Path(real), cfg.tstr, Path(out_dir))
+    results = [arm_task(r, s, a, synthetic, real, tstr_dict, out_dir) for r, s, a in jobs(cfg.tstr)]
+    files = report_task(results, out_dir)
     return {"rows": [{k: v for k, v in r.items() if k != "per_class_accuracy"} for r in results], "files": files}

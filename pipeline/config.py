@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,6 +32,8 @@ RETIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "train.loss.map_invariance": (0.0, "docs/experiments/map_invariance.md"),
     "train.loss.perceptual": (0.0, "docs/experiments/perceptual.md"),
     "train.loss.swap_change": (0.0, "docs/experiments/swap_change.md"),
+    # Replaced, not measured: None means any stored value reads as today's (it changed no network or run).
+    "tstr.seed": (None, "docs/tstr.md"),
 }
 
 
@@ -397,6 +399,17 @@ class GenerateConfig(_Section):
         return v
 
 
+TstrArm = Literal[
+    "synthetic",
+    "real-matched",
+    "real",
+    "real+synthetic",
+    "real-small",
+    "real-small+synthetic",
+    "real-small+real-matched",
+]
+
+
 class TstrConfig(_Section):
     """Train-on-synthetic, test-on-real (`fersynth tstr`): a standard classifier per training-data arm.
 
@@ -404,18 +417,27 @@ class TstrConfig(_Section):
     favoured by simply taking more gradient steps.
     """
 
-    arms: list[Literal["synthetic", "real", "real+synthetic", "real-small", "real-small+synthetic"]] = Field(
-        default_factory=lambda: ["synthetic", "real", "real+synthetic", "real-small", "real-small+synthetic"],
-        description="training sets to compare; all are evaluated on the real eval_split",
+    arms: list[TstrArm] = Field(
+        default_factory=lambda: list(get_args(TstrArm)),
+        description="training sets to compare (see pipeline/tstr.py); all are evaluated on the real eval_split",
     )
-    control_shuffled: bool = Field(False, description="extra arm: real data with shuffled labels (a sanity control)")
+    control_shuffled: bool = Field(
+        False, description="extra arm, first seed of each recipe: real data with shuffled labels (a sanity control)"
+    )
     steps: int = Field(2000, ge=1, le=10_000_000, description="optimiser steps per arm")
     batch_size: int = Field(64, ge=2, le=4096)
     lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate (cosine decay to 0)")
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     image_size: int = Field(64, ge=16, le=512, description="classifier input size in pixels")
     n_small_identities: int = Field(10, ge=1, description="real training identities of the small-real arms")
-    seed: int = Field(0, ge=0)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, description="one run of every arm per seed; mean ± std"
+    )
+    recipes: list[Literal["plain", "augmented"]] = Field(
+        default_factory=lambda: ["plain", "augmented"],
+        min_length=1,
+        description="downstream training recipes (pipeline/downstream/recipes.py); every arm runs under each",
+    )
     synthetic_filters: list[str] = Field(
         default_factory=list, description="pandas queries over the synthetic manifest, e.g. 'intensity >= 0.5'"
     )
@@ -425,6 +447,13 @@ class TstrConfig(_Section):
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: Path = Path("runs/tstr")
+
+    @field_validator("seeds", "recipes", "arms")
+    @classmethod
+    def _no_repeats(cls, v: list[Any]) -> list[Any]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists an entry twice: {v}")
+        return v
 
 
 class ScheduleConfig(_Section):

@@ -1,19 +1,25 @@
 """Train on synthetic, test on real (TSTR): does a generated dataset help a standard classifier?
 
 One arm per training set, each training the same torchvision ResNet-18 (weights=None, 7 classes)
-from the same seed for the same number of optimiser steps, and all evaluated on the real
-`tstr.eval_split`:
+for the same number of optimiser steps, and all evaluated on the real `tstr.eval_split`:
 
-    synthetic              generated images only (all_pass rows, plus tstr.synthetic_filters)
-    real                   the real train split
-    real+synthetic         both, sampled uniformly from their union
-    real-small             the real train split limited to tstr.n_small_identities identities
-    real-small+synthetic   that, plus the generated images
-    real-shuffled          (tstr.control_shuffled) real train with permuted labels: should sit near
-                           chance; if it does not, the evaluation leaks
+    synthetic                generated images only (all_pass rows, plus tstr.synthetic_filters)
+    real-matched             the real images of those rows' identities, expressions and intensities,
+                             row for row (pipeline/downstream/matched.py): what a perfect renderer gives
+    real                     the real train split
+    real+synthetic           both, sampled uniformly from their union
+    real-small               the real train split limited to tstr.n_small_identities identities
+    real-small+synthetic     that, plus the generated images
+    real-small+real-matched  that, plus the real-matched images
+    real-shuffled            (tstr.control_shuffled; first seed of each recipe) real train with permuted
+                             labels: should sit near chance; if it does not, the evaluation leaks
 
-A fixed step budget (not epochs) keeps arms comparable: a bigger training set does not get more
-gradient steps just for being bigger. Plain library code: flows/tstr.py runs the arms as tasks.
+Every arm runs once per recipe (pipeline/downstream/recipes.py) and seed (initial weights, sample
+order, augmentation and the draw of the small identities); the report (pipeline/downstream/
+tstr_report.py) gives mean ± std over seeds and the targets. A fixed step budget (not epochs) keeps
+arms comparable. Each finished arm is a JSON file under OUT/arms/, written atomically: a rerun skips
+it, and `--report-only` rebuilds the report from them. Plain library code: flows/tstr.py runs the
+arms as tasks.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -32,15 +38,32 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
-from pipeline.config import TstrConfig
+from manifests.labels import read_labels
+from pipeline.config import TstrArm, TstrConfig
 from pipeline.core.device import resolve_device
 from pipeline.downstream.dataset import LabelledDataset, ManifestDataset
+from pipeline.downstream.matched import MatchedSet, describe, match_real
+from pipeline.downstream.recipes import train_transform
+from pipeline.downstream.tstr_report import write_report
 from pipeline.expressions import EXPRESSIONS
-from pipeline.io_utils import atomic_write_json, atomic_write_text
+from pipeline.io_utils import atomic_write_json
 
-ALL_ARMS = ("synthetic", "real", "real+synthetic", "real-small", "real-small+synthetic")
+ALL_ARMS: tuple[str, ...] = get_args(TstrArm)
 CONTROL_ARM = "real-shuffled"
-TABLE_CSV, TABLE_MD, PLOT_PNG, RESULT_JSON = "tstr.csv", "tstr.md", "tstr.png", "tstr.json"
+RUN_JSON, ARMS_DIR = "tstr_run.json", "arms"
+# Settings that change what an arm measures: a resumed run must have the same ones.
+RUN_KEY = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "image_size",
+    "n_small_identities",
+    "synthetic_filters",
+    "require_pass",
+    "eval_split",
+    "augment",
+)
 ProgressFn = Callable[[str, int, int, float], None]  # (arm, step, total, loss)
 
 
@@ -50,10 +73,13 @@ class TstrError(ValueError):
 
 @dataclass(frozen=True)
 class ArmResult:
+    recipe: str
+    seed: int
     arm: str
     n_train: int
     n_real: int
     n_synthetic: int
+    n_matched: int
     n_real_identities: int
     accuracy: float
     macro_f1: float
@@ -62,17 +88,8 @@ class ArmResult:
     seconds: float
 
     def row(self) -> dict[str, Any]:
-        return {
-            "arm": self.arm,
-            "accuracy": round(self.accuracy, 4),
-            "macro_f1": round(self.macro_f1, 4),
-            "n_train": self.n_train,
-            "n_real": self.n_real,
-            "n_synthetic": self.n_synthetic,
-            "n_real_identities": self.n_real_identities,
-            "final_loss": round(self.final_loss, 4),
-            "seconds": round(self.seconds, 1),
-        }
+        d = {k: v for k, v in asdict(self).items() if k != "per_class_accuracy"}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def build_classifier(num_classes: int = len(EXPRESSIONS)) -> torch.nn.Module:
@@ -98,7 +115,7 @@ class _Shuffled(Dataset):
 
 
 def small_identities(real: Path, n: int, seed: int) -> list[str]:
-    """n real training identities, drawn with `seed` (same draw for both small arms)."""
+    """n real training identities, drawn with `seed` (same draw for every small arm of that seed)."""
     ds = LabelledDataset(real, split="train")
     ids = sorted(ds.frame["identity"].unique())
     if n >= len(ids):
@@ -107,32 +124,62 @@ def small_identities(real: Path, n: int, seed: int) -> list[str]:
     return sorted(rng.choice(ids, size=n, replace=False).tolist())
 
 
-def arm_dataset(arm: str, synthetic: Path | None, real: Path, cfg: TstrConfig) -> tuple[Dataset, dict[str, int]]:
-    """The training set of one arm and its counts."""
+def synthetic_rows(synthetic: Path, cfg: TstrConfig, **kw: Any) -> ManifestDataset:
+    """The synthetic arm's rows (require_pass, synthetic_filters); `kw`: transform, image_size."""
+    syn = ManifestDataset(synthetic, filters=cfg.synthetic_filters or None, require_pass=cfg.require_pass, **kw)
+    if len(syn) == 0:
+        raise TstrError(f"{synthetic}: no synthetic images left after require_pass/synthetic_filters")
+    return syn
+
+
+def matched_set(synthetic: Path, real: Path, cfg: TstrConfig) -> MatchedSet:
+    """The real-matched images of the synthetic arm's rows (pipeline.downstream.matched)."""
+    return match_real(synthetic_rows(synthetic, cfg).frame, read_labels(real)[0], cfg.eval_split)
+
+
+def _parts(arm: str) -> tuple[str | None, str | None]:
+    """(real base, addition) of an arm name: 'real-small+synthetic' -> ('real-small', 'synthetic')."""
+    if arm in ("synthetic", "real-matched"):
+        return None, arm
+    base, _, extra = arm.partition("+")
+    return base, extra or None
+
+
+def arm_dataset(
+    arm: str, synthetic: Path | None, real: Path, cfg: TstrConfig, seed: int = 0, recipe: str = "plain"
+) -> tuple[Dataset, dict[str, int]]:
+    """The training set of one arm (images augmented by `recipe`) and its counts."""
     size = cfg.image_size
+    tf = train_transform(recipe, size, flip=cfg.augment)
+    base, extra = _parts(arm)
+    if base not in (None, "real", "real-small", CONTROL_ARM) or extra not in (None, "synthetic", "real-matched"):
+        raise TstrError(f"unknown arm {arm!r}; expected one of {[*ALL_ARMS, CONTROL_ARM]}")
     parts: list[Dataset] = []
-    counts = {"n_real": 0, "n_synthetic": 0, "n_real_identities": 0}
-    base = arm.removesuffix("+synthetic")
-    if base in ("real", "real-small", CONTROL_ARM):
-        ids = small_identities(real, cfg.n_small_identities, cfg.seed) if base == "real-small" else None
-        ds = LabelledDataset(real, split="train", identities=ids, image_size=size)
+    counts = {"n_real": 0, "n_synthetic": 0, "n_matched": 0, "n_real_identities": 0}
+    identities: set[str] = set()
+    if base is not None:
+        ids = small_identities(real, cfg.n_small_identities, seed) if base == "real-small" else None
+        ds = LabelledDataset(real, split="train", identities=ids, image_size=size, transform=tf)
         if len(ds) == 0:
             raise TstrError(f"{real}: the real train split has no images")
         counts["n_real"] = len(ds)
-        counts["n_real_identities"] = int(ds.frame["identity"].nunique())
-        parts.append(_Shuffled(ds, cfg.seed) if base == CONTROL_ARM else ds)
-    if arm == "synthetic" or arm.endswith("+synthetic"):
-        if synthetic is None:
-            raise TstrError(f"arm {arm!r} needs a synthetic dataset")
-        syn = ManifestDataset(
-            synthetic, filters=cfg.synthetic_filters or None, require_pass=cfg.require_pass, image_size=size
-        )
-        if len(syn) == 0:
-            raise TstrError(f"{synthetic}: no synthetic images left after require_pass/synthetic_filters")
+        identities |= set(ds.frame["identity"])
+        parts.append(_Shuffled(ds, seed) if base == CONTROL_ARM else ds)
+    if extra is not None and synthetic is None:
+        raise TstrError(f"arm {arm!r} needs a synthetic dataset")
+    if extra == "synthetic":
+        syn = synthetic_rows(synthetic, cfg, transform=tf, image_size=size)  # type: ignore[arg-type]
         counts["n_synthetic"] = len(syn)
         parts.append(syn)
-    if not parts:
-        raise TstrError(f"unknown arm {arm!r}; expected one of {[*ALL_ARMS, CONTROL_ARM]}")
+    elif extra == "real-matched":
+        m = matched_set(synthetic, real, cfg)  # type: ignore[arg-type]
+        if m.frame.empty:
+            raise TstrError(f"{synthetic}: no row has a real image to match ({describe(m)})")
+        counts["n_matched"] = len(m.frame)
+        counts["n_real"] += len(m.frame)
+        identities |= set(m.frame["identity"])
+        parts.append(LabelledDataset.from_frame(real, m.frame, tf, image_size=size))
+    counts["n_real_identities"] = len(identities)
     return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), counts
 
 
@@ -149,17 +196,24 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def train_arm(
-    arm: str, synthetic: Path | None, real: Path, cfg: TstrConfig, progress: ProgressFn | None = None
+    arm: str,
+    synthetic: Path | None,
+    real: Path,
+    cfg: TstrConfig,
+    progress: ProgressFn | None = None,
+    *,
+    seed: int = 0,
+    recipe: str = "plain",
 ) -> ArmResult:
-    """Train the classifier on one arm's data and evaluate it on the real eval split."""
+    """Train the classifier on one arm's data (one recipe, one seed) and evaluate it on the real eval split."""
     started = time.perf_counter()
     device = _device(cfg.device)
-    train_ds, counts = arm_dataset(arm, synthetic, real, cfg)
+    train_ds, counts = arm_dataset(arm, synthetic, real, cfg, seed, recipe)
     test_ds = LabelledDataset(real, split=cfg.eval_split, image_size=cfg.image_size)
     if len(test_ds) == 0:
         raise TstrError(f"{real}: split {cfg.eval_split!r} has no images to evaluate on")
 
-    torch.manual_seed(cfg.seed)  # same initial weights in every arm: only the data differs
+    torch.manual_seed(seed)  # same initial weights in every arm of a seed: only the data differs
     model = build_classifier().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -169,7 +223,7 @@ def train_arm(
         train_ds,
         replacement=True,
         num_samples=cfg.steps * cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=torch.Generator().manual_seed(seed),
     )
     loader = DataLoader(
         train_ds,
@@ -181,13 +235,9 @@ def train_arm(
         pin_memory=device.type == "cuda",
         drop_last=False,
     )
-    flip_gen = torch.Generator().manual_seed(cfg.seed + 1)
     model.train()
     loss_ema = float("nan")
     for step, (x, y) in enumerate(loader, start=1):
-        if cfg.augment:
-            flip = torch.rand(x.shape[0], generator=flip_gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         x = (x.to(device, non_blocking=True) - 0.5) / 0.5
         loss = F.cross_entropy(model(x), y.to(device))
         opt.zero_grad(set_to_none=True)
@@ -200,6 +250,8 @@ def train_arm(
             progress(arm, step, cfg.steps, val)
     metrics = evaluate(model, test_ds, device, cfg.batch_size * 4)
     return ArmResult(
+        recipe=recipe,
+        seed=seed,
         arm=arm,
         n_train=len(train_ds),
         final_loss=loss_ema,
@@ -230,86 +282,129 @@ def evaluate(model: torch.nn.Module, ds: Dataset, device: torch.device, batch_si
     }
 
 
-def arms_of(cfg: TstrConfig) -> list[str]:
-    return [*cfg.arms, *([CONTROL_ARM] if cfg.control_shuffled else [])]
+def jobs(cfg: TstrConfig) -> list[tuple[str, int, str]]:
+    """Every (recipe, seed, arm) of `cfg`, in run order; the control runs on the first seed only."""
+    out = [(r, s, a) for r in cfg.recipes for s in cfg.seeds for a in cfg.arms]
+    if cfg.control_shuffled:
+        out += [(r, cfg.seeds[0], CONTROL_ARM) for r in cfg.recipes]
+    return out
 
 
-def write_report(results: list[ArmResult], out: Path, meta: dict[str, Any]) -> dict[str, Path]:
-    """tstr.csv, tstr.md, tstr.png (bar plot) and tstr.json under `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame([r.row() for r in results])
-    atomic_write_text(out / TABLE_CSV, df.to_csv(index=False))
-    atomic_write_text(out / TABLE_MD, _markdown(df, meta))
-    plot_bars(df, out / PLOT_PNG, f"TSTR on real {meta.get('eval_split', 'test')} split")
-    atomic_write_json(
-        out / RESULT_JSON,
-        {"meta": meta, "arms": [{**r.row(), "per_class_accuracy": r.per_class_accuracy} for r in results]},
-    )
-    return {"csv": out / TABLE_CSV, "markdown": out / TABLE_MD, "plot": out / PLOT_PNG, "json": out / RESULT_JSON}
+def arm_path(out: Path, recipe: str, seed: int, arm: str) -> Path:
+    return Path(out) / ARMS_DIR / recipe / f"seed{seed}" / f"{arm}.json"
 
 
-def _markdown(df: pd.DataFrame, meta: dict[str, Any]) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    head = (
-        f"## Train on synthetic, test on real\n\nEvaluated on the real `{meta.get('eval_split')}` split "
-        f"({meta.get('n_eval')} images); ResNet-18, {meta.get('steps')} steps x batch {meta.get('batch_size')} "
-        f"per arm, {meta.get('image_size')} px, seed {meta.get('seed')}. Chance: {meta.get('chance', 0):.3f}.\n\n"
-    )
-    return head + "\n".join(lines) + "\n"
+def prepare_run(synthetic: Path | None, real: Path, cfg: TstrConfig, out: Path) -> dict[str, Any]:
+    """Write (or check) OUT/tstr_run.json: the inputs and settings every finished arm under OUT shares.
 
-
-def plot_bars(df: pd.DataFrame, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in flow workers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.4 * len(df) + 2, 3.5), dpi=100)
-    x = np.arange(len(df))
-    ax.bar(x - 0.2, df["accuracy"], width=0.4, label="accuracy")
-    ax.bar(x + 0.2, df["macro_f1"], width=0.4, label="macro F1")
-    ax.set_xticks(x, df["arm"], rotation=20, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def report_meta(real: Path, synthetic: Path | None, cfg: TstrConfig) -> dict[str, Any]:
+    A rerun with other inputs or settings would mix incomparable arms: it is refused, naming them.
+    """
     test = LabelledDataset(real, split=cfg.eval_split)
+    if len(test) == 0:
+        raise TstrError(f"{real}: split {cfg.eval_split!r} has no images to evaluate on")
     counts = np.bincount(test.labels, minlength=len(EXPRESSIONS))
-    return {
-        "real": str(real),
-        "synthetic": str(synthetic) if synthetic else None,
+    key = {
+        "real": str(Path(real).resolve()),
+        "synthetic": str(Path(synthetic).resolve()) if synthetic else None,
+        **cfg.model_dump(mode="json", include=set(RUN_KEY)),
+    }
+    path = Path(out) / RUN_JSON
+    if path.is_file():
+        old = _read(path).get("key", {})
+        diff = sorted(k for k in key if old.get(k) != key[k])
+        if diff:
+            raise TstrError(
+                f"{out} holds arms of another TSTR run (differs in {', '.join(diff)}): use another --out or delete it"
+            )
+    meta = {
+        "key": key,
         "eval_split": cfg.eval_split,
         "n_eval": len(test),
         # Majority-class accuracy: the floor any arm should beat.
         "chance": float(counts.max() / max(counts.sum(), 1)),
-        **cfg.model_dump(
-            mode="json", include={"steps", "batch_size", "lr", "image_size", "seed", "n_small_identities"}
-        ),
+        "matched": describe(matched_set(synthetic, real, cfg)) if synthetic else None,
+        **{k: key[k] for k in ("steps", "batch_size", "image_size")},
     }
+    atomic_write_json(path, meta)
+    return meta
+
+
+def run_arm(
+    recipe: str,
+    seed: int,
+    arm: str,
+    synthetic: Path | None,
+    real: Path,
+    cfg: TstrConfig,
+    out: Path,
+    progress: ProgressFn | None = None,
+) -> tuple[ArmResult, bool]:
+    """(result, trained now): an arm already finished under OUT is read back, not trained again."""
+    path = arm_path(out, recipe, seed, arm)
+    if path.is_file():
+        return result_from_dict(_read(path)), False
+    result = train_arm(arm, synthetic, real, cfg, progress, seed=seed, recipe=recipe)
+    atomic_write_json(path, result_to_dict(result))
+    return result, True
+
+
+def finished(out: Path) -> list[ArmResult]:
+    """Every finished arm under OUT, in recipe, seed, arm order of the files."""
+    return [result_from_dict(_read(p)) for p in sorted((Path(out) / ARMS_DIR).glob("*/seed*/*.json"))]
+
+
+def report(out: Path, results: list[ArmResult] | None = None) -> dict[str, Any]:
+    """The report of OUT from `results` (default: every finished arm there)."""
+    out = Path(out)
+    if not (out / RUN_JSON).is_file():
+        raise TstrError(f"{out}: no TSTR run here ({RUN_JSON} missing)")
+    results = finished(out) if results is None else results
+    if not results:
+        raise TstrError(f"{out}: no finished arms yet")
+    meta = _read(out / RUN_JSON)
+    runs = pd.DataFrame([{**r.row(), "per_class_accuracy": r.per_class_accuracy} for r in results])
+    return write_report(runs, out, meta)
 
 
 def run_tstr(
-    synthetic: Path | None, real: Path, cfg: TstrConfig, out: Path | None = None, progress: ProgressFn | None = None
+    synthetic: Path | None,
+    real: Path,
+    cfg: TstrConfig,
+    out: Path | None = None,
+    progress: ProgressFn | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """Every arm of `cfg`, then the report; returns {"rows": [...], "files": {...}}."""
+    """Every (recipe, seed, arm) of `cfg` not finished yet, then the report.
+
+    Returns {"rows": [every run], "summary": [...], "targets": [...], "files": {...}, "trained": n}.
+    """
     out = Path(out or cfg.out_dir)
-    results = [train_arm(arm, synthetic, Path(real), cfg, progress) for arm in arms_of(cfg)]
-    files = write_report(results, out, report_meta(Path(real), synthetic, cfg))
-    return {"rows": [r.row() for r in results], "files": {k: str(v) for k, v in files.items()}}
+    results, trained = None, 0
+    if not report_only:
+        prepare_run(synthetic, Path(real), cfg, out)
+        results = []
+        for recipe, seed, arm in jobs(cfg):
+            result, new = run_arm(recipe, seed, arm, synthetic, Path(real), cfg, out, progress)
+            results.append(result)
+            trained += new
+    rep = report(out, results)
+    return {
+        "rows": [r.row() for r in (results if results is not None else finished(out))],
+        "summary": rep["summary"].to_dict("records"),
+        "targets": rep["targets"],
+        "files": {k: str(v) for k, v in rep["files"].items()},
+        "trained": trained,
+    }
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def result_from_dict(d: dict[str, Any]) -> ArmResult:
-    """Inverse of `ArmResult.__dict__` (flow tasks pass small dicts, not objects)."""
+    """Inverse of `result_to_dict` (flow tasks and result files hold small dicts, not objects)."""
     return ArmResult(**d)
 
 
 def result_to_dict(r: ArmResult) -> dict[str, Any]:
-    return json.loads(json.dumps(r.__dict__))
+    return asdict(r)

@@ -35,11 +35,20 @@ def make_real(root: Path, seed: int = 0, n_identities: int = 8) -> Path:
 
 
 def manifest_from_labels(
-    labels_root: Path, out: Path, *, fail_every: int = 0, n_shards: int = 2, split: str | None = "train"
+    labels_root: Path,
+    out: Path,
+    *,
+    fail_every: int = 0,
+    n_shards: int = 2,
+    split: str | None = "train",
+    real_ids: bool = False,
+    novel_every: int = 0,
 ) -> Path:
     """A finished generated-dataset layout whose 'renders' are the images of a labelled dataset.
 
     Every `fail_every`-th row is marked failed (expression check), to exercise gate filtering.
+    Identities are novel ('syn-<identity>') unless `real_ids`: then the labels' own identities
+    (`real:<split>`), except every `novel_every`-th row.
     """
     df, _ = read_labels(labels_root)
     if split is not None:
@@ -51,6 +60,7 @@ def manifest_from_labels(
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(labels_root / r.path, out / rel)
         ok = not (fail_every and k % fail_every == fail_every - 1)
+        real = real_ids and not (novel_every and k % novel_every == novel_every - 1)
         rows.append(
             {
                 "sample_id": sid,
@@ -58,8 +68,8 @@ def manifest_from_labels(
                 "sha256": r.sha256,
                 "width": int(r.width),
                 "height": int(r.height),
-                "identity_id": f"syn-{r.identity}",
-                "identity_source": "novel",
+                "identity_id": r.identity if real else f"syn-{r.identity}",
+                "identity_source": f"real:{r.split}" if real else "novel",
                 "expression": r.expression,
                 "expression_index": EXPRESSIONS.index(r.expression),
                 "intensity": float(r.intensity),

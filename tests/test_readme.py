@@ -53,6 +53,8 @@ TSTR_FAST = [
     "tstr.image_size=16",
     "tstr.num_workers=0",
     "tstr.n_small_identities=2",
+    "tstr.seeds=[0]",
+    "tstr.recipes=[plain]",
 ]
 EXTRA_ARGS = {
     "data import": ["--no-detect", "--size", "16", "--identity-regex", r"^(id\d+)_"],

@@ -14,22 +14,35 @@ from pipeline.cli.app import ConfigOpt, SetOpt, app, console, guarded, load
 @app.command()
 def tstr(
     synthetic: Annotated[Path | None, typer.Option(help="Generated dataset (omit to run only the real arms).")] = None,
-    real: Annotated[Path, typer.Option(help="Real labelled dataset (labels.parquet) with train/test splits.")] = ...,
+    real: Annotated[
+        Path | None,
+        typer.Option(help="Real labelled dataset (labels.parquet) with train/test splits; not for --report-only."),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (overrides tstr.out_dir).")] = None,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Rebuild the report from the arms finished under the report folder.")
+    ] = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow `tstr` (artifacts).")] = False,
 ) -> None:
-    """Train on synthetic, test on real: a ResNet-18 per training arm, evaluated on real test images."""
+    """Train on synthetic, test on real: a ResNet-18 per arm, recipe and seed, evaluated on real test images.
+
+    Finished arms are kept under the report folder: rerunning the command resumes.
+    """
     cfg = load(config, set_)
-    if synthetic is None:
-        # Without a generated dataset only the real arms can run; say so instead of failing later.
-        cfg.tstr.arms = [a for a in cfg.tstr.arms if "synthetic" not in a]
-        if not cfg.tstr.arms:
-            console.print("[bold red]error:[/] tstr.arms has only synthetic arms; pass --synthetic")
-            raise typer.Exit(code=2)
     out_dir = out or cfg.tstr.out_dir
-    if flow:
+    if not report_only:
+        if real is None:
+            console.print("[bold red]error:[/] --real is required (only --report-only runs without it)")
+            raise typer.Exit(code=2)
+        if synthetic is None:
+            # Without a generated dataset only the real arms can run; say so instead of failing later.
+            cfg.tstr.arms = [a for a in cfg.tstr.arms if "synthetic" not in a and "matched" not in a]
+            if not cfg.tstr.arms:
+                console.print("[bold red]error:[/] tstr.arms needs a generated dataset; pass --synthetic")
+                raise typer.Exit(code=2)
+    if flow and not report_only:
         from flows.tstr import tstr_flow
         from pipeline.config import config_to_dict
 
@@ -44,12 +57,17 @@ def tstr(
         if step == total or step % max(1, total // 10) == 0:
             console.print(f"  {arm}: step {step}/{total} loss {loss:.4f}", highlight=False)
 
-    result = guarded(lambda: run_tstr(synthetic, real, cfg.tstr, out_dir, progress))
-    for row in result["rows"]:
+    result = guarded(lambda: run_tstr(synthetic, real or Path(), cfg.tstr, out_dir, progress, report_only))
+    for row in result["summary"]:
         console.print(
-            f"  {row['arm']:<22} accuracy {row['accuracy']:.4f}  macro F1 {row['macro_f1']:.4f}", highlight=False
+            f"  {row['recipe']:<10} {row['arm']:<24} accuracy {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
+            f"  macro F1 {row['macro_f1_mean']:.3f} ± {row['macro_f1_std']:.3f}  ({row['seeds']} seeds)",
+            highlight=False,
         )
-    console.print(f"table: {result['files']['markdown']}  plot: {result['files']['plot']}")
+    for t in result["targets"]:
+        console.print(f"  {t['line']}", highlight=False)
+    files = result["files"]
+    console.print(f"table: {files['markdown']}  plot: {files['plot']}  ({result['trained']} arms trained now)")
 
 
 @app.command()

@@ -36,8 +36,8 @@ def drop_retired(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def switched_on(dropped: dict[str, Any]) -> dict[str, Any]:
-    """The dropped fields whose stored value is not the retired option's "off" value."""
-    return {k: v for k, v in dropped.items() if v != RETIRED_FIELDS[k][0]}
+    """The dropped fields whose stored value is not the retired option's "off" value (None: no such value)."""
+    return {k: v for k, v in dropped.items() if RETIRED_FIELDS[k][0] is not None and v != RETIRED_FIELDS[k][0]}
 
 
 def stored_config(

@@ -176,6 +176,23 @@ class LabelledDataset(_FrameImageDataset):
         df = df.assign(identity_id=df["identity"])
         super().__init__(Path(root), df, transform, return_dict, image_size)
 
+    @classmethod
+    def from_frame(
+        cls,
+        root: Path | str,
+        frame: pd.DataFrame,
+        transform: Transform | None = None,
+        *,
+        return_dict: bool = False,
+        image_size: int | None = None,
+    ) -> LabelledDataset:
+        """Rows of `root`'s labels table picked by the caller (repeats allowed), in their order."""
+        ds = cls.__new__(cls)
+        _FrameImageDataset.__init__(
+            ds, Path(root), frame.assign(identity_id=frame["identity"]), transform, return_dict, image_size
+        )
+        return ds
+
     def _source(self, row: pd.Series) -> str:
         return str(row["source"])
 
