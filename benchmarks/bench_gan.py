@@ -56,6 +56,8 @@ def main() -> None:
     ):
         if key in m:
             print(f"  {key:<24} {m[key]:.3f}")
+    _print_regions(m)
+    _print_leakage(result["leak_table"])
     per_class = {c: round(m[f"expr_acc_{c}"], 2) for c in EXPRESSIONS if f"expr_acc_{c}" in m}
     print(f"  expression accuracy per class: {per_class}")
     for key in sorted(k for k in m if k.startswith("expr_acc_intensity_")):
@@ -71,6 +73,41 @@ def main() -> None:
     if secs:
         print(f"  GAN stage seconds (judges and finalisation not included): {secs}, total {sum(secs.values())} s")
     print(f"  grid: {result['grid']}")
+
+
+def _print_regions(m: dict) -> None:
+    """L1 / PSNR / SSIM to truth over the pixels the expression changes and the rest, side by side."""
+    if "l1_changed" not in m:
+        return
+    print(f"  fidelity by region (changed: {m['changed_share']:.1%} of pixels; L1 0-1 scale, PSNR dB):")
+    print(
+        f"    {'':<16}"
+        + "".join(f"{h:>11}" for h in ("L1 chg", "PSNR chg", "SSIM chg", "L1 rest", "PSNR rest", "SSIM rest"))
+    )
+    for label, suffix in (
+        ("composite", ""),
+        ("plain generator", "_raw"),
+        ("codes only", "_code_only"),
+        ("copy source", "_copy_source"),
+    ):
+        if f"l1_changed{suffix}" in m:
+            keys = [f"{k}_{r}{suffix}" for r in ("changed", "unchanged") for k in ("l1", "psnr", "ssim")]
+            print(f"    {label:<16}" + "".join(f"{m[k]:>11.3f}" for k in keys))
+
+
+def _print_leakage(leak: dict) -> None:
+    """Swap expression accuracy by source (rows) x target (columns) expression, and its spread."""
+    names = leak["expressions"]
+    print("  expression accuracy by source (rows) x target (columns):")
+    print(f"    {'':<9}" + "".join(f"{n[:8]:>9}" for n in names))
+    for name, row in zip(names, leak["accuracy"], strict=True):
+        print(f"    {name:<9}" + "".join(f"{'-' if v is None else f'{v:.2f}':>9}" for v in row))
+    spread = leak["spread_per_target"]
+    print(f"    {'spread':<9}" + "".join(f"{'-' if spread[n] is None else f'{spread[n]:.2f}':>9}" for n in names))
+    s = leak["summary"]
+    print(
+        f"  leakage: spread of accuracy across sources, mean {s['leak_spread_mean']:.3f}, max {s['leak_spread_max']:.3f}"
+    )
 
 
 if __name__ == "__main__":

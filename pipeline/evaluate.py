@@ -3,8 +3,10 @@
 For every test identity, every source image (neutral and each expression at full intensity) is
 re-rendered with every target expression code. The procedural data has the exact true image of
 that identity, in that session (same pose, light, background), with the target expression, so
-each swap is scored against truth: SSIM/PSNR, plus expression accuracy and identity top-1 from
-judges trained here with their own seed (never the networks the GAN was optimised against).
+each swap is scored against truth: SSIM/PSNR over the whole image and L1/PSNR/SSIM over the pixels
+the expression changes and the rest (`pipeline.quality.regions`), plus expression accuracy (also by
+source x target expression, the leakage table) and identity top-1 from judges trained here with
+their own seed (never the networks the GAN was optimised against).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from pipeline.core.codes import expression_target
 from pipeline.core.networks import Networks
 from pipeline.core.trained import load_trained
 from pipeline.expressions import EXPRESSIONS
-from pipeline.io_utils import atomic_write_json, atomic_write_text
+from pipeline.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.judges import judge_accuracy, load_eval_judges
+from pipeline.quality.leakage import leak_heatmap, leak_spread, leak_table
+from pipeline.quality.regions import changed_region, region_keys, region_scores
 from pipeline.quality.ssim import psnr_batch, ssim_batch
 from pipeline.swaps import draws_over_photo, render_over_photo, repeat_features, source_features
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import compose_grid, save_png, to_uint8
-from pipeline.train.losses import changed_pixels
 
 
 class BatchScores:
@@ -124,6 +127,8 @@ def evaluate_checkpoint(
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     metrics.update(_lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size, cfg))
     warnings = _collapse_warnings(metrics, scores, n_cls)
+    leakage = _leakage(scores, n_cls, out / "leak_table.png")
+    metrics.update(leakage["summary"])
 
     grid = _swap_grid(test, src_rows, renders_u8, top, n_cls, full, device, out / "swap_grid.png")
     result = {
@@ -134,6 +139,7 @@ def evaluate_checkpoint(
         "metrics": metrics,
         "warnings": warnings,
         "grid": str(grid),
+        "leak_table": leakage,
         "config": config_to_dict(cfg),
         # Training time per GAN stage as the checkpoint recorded it (judges and finalisation excluded).
         "stage_seconds": {
@@ -169,7 +175,11 @@ def _score_sources(
     fake = fake.clamp(-1, 1)
     tgt = torch.arange(n_cls).repeat(n)
     src_rep = rows.repeat_interleave(n_cls)
-    scores.add(correct=(s.clf(fake).argmax(1).cpu() == tgt).numpy())
+    scores.add(
+        correct=(s.clf(fake).argmax(1).cpu() == tgt).numpy(),
+        src_expr=test.labels[src_rep].numpy(),
+        tgt_expr=tgt.numpy(),
+    )
     if s.composited:
         raw = raw.clamp(-1, 1)
         scores.add(raw_correct=(s.clf(raw).argmax(1).cpu() == tgt).numpy())
@@ -196,17 +206,25 @@ def _score_sources(
     # The truths are loaded once; every score below reads them.
     truth = test.batch(truth_rows[have], full, 1.0, device)
     truth_u8, have_np, have_d = to_uint8(truth), have.numpy(), have.to(device)
+    copy_u8 = np.repeat(x_u8, n_cls, axis=0)[have_np]
+    where = changed_region(truth, x_rep[have_d])
     scores.add(
         sw_ssim=ssim_batch(fake_u8[have_np], truth_u8, data_range=255),
         sw_psnr=psnr_batch(fake_u8[have_np], truth_u8, data_range=255),
+        changed_share=where.flatten(1).mean(1).cpu().numpy(),
     )
+    renders = {"": fake_u8[have_np], "_copy_source": copy_u8}
     if s.composited:
-        scores.add(raw_ssim=ssim_batch(to_uint8(raw)[have_np], truth_u8, data_range=255))
+        renders["_raw"] = to_uint8(raw)[have_np]
     if code_only is not None:
-        scores.add(code_ssim=ssim_batch(to_uint8(code_only)[have_np], truth_u8, data_range=255))
+        renders["_code_only"] = to_uint8(code_only)[have_np]
+    _score_regions(scores, renders, truth_u8, where[:, 0].bool().cpu().numpy())
+    if code_only is not None:
+        scores.add(code_ssim=ssim_batch(renders["_code_only"], truth_u8, data_range=255))
+    if s.composited:
+        scores.add(raw_ssim=ssim_batch(renders["_raw"], truth_u8, data_range=255))
         # How far the mask opens where the truth differs from the source, and elsewhere: a
         # decisive mask is near 1 and 0; a blend of the source and the RGB is near 0.5.
-        where = changed_pixels(truth, x_rep[have_d])
         m = mask[have_d]
         scores.add(
             mask_changed=float((m * where).sum() / where.sum().clamp_min(1.0)),
@@ -214,7 +232,7 @@ def _score_sources(
         )
     # Reference: the unchanged source scored against the same truths. SSIM rewards getting
     # the face, pose and light right more than the expression, so read ssim_truth beside it.
-    scores.add(copy_ssim=ssim_batch(np.repeat(x_u8, n_cls, axis=0)[have_np], truth_u8, data_range=255))
+    scores.add(copy_ssim=ssim_batch(copy_u8, truth_u8, data_range=255))
     changed = (test.labels[src_rep] != tgt)[have]  # among the rows that have a truth
     if changed.any():
         changed_d = changed.to(device)
@@ -225,6 +243,51 @@ def _score_sources(
             spread_fake=fake.reshape(n, n_cls, -1).std(1).mean(1).cpu().numpy(),
             spread_true=truth.reshape(n, n_cls, -1).std(1).mean(1).cpu().numpy(),
         )
+
+
+def _score_regions(
+    scores: BatchScores, renders: dict[str, np.ndarray], truth_u8: np.ndarray, where: np.ndarray
+) -> None:
+    """L1, PSNR and SSIM over the changed region and the rest, per render kind (key suffix)."""
+    for suffix, images in renders.items():
+        scores.add(**{f"{k}{suffix}": v for k, v in region_scores(images, truth_u8, where).items()})
+
+
+def _region_metrics(scores: BatchScores) -> dict[str, float]:
+    """Means of the region scores; NaNs (a swap to the source's own expression changes no pixel) left out."""
+    out = {}
+    for suffix in ("", "_raw", "_code_only", "_copy_source"):
+        for key in region_keys():
+            if f"{key}{suffix}" in scores:
+                values = scores.all(f"{key}{suffix}")
+                values = values[~np.isnan(values)]
+                out[f"{key}{suffix}"] = float(values.mean()) if values.size else float("nan")
+    if "changed_share" in scores:
+        out["changed_share"] = scores.mean("changed_share")
+    return out
+
+
+def _leakage(scores: BatchScores, n_cls: int, heatmap: Path) -> dict[str, Any]:
+    """The source x target expression accuracy table, its summary and its heatmap picture."""
+    acc, count = leak_table(scores.all("src_expr"), scores.all("tgt_expr"), scores.all("correct"), n_cls)
+    spread = leak_spread(acc)
+    names = list(EXPRESSIONS[:n_cls])
+    with atomic_path(heatmap) as tmp:
+        leak_heatmap(acc, names).savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    cells = [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in acc]
+    summary = {"leak_spread_mean": float(np.nanmean(spread)), "leak_spread_max": float(np.nanmax(spread))}
+    return {
+        "rows": "source expression",
+        "columns": "target expression",
+        "expressions": names,
+        "accuracy": cells,
+        "count": count.tolist(),
+        "spread_per_target": {
+            n: None if np.isnan(v) else round(float(v), 4) for n, v in zip(names, spread, strict=True)
+        },
+        "heatmap": str(heatmap),
+        "summary": summary,
+    }
 
 
 def _summarise(s: _Setup, scores: BatchScores, judges_on_real: dict[str, float]) -> dict[str, Any]:
@@ -254,6 +317,7 @@ def _summarise(s: _Setup, scores: BatchScores, judges_on_real: dict[str, float])
         metrics["expr_acc_code_only"] = scores.mean("code_correct")
         if "code_ssim" in scores:
             metrics["ssim_truth_code_only"] = scores.mean("code_ssim")
+    metrics.update(_region_metrics(scores))
     return metrics
 
 
@@ -385,7 +449,53 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += ["| metric | value |", "|---|---|"] + [
         f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items()
     ]
+    lines += _region_markdown(m) + _leak_markdown(result["leak_table"])
     if result["warnings"]:
         lines += ["", "## Warnings", *[f"- {w}" for w in result["warnings"]]]
     lines += ["", "![swap grid](swap_grid.png)", ""]
     return "\n".join(lines)
+
+
+def _region_markdown(m: dict[str, Any]) -> list[str]:
+    """Composite, plain RGB and copied source side by side, over the changed region and the rest."""
+    if "l1_changed" not in m:
+        return []
+    kinds = [("composite" if "l1_changed_raw" in m else "render", ""), ("plain generator", "_raw")]
+    kinds += [("codes only (no photo)", "_code_only"), ("copy source", "_copy_source")]
+    keys = [k.split("_") for k in region_keys()]
+    lines = [
+        "",
+        "## Fidelity where the expression changes",
+        "",
+        f"Changed region: pixels where the truth differs from the source (dilated 1 px), "
+        f"{m['changed_share']:.1%} of the pixels on average. L1 on a 0-1 scale, PSNR in dB.",
+        "",
+        "| | " + " | ".join(f"{metric} {region}" for metric, region in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for label, suffix in kinds:
+        if f"l1_changed{suffix}" in m:
+            lines.append(f"| {label} | " + " | ".join(f"{m[f'{a}_{b}{suffix}']:.3f}" for a, b in keys) + " |")
+    return lines
+
+
+def _leak_markdown(leak: dict[str, Any]) -> list[str]:
+    """The source x target expression accuracy table with its per-target spread."""
+    names = leak["expressions"]
+    lines = [
+        "",
+        "## Leakage: swap expression accuracy by source (rows) x target (columns) expression",
+        "",
+        "| source \\ target | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for name, row in zip(names, leak["accuracy"], strict=True):
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in row) + " |")
+    spread = leak["spread_per_target"]
+    lines.append(
+        "| spread (max - min) | " + " | ".join("-" if spread[n] is None else f"{spread[n]:.2f}" for n in names) + " |"
+    )
+    s = leak["summary"]
+    lines += ["", f"Spread across sources: mean {s['leak_spread_mean']:.3f}, max {s['leak_spread_max']:.3f}.", ""]
+    lines += [f"![leak table]({Path(leak['heatmap']).name})"]
+    return lines

@@ -238,22 +238,6 @@ def test_channels_last_is_a_speed_setting_only(tiny_data: Path, tmp_path: Path) 
     assert all(torch.equal(v, theirs[k]) for k, v in again.nets.generator.state_dict().items())
 
 
-def test_changed_pixels_marks_the_expression_region_and_its_border() -> None:
-    from pipeline.train.losses import changed_pixels
-
-    src = torch.zeros(2, 3, 16, 16)
-    truth = src.clone()
-    truth[:, :, 10:12, 6:10] = 0.8  # a small "mouth" that the expression changes
-    where = changed_pixels(truth, src)
-    assert where.shape == (2, 1, 16, 16)
-    # The 8 changed pixels and their one-pixel border (24 in all), nothing else.
-    assert float(where[0].sum()) == 24 and float(where[0, 0, 10:12, 6:10].min()) == 1.0
-    assert float(where[0, 0, 0:8, :].sum()) == 0
-    faint = src.clone()
-    faint[:, :, 0:4, 0:4] = 0.05  # below the threshold: not a change
-    assert float(changed_pixels(faint, src).sum()) == 0
-
-
 def test_expression_transfer_places_renders_between_source_and_truth() -> None:
     from pipeline.evaluate import expression_transfer
 
@@ -288,6 +272,20 @@ def test_evaluate_scores_swaps_against_truth_with_the_copy_source_reference(tiny
     # The unchanged source matches its own session's truths far better than an untrained render does.
     assert m["ssim_truth_copy_source"] > m["ssim_truth"]
     assert (tmp_path / "eval" / "eval.json").is_file() and Path(result["grid"]).is_file()
+    # Fidelity over the pixels the expression changes and the rest, for composite, plain RGB and copy.
+    for suffix in ("", "_raw", "_copy_source"):
+        for key in ("l1_changed", "l1_unchanged", "ssim_changed", "ssim_unchanged", "psnr_changed"):
+            assert math.isfinite(m[f"{key}{suffix}"]), key + suffix
+    assert m["l1_unchanged_copy_source"] < m["l1_changed_copy_source"]  # the copy is right where nothing changes
+    assert 0.0 < m["changed_share"] < 1.0
+    # Leakage: accuracy by source x target expression, summarised, pictured and reported.
+    leak = result["leak_table"]
+    assert len(leak["accuracy"]) == 7 and all(len(row) == 7 for row in leak["accuracy"])
+    assert sum(map(sum, leak["count"])) == m["n_swaps"]
+    assert 0.0 <= m["leak_spread_mean"] <= m["leak_spread_max"] <= 1.0
+    assert Path(leak["heatmap"]).is_file()
+    report = Path(result["report"]).read_text()
+    assert "## Leakage" in report and "## Fidelity where the expression changes" in report
 
 
 def test_fitted_identity_codes_render_novel_identities(tiny_data: Path, tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ def evaluate(
         console.print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}", highlight=False)
     for w in result.get("warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"leak table (source x target expression accuracy): {result['leak_table']['heatmap']}")
     console.print(f"report: {result['report']}")
 
 

@@ -56,13 +56,10 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"expected one HW or HWC image, got shape {a.shape}")
 
 
-def ssim(
-    a: np.ndarray | torch.Tensor,
-    b: np.ndarray | torch.Tensor,
-    data_range: float | None = None,
-    win_size: int | None = None,
-) -> float:
-    """SSIM of one HW/HWC image pair (Wang et al. settings)."""
+def _structural_similarity(
+    a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, data_range: float | None, win_size: int | None
+) -> tuple[float, np.ndarray, int]:
+    """skimage's SSIM with the fixed settings: (mean, per-pixel map HW or HWC, window)."""
     a, b = _as_numpy(a), _as_numpy(b)
     _check_pair(a, b)
     dr = infer_data_range(a, b) if data_range is None else float(data_range)
@@ -72,18 +69,49 @@ def ssim(
     if win < 3:
         # A 1-px window has no structure term; SSIM is undefined for such tiny images.
         raise ValueError(f"images of {a.shape[0]}x{a.shape[1]} are too small for SSIM (need a side >= 3)")
-    return float(
-        structural_similarity(
-            a,
-            b,
-            data_range=dr,
-            channel_axis=-1 if a.ndim == 3 else None,
-            win_size=win,
-            gaussian_weights=True,
-            sigma=1.5,
-            use_sample_covariance=False,
-        )
+    mean, full = structural_similarity(
+        a,
+        b,
+        data_range=dr,
+        channel_axis=-1 if a.ndim == 3 else None,
+        win_size=win,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
     )
+    return float(mean), full, win
+
+
+def ssim(
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
+    data_range: float | None = None,
+    win_size: int | None = None,
+) -> float:
+    """SSIM of one HW/HWC image pair (Wang et al. settings)."""
+    return _structural_similarity(a, b, data_range, win_size)[0]
+
+
+def ssim_map(
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
+    data_range: float | None = None,
+    win_size: int | None = None,
+) -> np.ndarray:
+    """Per-pixel SSIM (HW, the channels' mean) of one image pair, NaN on the border `ssim` leaves out.
+
+    scikit-image averages its SSIM map without a border of (window - 1) // 2 pixels, where the
+    filters reach past the image; that border is NaN here, so `np.nanmean` of the map is `ssim`, and
+    the mean over any region (the pixels an expression changes) uses the same pixels `ssim` would.
+    """
+    _, full, win = _structural_similarity(a, b, data_range, win_size)
+    out = full.mean(-1) if full.ndim == 3 else full.astype(np.float64)
+    pad = (win - 1) // 2
+    border = np.ones(out.shape, bool)
+    border[pad : out.shape[0] - pad, pad : out.shape[1] - pad] = False
+    out[border] = np.nan
+    return out
 
 
 def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, data_range: float | None = None) -> float:

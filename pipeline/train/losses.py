@@ -49,11 +49,3 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     with torch.autocast(fake.device.type, enabled=False):
         ssim = structural_similarity_index_measure((fake.float() + 1) / 2, (real.float() + 1) / 2, data_range=1.0)
     return 1.0 - ssim
-
-
-def changed_pixels(truth: torch.Tensor, source: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """(N, 1, H, W) 0/1 map of where a truth differs from its source (same person, session and light,
-    other expression) by more than `threshold` in some channel, dilated by one pixel so that the
-    edges of a mouth or brow count as changed."""
-    mask = ((truth - source).abs().amax(1, keepdim=True) > threshold).float()
-    return F.max_pool2d(mask, 3, stride=1, padding=1)
