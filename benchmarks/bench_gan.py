@@ -84,7 +84,12 @@ def _print_regions(m: dict) -> None:
         f"    {'':<16}"
         + "".join(f"{h:>11}" for h in ("L1 chg", "PSNR chg", "SSIM chg", "L1 rest", "PSNR rest", "SSIM rest"))
     )
-    for label, suffix in (("composite", ""), ("plain generator", "_raw"), ("copy source", "_copy_source")):
+    for label, suffix in (
+        ("composite", ""),
+        ("plain generator", "_raw"),
+        ("codes only", "_code_only"),
+        ("copy source", "_copy_source"),
+    ):
         if f"l1_changed{suffix}" in m:
             keys = [f"{k}_{r}{suffix}" for r in ("changed", "unchanged") for k in ("l1", "psnr", "ssim")]
             print(f"    {label:<16}" + "".join(f"{m[k]:>11.3f}" for k in keys))

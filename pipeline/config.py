@@ -98,6 +98,12 @@ class ModelConfig(_Section):
         description="the generator also draws a mask; a render of a real face is composited over its source "
         "photo (GANimation), so only what the expression changes is redrawn",
     )
+    skip_features: bool = Field(
+        False,
+        description="skip-fed generator: the block drawing each resolution also takes the source photo's encoder "
+        "features at that resolution (small backbone only); w_exp still enters only by AdaIN; with no photo "
+        "(novel identities) it renders from the codes alone",
+    )
     exp_dim: int = Field(32, ge=2, le=1024)
     mapping_layers: int = Field(4, ge=1, le=16)
     mapping_lr_mul: float = Field(0.1, gt=0, le=1.0, description="equalised-lr multiplier of the mapping MLP")
@@ -111,6 +117,12 @@ class ModelConfig(_Section):
     judge_embed_dim: int = Field(128, ge=8, le=1024)
 
     _res = field_validator("max_resolution")(lambda cls, v: _power_of_two(v, lo=8))
+
+    @model_validator(mode="after")
+    def _skip_needs_small_backbone(self) -> ModelConfig:
+        if self.skip_features and self.backbone != "small":
+            raise ValueError(f"model.skip_features needs model.backbone: small (got {self.backbone!r})")
+        return self
 
 
 class StageConfig(_Section):

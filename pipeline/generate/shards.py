@@ -79,6 +79,8 @@ class RenderContext:
     # (generate.composite: difference) that photo's own expression code, encoded once here.
     base_rows: dict[str, int] = field(default_factory=dict)
     base_exp: dict[str, torch.Tensor] = field(default_factory=dict)
+    # A skip-fed generator (model.skip_features) draws a real identity from its photo's features.
+    encoder: nn.Module | None = None
     prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
     truths: dict[tuple[str, str, float], np.ndarray | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -173,6 +175,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         checkpoint_step=int(ckpt["global_step"]),
         base_rows=base_rows,
         base_exp=base_exp,
+        encoder=nets.encoder if nets.generator_ema.skip_features else None,
     )
 
 
@@ -231,7 +234,10 @@ def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
             [ctx.base_exp[it.identity_id] if r is not None else w_exp[0] for it, r in zip(items, rows, strict=True)]
         )
     composite = ctx.cfg.generate.composite
-    render, rgb, _ = render_over_photo(ctx.generator, composite, w_id, w_exp, w_exp_base, base, ctx.resolution)
+    feats = None if ctx.encoder is None else ctx.encoder.features_pyramid(base)
+    render, rgb, _ = render_over_photo(ctx.generator, composite, w_id, w_exp, w_exp_base, base, ctx.resolution, feats)
+    if feats is not None and not bool(has_base.all()):  # rows without a photo: the codes alone
+        rgb = ctx.generator(w_id, w_exp, ctx.resolution, 1.0)
     return to_uint8(torch.where(has_base, render, rgb).clamp(-1, 1))
 
 
