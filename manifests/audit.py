@@ -293,7 +293,7 @@ def _recheck_gates(card: dict[str, Any], df: pd.DataFrame, path: str, add: Any) 
         if was is None:
             add(Problem("gate_missing", f"the card has no {gate.name!r} gate, which these thresholds require", path))
             continue
-        value = None if math.isnan(gate.value) else gate.value
+        value = gate.value if math.isfinite(gate.value) else None  # the card stores NaN and inf as null
         same_value = (value is None) == (was.get("value") is None) and (
             value is None or math.isclose(float(was["value"]), value, rel_tol=1e-6, abs_tol=TOLERANCE)
         )

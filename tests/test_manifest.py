@@ -271,7 +271,10 @@ def test_card_contents(dataset: Path) -> None:
     card = json.loads((dataset / CARD_JSON).read_text())
     assert card["stats"]["n_images"] == 8
     assert card["stats"]["counts"]["expression"]["neutral"] == 2
-    assert card["gates_passed"] is True
+    # Eight rows leave a class with no passing render: the card says the gates failed, and which.
+    assert (
+        card["gates_passed"] is False and not next(g for g in card["gates"] if g["name"] == "class_balance")["passed"]
+    )
     assert card["lineage"]["checkpoint"]["sha256"] == CKPT
     assert set(card["lineage"]["packages"]) >= {
         "torch",
@@ -286,7 +289,7 @@ def test_card_contents(dataset: Path) -> None:
     front = yaml.safe_load(md.split("---\n")[1])
     assert front["task_categories"] == ["image-classification"]
     assert "synthetic" in front["tags"] and front["size_categories"] == ["n<1K"]
-    assert "| fid | 41.5 | <= | 60 | True |" in md
+    assert "| pass_rate | 0." in md and "| note |" in md
     assert "## Lineage" in md and CKPT in md
 
     croissant = json.loads((dataset / CROISSANT).read_text())
