@@ -39,7 +39,10 @@ def _summary(result: Any) -> None:
     for g in result.gates:
         v = g.get("value")
         verdict = ("pass" if g["passed"] else "FAIL") if g.get("enforced", True) else "info"
-        table.add_row(g["name"], "n/a" if v is None else f"{v:.4g}", g["op"], f"{g['threshold']:.4g}", verdict)
+        t = g["threshold"]
+        table.add_row(
+            g["name"], "not computed" if v is None else f"{v:.4g}", g["op"], "n/a" if t is None else f"{t:.4g}", verdict
+        )
     console.print(table)
     if not ok:
         console.print(f"[red]failed:[/] {result.failed_message}", soft_wrap=True, highlight=False)

@@ -222,11 +222,16 @@ def evaluate_gates(per_image_df: pd.DataFrame, dataset_metrics: Mapping[str, Any
 
 def worst_class_kid_gate(per_expression: list[dict[str, Any]]) -> Gate:
     """The expression whose KID exceeds its own ceiling most (set ceiling + real-vs-real noise at its size)."""
-    rows = [r for r in per_expression if r.get("n_fake", 0) > 0]
+    # KID needs two images a side: a class sampled thinner than that (tiny sets) is not measurable.
+    rows = [r for r in per_expression if (r.get("n_fake") or 0) >= 2 and (r.get("n_real") or 2) >= 2]
+    if not rows:
+        note = "informational: no expression has 2 renders and 2 real images in the FID sample"
+        return make_gate("kid_worst_class", None, math.nan, "<=", note, enforced=False)
     bad = [r for r in rows if not _finite(r.get("kid_mean")) or not _finite(r.get("kid_threshold"))]
-    if bad or not rows:
-        why = f"no KID for {', '.join(str(r['label']) for r in bad)}" if bad else "no rendered class"
-        return make_gate("kid_worst_class", None, math.nan, "<=", why)
+    if bad:
+        return make_gate(
+            "kid_worst_class", None, math.nan, "<=", f"no KID for {', '.join(str(r['label']) for r in bad)}"
+        )
     worst = max(rows, key=lambda r: r["kid_mean"] - r["kid_threshold"])
     note = f"{worst['label']} ({worst['n_fake']} renders); each class: set ceiling + real-vs-real KID at its size"
     return make_gate("kid_worst_class", worst["kid_mean"], worst["kid_threshold"], "<=", note)
