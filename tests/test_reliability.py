@@ -45,6 +45,9 @@ LENIENT = [
     "quality.kid_ceiling=100.0",
     "quality.fid_ceiling=1000000.0",
     "quality.pass_rate_floor=0.0",
+    "quality.usefulness_floor=0.0",
+    "quality.usefulness_steps=3",
+    "quality.usefulness_max_eval_images=32",
 ]
 
 
