@@ -1,6 +1,7 @@
 """How steady an instrument the expression judge is (run by hand; prints one line per judge).
 
-    python benchmarks/bench_judges.py CHECKPOINT DATASET_DIR [--soften 0 0.5] [--steps 400] [--seeds 0 1 2] [--panel 3]
+    python benchmarks/bench_judges.py CHECKPOINT DATASET_DIR [DATASET_DIR ...] [--soften 0 0.5] [--steps 400]
+        [--seeds 0 1 2] [--panel 3]
 
 For each (soften, steps, seed) it trains a fresh pair of independent judges the way training's
 `finalize` does (`train.judge_soften`, `train.judge_steps`, `train.seed`) on the checkpoint's real
@@ -8,7 +9,8 @@ training split and prints:
 - real validation images: accuracy, the pooled calibrated threshold (95% of the correctly classified
   real images pass), and accuracy after a Gaussian blur of sigma 1 px (is it judging expressions or
   sharpness?);
-- the renders of DATASET_DIR (a generated dataset, staged or published): argmax accuracy, and with
+- the renders of each DATASET_DIR (a generated dataset, staged or published; the same judges score
+  every one, a line each): argmax accuracy, and with
   the pooled and with per-class thresholds (generation's default) the share that passes the
   expression check, the class balance of the passing renders, per-class pass rates;
 - a control: the unchanged base photos of the dataset's real identities scored against every
@@ -53,7 +55,7 @@ def main() -> None:
     # Long on purpose: a benchmark's whole protocol (arguments, judges per seed, every rule) read top to bottom.
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("dataset", type=Path, help="a generated dataset folder (manifest/, plan.json)")
+    ap.add_argument("datasets", type=Path, nargs="+", help="generated dataset folders (manifest/, plan.json)")
     ap.add_argument("--soften", type=float, nargs="+", default=[0.0, 0.5])
     ap.add_argument("--steps", type=int, nargs="+", default=[400])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -69,13 +71,8 @@ def main() -> None:
     x_val = val.batch(torch.arange(val.n), res, 1.0, dev)
     x_blur = TF.gaussian_blur(x_val, kernel_size=5, sigma=1.0)
 
-    df = pd.read_parquet(args.dataset / "manifest")
-    renders = _png_batch([args.dataset / f for f in df["file_name"]])
-    target = torch.as_tensor(df["expression_index"].to_numpy().astype(np.int64))
-    plan = json.loads((args.dataset / "plan.json").read_text())
-    photos = [cfg0.data.root / i["base_image"] for i in plan["identities"] if i.get("base_image")]
-    base_photos = _png_batch(photos) if photos else None
-    print(f"{args.checkpoint}: {train.n} training images; {val.n} validation images; {len(df)} renders")
+    sets = [_rendered_set(d, cfg0.data.root) for d in args.datasets]
+    print(f"{args.checkpoint}: {train.n} training images; {val.n} validation images")
 
     for soften in args.soften:
         for steps in args.steps:
@@ -104,45 +101,64 @@ def main() -> None:
                 pooled = calibrate_expression_threshold(p_t.numpy(), right.numpy())
                 own = calibrate_expression_thresholds(p_t.numpy(), right.numpy(), val.labels.numpy(), EXPRESSIONS)
                 blur_acc = float((probs(x_blur).argmax(1) == val.labels).float().mean())
-                p = probs(renders)
-                scored = pd.DataFrame(
-                    {
-                        "expression": df["expression"].to_numpy(),
-                        "expression_idx": target.numpy(),
-                        "expression_pred": p.argmax(1).numpy(),
-                        "expression_p_target": p[torch.arange(len(target)), target].numpy(),
-                        "identity_cosine": 1.0,  # the expression check alone is measured here
-                    }
-                )
-                pb = probs(base_photos) if base_photos is not None else None
-                verdicts = []
-                # The generation rule itself (argmax is the target and p >= the threshold), pooled and per class.
-                for name, q in (
-                    ("pooled", QualityConfig(expression_threshold=pooled)),
-                    ("per-class", QualityConfig(expression_threshold=pooled, expression_thresholds=own)),
-                ):
-                    passed = per_image_flags(scored, q)["expression_pass"]
-                    by_class = passed.groupby(scored["expression"])
-                    balance = class_balance_ratio(scored.loc[passed, "expression"], list(by_class.groups))
-                    control = float("nan")
-                    if pb is not None:
-                        control = max(
-                            float(((pb.argmax(1) == c) & (pb[:, c] >= q.expression_threshold_for(e))).float().mean())
-                            for c, e in enumerate(EXPRESSIONS)
-                            if e != "neutral"
-                        )
-                    verdicts.append(
-                        f"{name}: pass {passed.mean():.3f}, balance {balance:.2f}, photos pass as another class "
-                        f"{control:.2f}, {by_class.mean().round(2).to_dict()}"
-                        + (f", expression gates {_verdict(df, passed, q)}" if name == "per-class" else "")
+                for name, (df, renders, target, base_photos) in zip(args.datasets, sets, strict=True):
+                    pb = probs(base_photos) if base_photos is not None else None
+                    t_score = time.perf_counter()
+                    pr = probs(renders)
+                    t_score = time.perf_counter() - t_score  # what the panel adds to generation: scoring
+                    line = _judge_renders(df, pr, target, pb, pooled, own)
+                    print(
+                        f"{name} soften={soften} steps={steps} seed={seed} ({took:.0f} s) | real val: accuracy "
+                        f"{right.float().mean():.3f}, pooled threshold {pooled:.3f}, blurred (sigma 1) accuracy "
+                        f"{blur_acc:.3f} | {len(df)} renders (scored in {t_score:.2f} s): argmax {line[0]:.3f} | "
+                        + " | ".join(line[1:]),
+                        flush=True,
                     )
-                print(
-                    f"soften={soften} steps={steps} seed={seed} ({took:.0f} s) | real val: accuracy "
-                    f"{right.float().mean():.3f}, pooled threshold {pooled:.3f}, blurred (sigma 1) accuracy "
-                    f"{blur_acc:.3f} | renders: argmax {(p.argmax(1) == target).float().mean():.3f} | "
-                    + " | ".join(verdicts),
-                    flush=True,
-                )
+
+
+def _rendered_set(folder: Path, data_root: Path):
+    """A dataset's manifest, its renders, their targets and the base photos of its real identities."""
+    df = pd.read_parquet(folder / "manifest")
+    renders = _png_batch([folder / f for f in df["file_name"]])
+    target = torch.as_tensor(df["expression_index"].to_numpy().astype(np.int64))
+    plan = json.loads((folder / "plan.json").read_text())
+    photos = [data_root / i["base_image"] for i in plan["identities"] if i.get("base_image")]
+    return df, renders, target, (_png_batch(photos) if photos else None)
+
+
+def _judge_renders(df, p, target, pb, pooled: float, own: dict) -> list:
+    """Argmax accuracy, then a verdict string per threshold rule (pooled, per class)."""
+    scored = pd.DataFrame(
+        {
+            "expression": df["expression"].to_numpy(),
+            "expression_idx": target.numpy(),
+            "expression_pred": p.argmax(1).numpy(),
+            "expression_p_target": p[torch.arange(len(target)), target].numpy(),
+            "identity_cosine": 1.0,  # the expression check alone is measured here
+        }
+    )
+    line: list = [float((p.argmax(1) == target).float().mean())]
+    # The generation rule itself (argmax is the target and p >= the threshold), pooled and per class.
+    for name, q in (
+        ("pooled", QualityConfig(expression_threshold=pooled)),
+        ("per-class", QualityConfig(expression_threshold=pooled, expression_thresholds=own)),
+    ):
+        passed = per_image_flags(scored, q)["expression_pass"]
+        by_class = passed.groupby(scored["expression"])
+        balance = class_balance_ratio(scored.loc[passed, "expression"], list(by_class.groups))
+        control = float("nan")
+        if pb is not None:
+            control = max(
+                float(((pb.argmax(1) == c) & (pb[:, c] >= q.expression_threshold_for(e))).float().mean())
+                for c, e in enumerate(EXPRESSIONS)
+                if e != "neutral"
+            )
+        line.append(
+            f"{name}: pass {passed.mean():.3f}, balance {balance:.2f}, photos pass as another class "
+            f"{control:.2f}, {by_class.mean().round(2).to_dict()}"
+            + (f", expression gates {_verdict(df, passed, q)}" if name == "per-class" else "")
+        )
+    return line
 
 
 def _members(cfg, train, size: int) -> list[torch.nn.Module]:

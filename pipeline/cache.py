@@ -138,3 +138,10 @@ def load_tensors(root: Path, resolution: int, cache_dir: Path | None = None) -> 
     """uint8 images (N, 3, R, R) in labels-table row order and the labels frame; builds the cache if needed."""
     images, df, _ = load_tensors_info(root, resolution, cache_dir)
     return images, df
+
+
+def read_rgb_batch(root: Path, names: list[str]) -> torch.Tensor:
+    """PNG files under `root` as one uint8 (N, 3, H, W) tensor, in the order named (renders: no cache)."""
+    return torch.from_numpy(np.stack([np.asarray(Image.open(root / n).convert("RGB")) for n in names])).permute(
+        0, 3, 1, 2
+    )

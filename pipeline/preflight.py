@@ -22,24 +22,20 @@ class PreflightError(ValueError):
 
 def readable_file(path: Path, label: str) -> Path:
     """`path` is an existing regular file this user can read."""
-    path = Path(path)
-    if not path.exists():
-        raise PreflightError(f"{label} {path}: does not exist")
-    if not path.is_file():
-        raise PreflightError(f"{label} {path}: is a folder, not a file")
-    if not os.access(path, os.R_OK):
-        raise PreflightError(f"{label} {path}: is not readable by this user")
-    return path
+    return _readable(Path(path), label, Path.is_file, "is a folder, not a file", os.R_OK)
 
 
 def readable_folder(path: Path, label: str) -> Path:
     """`path` is an existing folder this user can list."""
-    path = Path(path)
+    return _readable(Path(path), label, Path.is_dir, "is a regular file, not a folder", os.R_OK | os.X_OK)
+
+
+def _readable(path: Path, label: str, right_kind, wrong_kind: str, access: int) -> Path:
     if not path.exists():
         raise PreflightError(f"{label} {path}: does not exist")
-    if not path.is_dir():
-        raise PreflightError(f"{label} {path}: is a regular file, not a folder")
-    if not os.access(path, os.R_OK | os.X_OK):
+    if not right_kind(path):
+        raise PreflightError(f"{label} {path}: {wrong_kind}")
+    if not os.access(path, access):
         raise PreflightError(f"{label} {path}: is not readable by this user")
     return path
 

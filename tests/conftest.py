@@ -1,10 +1,11 @@
-"""Shared test fixtures: temporary Prefect home, offline weights, deterministic torch."""
+"""Shared test fixtures: temporary Prefect home, offline weights, a tiny trained checkpoint, an ideal judge."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.weights import WEIGHTS_DIR_ENV, find_weight
@@ -41,3 +42,29 @@ def facenet_weights() -> Path:
 @pytest.fixture
 def fid_weights() -> Path:
     return _local_weight("fid")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The final checkpoint of a tiny training run (configs/tiny.yaml), trained once per test module."""
+    from pipeline.config import load_config
+    from pipeline.procedural.dataset import make_dataset
+    from pipeline.train.loop import Trainer
+
+    base = tmp_path_factory.mktemp("tiny")
+    data = base / "data"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"train.out_dir={base / 'run'}"])
+    make_dataset(cfg.procedural, data, workers=1)
+    return Trainer(cfg).train()
+
+
+@pytest.fixture
+def ideal_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny GAN cannot make recognisable expressions; stand in a classifier that always agrees."""
+    import pipeline.generate.shards as shards_mod
+
+    def fake(classifier, images, target_idx, threshold=0.5, batch_size=64, device="auto"):
+        t = np.asarray(target_idx)
+        return t, np.full(len(t), 0.9), np.ones(len(t), bool)
+
+    monkeypatch.setattr(shards_mod, "expression_scores", fake)

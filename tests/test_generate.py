@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 
 import pipeline.generate.shards as shards_mod
 from manifests.audit import audit_dataset
@@ -34,60 +35,11 @@ from pipeline.generate.dataset import make_plan
 from pipeline.train.grids import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
-# The usefulness gate's recognisers, a few steps on a few images: the gate runs, its verdict is cheap.
-USEFULNESS_FAST = [
-    "quality.usefulness_steps=3",
-    "quality.usefulness_batch_size=8",
-    "quality.usefulness_max_eval_images=32",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """(data root, final checkpoint) of a tiny training run."""
-    from pipeline.procedural.dataset import make_dataset
-    from pipeline.train.loop import Trainer
-
-    base = tmp_path_factory.mktemp("gen")
-    data = base / "data"
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"train.out_dir={base / 'run'}"])
-    make_dataset(cfg.procedural, data, workers=1)
-    return Trainer(cfg).train()
 
 
 @pytest.fixture
 def fast(fid_weights: Path) -> list[str]:
-    # Small shards so a 42-image sweep has several; FID/KID on a handful of images (Inception is slow on CPU).
-    return [
-        "generate.shard_size=10",
-        "generate.batch_size=4",
-        "generate.fid_max_images=8",
-        "generate.report_max_images=16",
-        "quality.kid_subsets=10",
-        f"quality.fid_weights={fid_weights}",
-        *USEFULNESS_FAST,
-    ]
-
-
-LENIENT = [
-    "quality.usefulness_floor=0.0",
-    "quality.embedder_identity_threshold=-1.0",
-    "quality.ssim_floor=-1.0",
-    "quality.kid_ceiling=100.0",
-    "quality.fid_ceiling=1000000.0",
-    "quality.pass_rate_floor=0.0",
-]
-
-
-@pytest.fixture
-def ideal_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tiny GAN cannot make recognisable expressions; stand in a classifier that always agrees."""
-
-    def fake(classifier, images, target_idx, threshold=0.5, batch_size=64, device="auto"):
-        t = np.asarray(target_idx)
-        return t, np.full(len(t), 0.9), np.ones(len(t), bool)
-
-    monkeypatch.setattr(shards_mod, "expression_scores", fake)
+    return [*FAST_GENERATE, f"quality.fid_weights={fid_weights}", *FAST_USEFULNESS]
 
 
 def cfg_for(ckpt: Path, *sets: str) -> Config:
@@ -351,7 +303,9 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
 
 
 def test_rejected_dataset_stays_in_staging(tiny: Path, tmp_path: Path, fast: list[str]) -> None:
-    result = generate_dataset(None, tiny, tmp_path, overrides=[*fast, *LENIENT, "quality.kid_ceiling=1e-12"], name="ds")
+    result = generate_dataset(
+        None, tiny, tmp_path, overrides=[*fast, *LENIENT_GATES, "quality.kid_ceiling=1e-12"], name="ds"
+    )
     assert result.status == "rejected"
     assert "kid_mean" in result.failed_message and "required <= 1e-12" in result.failed_message
     assert not (tmp_path / "ds").exists()
@@ -365,7 +319,7 @@ def test_rejected_dataset_stays_in_staging(tiny: Path, tmp_path: Path, fast: lis
 def test_published_dataset_is_readable_and_passes_the_audit(
     tiny: Path, tmp_path: Path, fast: list[str], ideal_classifier: None
 ) -> None:
-    sets = [*fast, *LENIENT, "generate.identity_sources=[real, novel]", "generate.n_novel=2"]
+    sets = [*fast, *LENIENT_GATES, "generate.identity_sources=[real, novel]", "generate.n_novel=2"]
     result = generate_dataset(None, tiny, tmp_path, overrides=sets, name="ds")
     assert result.status == "published", result.failed_message
     root = tmp_path / "ds"
@@ -397,13 +351,18 @@ def test_flow_publishes_and_fails_on_a_rejected_dataset(
 ) -> None:
     from flows.generate import run_generate_flow
 
-    ok = run_generate_flow(None, tiny, tmp_path, name="good", overrides=[*fast, *LENIENT], return_state=True)
+    ok = run_generate_flow(None, tiny, tmp_path, name="good", overrides=[*fast, *LENIENT_GATES], return_state=True)
     assert ok.is_completed(), ok.message
     assert ok.result()["status"] == "published"
     assert audit_dataset(tmp_path / "good").ok
 
     bad = run_generate_flow(
-        None, tiny, tmp_path, name="bad", overrides=[*fast, *LENIENT, "quality.kid_ceiling=1e-12"], return_state=True
+        None,
+        tiny,
+        tmp_path,
+        name="bad",
+        overrides=[*fast, *LENIENT_GATES, "quality.kid_ceiling=1e-12"],
+        return_state=True,
     )
     assert bad.is_failed()
     assert "kid_mean" in bad.message and "1e-12" in bad.message
@@ -432,23 +391,25 @@ def test_dask_runner_gives_the_same_dataset(tiny: Path, tmp_path: Path, fast: li
 def test_rejected_dataset_is_re_judged_without_re_rendering(
     tiny: Path, tmp_path: Path, fast: list[str], ideal_classifier: None
 ) -> None:
-    first = generate_dataset(None, tiny, tmp_path, overrides=[*fast, *LENIENT, "quality.kid_ceiling=1e-12"], name="ds")
+    first = generate_dataset(
+        None, tiny, tmp_path, overrides=[*fast, *LENIENT_GATES, "quality.kid_ceiling=1e-12"], name="ds"
+    )
     assert first.status == "rejected" and first.failed_message.startswith("kid_mean")
     # Relaxing a dataset gate re-judges the staged shards as they are, then publishes.
-    second = generate_dataset(None, tiny, tmp_path, overrides=[*fast, *LENIENT], name="ds")
+    second = generate_dataset(None, tiny, tmp_path, overrides=[*fast, *LENIENT_GATES], name="ds")
     assert second.published and second.shards_rendered == 0
     assert not (second.dataset_dir / REJECTED_MARKER).exists()
     # A per-image threshold change on a published dataset: re-rendered and re-scored in staging
     # (same images, new flags); here it fails, so the published one stays as it was.
     with pytest.raises(FileExistsError, match="another dataset"):
         generate_dataset(
-            None, tiny, tmp_path, overrides=[*fast, *LENIENT, "quality.expression_threshold=0.95"], name="ds"
+            None, tiny, tmp_path, overrides=[*fast, *LENIENT_GATES, "quality.expression_threshold=0.95"], name="ds"
         )
     third = generate_dataset(
         None,
         tiny,
         tmp_path,
-        overrides=[*fast, *LENIENT, "quality.expression_threshold=0.95"],
+        overrides=[*fast, *LENIENT_GATES, "quality.expression_threshold=0.95"],
         name="ds",
         overwrite=True,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fast_settings import FAST_USEFULNESS
 from typer.testing import CliRunner
 
 import pipeline.generate.shards as shards_mod
@@ -74,8 +75,7 @@ def test_demo_makes_missing_data_and_publishes(
         "quality.kid_ceiling=100.0",
         "quality.pass_rate_floor=0.0",
         "quality.usefulness_floor=0.0",
-        "quality.usefulness_steps=3",
-        "quality.usefulness_max_eval_images=32",
+        *FAST_USEFULNESS,
         "generate.n_novel=2",
     )
     res = CliRunner().invoke(app, ["demo", "--checkpoint", str(ckpt), "--out", str(tmp_path), *lenient])

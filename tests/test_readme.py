@@ -16,6 +16,7 @@ import click
 import numpy as np
 import pytest
 import typer
+from fast_settings import FAST_USEFULNESS
 from typer.testing import CliRunner
 
 import pipeline.generate.shards as shards_mod
@@ -44,8 +45,7 @@ GENERATE_FAST = [
     "quality.pass_rate_floor=0.0",
     "quality.class_balance_tolerance=100.0",
     "quality.usefulness_floor=0.0",
-    "quality.usefulness_steps=3",
-    "quality.usefulness_max_eval_images=32",
+    *FAST_USEFULNESS,
 ]
 TSTR_FAST = [
     "tstr.steps=2",

@@ -17,8 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
+from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 from test_manifest import build_dataset
 from typer.testing import CliRunner
 
@@ -27,57 +27,19 @@ import pipeline.generate.shards as shards_mod
 from manifests.audit import audit_dataset
 from manifests.reader import read_manifest
 from pipeline.cli import app
-from pipeline.config import load_config
 from pipeline.generate import STAGING_DIR, generate_dataset, load_plan
 
 REPO = Path(__file__).resolve().parents[1]
-
-FAST = [
-    "generate.shard_size=10",
-    "generate.batch_size=4",
-    "generate.fid_max_images=8",
-    "generate.report_max_images=16",
-    "quality.kid_subsets=10",
-]
-LENIENT = [
-    "quality.embedder_identity_threshold=-1.0",
-    "quality.ssim_floor=-1.0",
-    "quality.kid_ceiling=100.0",
-    "quality.fid_ceiling=1000000.0",
-    "quality.pass_rate_floor=0.0",
-    "quality.usefulness_floor=0.0",
-    "quality.usefulness_steps=3",
-    "quality.usefulness_max_eval_images=32",
-]
 
 
 class Killed(BaseException):
     """Stands in for SIGKILL: nothing in the code under test catches it, so no cleanup runs."""
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The final checkpoint of a tiny training run."""
-    from pipeline.procedural.dataset import make_dataset
-    from pipeline.train.loop import Trainer
-
-    base = tmp_path_factory.mktemp("rel")
-    data = base / "data"
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"train.out_dir={base / 'run'}"])
-    make_dataset(cfg.procedural, data, workers=1)
-    return Trainer(cfg).train()
-
-
 @pytest.fixture
-def sets(fid_weights: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def sets(fid_weights: Path, ideal_classifier: None) -> list[str]:
     """Overrides for a fast run that publishes: lenient gates and a classifier that always agrees."""
-
-    def ideal(classifier, images, target_idx, threshold=0.5, batch_size=64, device="auto"):
-        t = np.asarray(target_idx)
-        return t, np.full(len(t), 0.9), np.ones(len(t), bool)
-
-    monkeypatch.setattr(shards_mod, "expression_scores", ideal)
-    return [*FAST, *LENIENT, f"quality.fid_weights={fid_weights}"]
+    return [*FAST_GENERATE, *FAST_USEFULNESS, *LENIENT_GATES, f"quality.fid_weights={fid_weights}"]
 
 
 def cli_args(sets: list[str]) -> list[str]:
@@ -290,6 +252,17 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, lock_holder) 
     finally:
         lock.release()
     assert not folder.exists()  # the lock lives beside the folder it guards, never inside it
+
+
+def test_generate_as_a_flow_refuses_a_held_dataset_in_one_line(
+    tiny: Path, tmp_path: Path, sets: list[str], lock_holder
+) -> None:
+    holder = lock_holder(tmp_path / STAGING_DIR / "ds", "generation of dataset 'ds'")
+    args = ["generate", "--flow", "--checkpoint", str(tiny), "--out", str(tmp_path), "--name", "ds", *cli_args(sets)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    (line,) = error_lines(res.output)
+    assert f"pid {holder.pid}" in line and "already running" in line
 
 
 @pytest.mark.parametrize("command", ["data make", "train"])

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.app import ConfigOpt, SetOpt, app, console, guarded, load
+from pipeline.cli.app import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail, guarded, load, os_error_line
 from pipeline.cli.progress import PhaseProgress
 
 DEMO_CHECKPOINT = Path("checkpoints/cpu-64.pt")
@@ -62,6 +62,15 @@ def _summary(result: Any) -> None:
         )
 
 
+def _raised(state: Any) -> Exception | None:
+    """The exception a failed Prefect flow run ended with."""
+    try:
+        state.result()
+    except Exception as exc:  # the failure is the value wanted here
+        return exc
+    return None
+
+
 def _run(
     checkpoint: Path,
     out: Path,
@@ -85,6 +94,9 @@ def _run(
             )
         )
         if state.is_failed():
+            cause = _raised(state)
+            if isinstance(cause, USER_ERRORS | OSError):  # bad input or a held lock: the same line as without --flow
+                fail(os_error_line(cause) if isinstance(cause, OSError) else str(cause))
             console.print(f"[bold red]flow run failed:[/] {state.message}", soft_wrap=True, highlight=False)
             raise typer.Exit(code=1)
         console.print(f"[green]flow run completed[/]: {state.result()}", soft_wrap=True, highlight=False)

@@ -44,6 +44,7 @@ from manifests.card import CARD_MD, package_versions
 from manifests.labels import dataset_kind, read_labels
 from manifests.layout import GRID_FILE, REJECTED_MARKER, REPORT_DIR, SUCCESS_MARKER, TEMP_PREFIX
 from manifests.writer import finalize, read_shards_table
+from pipeline.cache import read_rgb_batch
 from pipeline.calibration import apply_calibration
 from pipeline.config import Config, config_to_dict, load_config, to_overrides
 from pipeline.core.device import resolve_device
@@ -367,12 +368,6 @@ def pending_shards(staging: Path, plan: SweepPlan | None = None) -> list[int]:
 # --------------------------------------------------------------------------- finish
 
 
-def _decode(root: Path, names: list[str]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(Image.open(root / n).convert("RGB")) for n in names])).permute(
-        0, 3, 1, 2
-    )
-
-
 def _subset(n: int, cap: int, seed: int) -> np.ndarray:
     if n <= cap:
         return np.arange(n)
@@ -406,7 +401,7 @@ def fid_metrics(cfg: Config, root: Path, df: pd.DataFrame) -> tuple[dict[str, An
             raise ValueError(
                 f"FID/KID need >= 2 images per set, got {len(real)} real ({gen.fid_split}) and {len(fake_df)} renders"
             )
-        fake = _decode(root, fake_df["file_name"].tolist())
+        fake = read_rgb_batch(root, fake_df["file_name"].tolist())
         dev = resolve_device(q.device, "quality.device")
         extractor = load_fid_extractor(q.fid_weights, q.fid_torch_fidelity_weights, dev)
         fr = extract_features(extractor, real, q.batch_size, dev)
@@ -535,7 +530,7 @@ def finish(
         report,
         per_image.iloc[sub].reset_index(drop=True),
         per_expression=per_expr,
-        images=_decode(staging, df["file_name"].iloc[sub].tolist()),
+        images=read_rgb_batch(staging, df["file_name"].iloc[sub].tolist()),
         cfg=cfg.quality,
         identity_threshold=ident_thr,
         title=f"Quality report: {plan.meta.get('name')}",

@@ -20,12 +20,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from manifests.layout import USEFULNESS_FILE as CACHE_FILE
 from models.judges import ExpressionClassifier
-from pipeline.cache import load_tensors
+from pipeline.cache import load_tensors, read_rgb_batch
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json
 from pipeline.judges import augment
@@ -116,12 +115,6 @@ def score_arm(
     return float((pred == test[1]).float().mean()), conf.tolist()
 
 
-def _read_renders(root: Path, names: list[str]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(Image.open(root / n).convert("RGB")) for n in names])).permute(
-        0, 3, 1, 2
-    )
-
-
 def measure_usefulness(
     renders_root: Path, df: pd.DataFrame, data_root: Path, resolution: int, s: UsefulnessSettings, cache_dir=None
 ) -> UsefulnessResult:
@@ -137,7 +130,7 @@ def measure_usefulness(
     classes = frame["expression_index"].to_numpy().astype(np.int64)
     test = (images[torch.as_tensor(eval_rows)], torch.as_tensor(classes[eval_rows]))
     syn_labels = sample["expression_index"].to_numpy().astype(np.int64)
-    syn = _read_renders(Path(renders_root), sample["file_name"].tolist())
+    syn = read_rgb_batch(Path(renders_root), sample["file_name"].tolist())
     if syn.shape[-1] != images.shape[-1]:
         syn = F.interpolate(syn.float(), size=images.shape[-2:], mode="area").round().to(torch.uint8)
     real_rows = matched_real_rows(frame, s.train_split, syn_labels, s.seed)
