@@ -1,6 +1,6 @@
 """Does the usefulness gate tell useful data from useless data? (run by hand; prints one line per arm and seed)
 
-    python benchmarks/bench_usefulness.py CHECKPOINT DATASET_DIR [--seeds 0 1 2]
+    python benchmarks/bench_usefulness.py CHECKPOINT DATASET_DIR [--seeds 0 1 2] [--arms renders perfect shuffled]
 
 Runs the gate exactly as generation does (`quality.usefulness_*` of the checkpoint's config, the
 real validation split) on three training sets of the same size and label mix:
@@ -27,12 +27,15 @@ from pipeline.core.legacy import checkpoint_config
 from pipeline.downstream.matched import describe, match_real
 from pipeline.quality.usefulness import UsefulnessSettings, measure_usefulness, passing_sample
 
+ARMS = {"renders": "renders", "perfect": "perfect renderer", "shuffled": "shuffled labels"}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("dataset", type=Path, help="a generated dataset folder (staged or published)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     args = ap.parse_args()
 
     cfg = checkpoint_config(load_checkpoint(args.checkpoint), str(args.checkpoint))
@@ -62,16 +65,14 @@ def main() -> None:
         rng = np.random.default_rng(seed)
         shuffled = renders.assign(expression_index=rng.permutation(renders["expression_index"].to_numpy()))
         print(f"{args.dataset} seed {seed}: {len(renders)} passing renders; perfect renderer: {describe(matched)}")
-        for arm, rows, images_root in (
-            ("renders", renders, args.dataset),
-            ("perfect renderer", perfect, root),
-            ("shuffled labels", shuffled, args.dataset),
-        ):
+        sets = {"renders": (renders, args.dataset), "perfect": (perfect, root), "shuffled": (shuffled, args.dataset)}
+        for arm in args.arms:
+            rows, images_root = sets[arm]
             start = time.perf_counter()
             r = measure_usefulness(images_root, rows, root, cfg.model.max_resolution, s, cfg.data.cache_dir)
             verdict = "pass" if r.ratio >= q.usefulness_floor else "FAIL"
             print(
-                f"  {arm:>16}: ratio {r.ratio:.3f} ({verdict} at floor {q.usefulness_floor}) | real-val accuracy "
+                f"  {ARMS[arm]:>16}: ratio {r.ratio:.3f} ({verdict} at floor {q.usefulness_floor}) | real-val accuracy "
                 f"{r.accuracy_synthetic:.3f} trained on {r.n_train} vs {r.accuracy_real:.3f} on as many real "
                 f"training images | chance {r.chance:.3f} | {time.perf_counter() - start:.0f} s",
                 flush=True,
