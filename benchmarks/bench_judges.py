@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[400])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--panel", type=int, default=1, help="judges per panel (1: a single judge)")
+    ap.add_argument("--save", type=Path, help="folder for each panel's probabilities (re-score other rules offline)")
     args = ap.parse_args()
 
     ckpt = load_checkpoint(args.checkpoint)
@@ -72,6 +73,7 @@ def main() -> None:
     x_blur = TF.gaussian_blur(x_val, kernel_size=5, sigma=1.0)
 
     sets = [_rendered_set(d, cfg0.data.root) for d in args.datasets]
+    verdicts: dict[Path, list[tuple[float, str]]] = {d: [] for d in args.datasets}
     print(f"{args.checkpoint}: {train.n} training images; {val.n} validation images")
 
     for soften in args.soften:
@@ -107,13 +109,29 @@ def main() -> None:
                     pr = probs(renders)
                     t_score = time.perf_counter() - t_score  # what the panel adds to generation: scoring
                     line = _judge_renders(df, pr, target, pb, pooled, own)
+                    verdicts[name].append((line[-1][0], line[-1][1]))
+                    if args.save:
+                        args.save.mkdir(parents=True, exist_ok=True)
+                        np.savez(
+                            args.save / f"{name.name}-soften{soften}-steps{steps}-seed{seed}.npz",
+                            p_val=p.numpy(),
+                            val_labels=val.labels.numpy(),
+                            p_renders=pr.numpy(),
+                            target=target.numpy(),
+                        )
                     print(
                         f"{name} soften={soften} steps={steps} seed={seed} ({took:.0f} s) | real val: accuracy "
                         f"{right.float().mean():.3f}, pooled threshold {pooled:.3f}, blurred (sigma 1) accuracy "
                         f"{blur_acc:.3f} | {len(df)} renders (scored in {t_score:.2f} s): argmax {line[0]:.3f} | "
-                        + " | ".join(line[1:]),
+                        + " | ".join(line[1:-1]),
                         flush=True,
                     )
+    for name, runs in verdicts.items():
+        rates = [r for r, _ in runs]
+        print(
+            f"{name}: {len(runs)} panels | per-class pass {min(rates):.3f}-{max(rates):.3f} "
+            f"(spread {max(rates) - min(rates):.3f}) | expression gates: {', '.join(v for _, v in runs)}"
+        )
 
 
 def _rendered_set(folder: Path, data_root: Path):
@@ -158,6 +176,7 @@ def _judge_renders(df, p, target, pb, pooled: float, own: dict) -> list:
             f"{control:.2f}, {by_class.mean().round(2).to_dict()}"
             + (f", expression gates {_verdict(df, passed, q)}" if name == "per-class" else "")
         )
+    line.append((float(passed.mean()), _verdict(df, passed, q)))  # the generation rule's: per class
     return line
 
 
