@@ -95,7 +95,7 @@ def _run(
         )
         if state.is_failed():
             cause = _raised(state)
-            if isinstance(cause, USER_ERRORS | OSError):  # bad input or a held lock: the same line as without --flow
+            if isinstance(cause, (*USER_ERRORS, OSError)):  # bad input or a held lock: the same line as without --flow
                 fail(os_error_line(cause) if isinstance(cause, OSError) else str(cause))
             console.print(f"[bold red]flow run failed:[/] {state.message}", soft_wrap=True, highlight=False)
             raise typer.Exit(code=1)
