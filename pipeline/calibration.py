@@ -5,8 +5,8 @@ On the real validation split (identities never seen in training), with the indep
   identity's *other* images) is a "same" score, its cosine to every other identity's prototype a
   "different" score; the threshold sits at their equal-error point. This is the same comparison a
   render gets (render vs the source identity's prototype).
-- expression: the probability threshold that keeps 95% of the correctly classified real images
-  (`calibrate_expression_threshold`), pooled and per expression (`calibrate_expression_thresholds`;
+- expression: the probability threshold that keeps `quality.expression_keep` (99%) of the correctly
+  classified real images (`calibrate_expression_threshold`), pooled and per expression (`calibrate_expression_thresholds`;
   generation uses the per-class ones unless `quality.expression_calibration: pooled`), with the
   classifier's real-val accuracy recorded beside it.
 The result is stored in the checkpoint (`calibration`) and used by generation unless
@@ -20,17 +20,20 @@ dataset is generated with.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.expressions import EXPRESSIONS
 from pipeline.judges import load_gate_judges
 from pipeline.quality.facenet import IdentityScorer
 from pipeline.train.data import load_split
+
+LEGACY_EXPRESSION_KEEP = 0.95
 
 # --------------------------------------------------------------------------- thresholds from scores
 
@@ -135,8 +138,9 @@ def calibrate_thresholds(cfg: Config, ckpt: dict[str, Any], device: torch.device
     p_target = p[torch.arange(len(y)), y].numpy()
     correct = (p.argmax(1) == y).numpy()
     labels = y.numpy()
-    t_expr = calibrate_expression_threshold(p_target, correct)
-    t_per_class = calibrate_expression_thresholds(p_target, correct, labels, EXPRESSIONS)
+    keep = cfg.quality.expression_keep
+    t_expr = calibrate_expression_threshold(p_target, correct, keep)
+    t_per_class = calibrate_expression_thresholds(p_target, correct, labels, EXPRESSIONS, keep)
 
     same, diff = leave_one_out_scores(e, data.identity)
     t_id, eer = calibrate_identity_threshold(same.numpy(), diff.numpy())
@@ -147,6 +151,7 @@ def calibrate_thresholds(cfg: Config, ckpt: dict[str, Any], device: torch.device
         "embedder_identity_threshold": t_id,
         "identity_eer": eer,
         "expression_threshold": t_expr,
+        "expression_keep": keep,
         "expression_val_accuracy": float(np.mean(correct)),
         "expression_thresholds": t_per_class,
         # The share of each class's real val images that pass the pooled threshold: what a single
@@ -242,6 +247,14 @@ def apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> 
         return
     cal = ckpt.get("calibration") or {}
     if "expression_threshold" in cal:
+        # Calibrations written before the setting existed kept 95%.
+        keep = float(cal.get("expression_keep", LEGACY_EXPRESSION_KEEP))
+        if "expression_keep" in explicit and not math.isclose(q.expression_keep, keep):
+            raise ConfigError(
+                f"quality.expression_keep={q.expression_keep}: the checkpoint's thresholds were calibrated at {keep}; "
+                f"recalibrate: fersynth export CKPT OUT --recalibrate --set quality.expression_keep={q.expression_keep}"
+            )
+        q.expression_keep = keep
         applied = [n for n in ("embedder_identity_threshold", "expression_threshold") if n not in explicit]
         for name in applied:
             setattr(q, name, round(float(cal[name]), 4))
@@ -255,6 +268,7 @@ def apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> 
             applied.append("expression_thresholds")
         keys = (
             "split",
+            "expression_keep",
             "n_images",
             "n_identities",
             "identity_eer",

@@ -272,7 +272,14 @@ class QualityConfig(_Section):
     # Per class: one pooled threshold is set by the classes the judge is surest of, and fails the others.
     expression_calibration: Literal["per_class", "pooled"] = Field(
         "per_class",
-        description="calibrated thresholds: each expression's own (95% of its correct real-val images pass) or one pooled",
+        description="calibrated thresholds: each expression's own (see expression_keep) or one pooled",
+    )
+    # 0.95 put each class's threshold where judges' confidence on soft renders varies most between seeds.
+    expression_keep: float = Field(
+        0.99,
+        gt=0.0,
+        le=1.0,
+        description="calibration: share of each class's correctly judged real val images its threshold lets pass",
     )
     ssim_floor: float = Field(0.5, ge=-1.0, le=1.0, description="min per-image SSIM and min dataset mean SSIM")
     fid_ceiling: float = Field(50.0, gt=0.0, description="max FID vs held-out real images (only with enough images)")

@@ -264,3 +264,25 @@ def test_calibrated_per_class_thresholds_apply_unless_a_threshold_is_fixed() -> 
     # A checkpoint calibrated before per-class thresholds existed: the pooled one for every class.
     older = resolved(calibration={k: v for k, v in cal.items() if k != "expression_thresholds"})
     assert older.expression_thresholds == {} and older.expression_threshold == 0.9
+
+
+def test_the_thresholds_keep_what_they_were_calibrated_to_keep_and_another_keep_asks_for_recalibration() -> None:
+    from pipeline.calibration import LEGACY_EXPRESSION_KEEP, apply_calibration
+
+    def resolved(cal: dict, *overrides: str) -> QualityConfig:
+        cfg = load_config(overrides=list(overrides))
+        explicit = {o.split("=")[0].removeprefix("quality.") for o in overrides} | {"identity_threshold"}
+        apply_calibration(cfg, {"calibration": cal}, explicit)
+        return cfg.quality
+
+    cal = {"expression_threshold": 0.9, "embedder_identity_threshold": 0.4, "expression_keep": 0.99}
+    q = resolved(cal)
+    assert q.expression_keep == 0.99 and q.calibration["checkpoint"]["expression_keep"] == 0.99
+    assert resolved(cal, "quality.expression_keep=0.99").expression_threshold == 0.9
+    # Before the setting existed, calibration kept 95%: the card must say so, not today's default.
+    older = {k: v for k, v in cal.items() if k != "expression_keep"}
+    assert resolved(older).expression_keep == LEGACY_EXPRESSION_KEEP
+    with pytest.raises(
+        ConfigError, match=r"quality.expression_keep=0.9: .* calibrated at 0.99; recalibrate: fersynth export"
+    ):
+        resolved(cal, "quality.expression_keep=0.9")

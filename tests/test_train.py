@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.expressions import EXPRESSIONS
 from pipeline.train.loop import Trainer, TrainingDiverged
@@ -454,6 +454,13 @@ def test_finished_training_stores_a_judge_panel_that_gates_and_export_can_grow_i
         members[0]["head.1.weight"], ckpt["eval_judges"]["panel"][0]["head.1.weight"]
     )
     assert "expression_thresholds" in grown["calibration"]  # recalibrated on the grown panel
+    # Gate settings can be changed at export; the thresholds follow, the networks cannot be changed.
+    strict = load_checkpoint(export_release(final, tmp_path / "k.pt", overrides=["quality.expression_keep=1.0"]))
+    assert strict["config"]["quality"]["expression_keep"] == 1.0 and strict["calibration"]["expression_keep"] == 1.0
+    default = load_checkpoint(export_release(final, tmp_path / "d.pt", recalibrate=True))  # same panel, keep 0.99
+    assert strict["calibration"]["expression_threshold"] <= default["calibration"]["expression_threshold"]
+    with pytest.raises(ConfigError, match="quality"):
+        export_release(final, tmp_path / "m.pt", overrides=["model.gen_channels=8"])
     alone = load_checkpoint(export_release(final, tmp_path / "one.pt", judge_panel=1))
     assert not alone["eval_judges"].get("panel")
     assert type(load_gate_judges(cfg, alone, torch.device("cpu"))[0]).__name__ == "ExpressionClassifier"

@@ -86,12 +86,17 @@ def export(
         int | None,
         typer.Option(min=1, help="Expression judges gating each render: trains the missing ones, then recalibrates."),
     ] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Write a slim render-only checkpoint (no optimisers, discriminator or feedback network)."""
     from pipeline.io_utils import sha256_file
     from pipeline.train.export import export_release
 
-    path = guarded(lambda: export_release(checkpoint, out, half=half, recalibrate=recalibrate, judge_panel=judge_panel))
+    path = guarded(
+        lambda: export_release(
+            checkpoint, out, half=half, recalibrate=recalibrate, judge_panel=judge_panel, overrides=list(set_ or [])
+        )
+    )
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(path)[:16]}…)")
 
 

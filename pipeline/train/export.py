@@ -27,7 +27,12 @@ KEEP_KEYS = (
 
 
 def export_release(
-    src: Path, dst: Path, half: bool = False, recalibrate: bool = False, judge_panel: int | None = None
+    src: Path,
+    dst: Path,
+    half: bool = False,
+    recalibrate: bool = False,
+    judge_panel: int | None = None,
+    overrides: list[str] | None = None,
 ) -> Path:
     """Write a render-only checkpoint; `half` stores floating tensors as float16 (loaded back as float32).
 
@@ -35,6 +40,8 @@ def export_release(
     data): a run calibrated before per-class expression thresholds existed gains them.
     `judge_panel` (needs the training data) trains the expression judges that make the gate's panel
     that size (1: the independent judge alone) and recalibrates on the panel.
+    `overrides` (`section.field=value`, e.g. `quality.expression_keep=0.995`) change the stored config
+    and recalibrate with it.
     """
     ckpt = load_checkpoint(src)
     if not ckpt.get("codes") or not ckpt.get("eval_judges"):
@@ -44,6 +51,16 @@ def export_release(
         return {k: (v.half() if half and v.is_floating_point() else v) for k, v in sd.items()}
 
     out = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
+    if overrides:
+        from pipeline.config import ConfigError, config_to_dict
+
+        other = [o for o in overrides if not o.strip().startswith("quality.")]
+        if other:  # the networks were trained with the stored model, data and train sections
+            raise ConfigError(f"export --set takes gate settings (quality.*) only, got {', '.join(other)}")
+        from pipeline.core.legacy import checkpoint_config
+
+        out["config"] = config_to_dict(checkpoint_config(ckpt, str(src), overrides))
+        recalibrate = True
     out["nets"] = {k: conv(ckpt["nets"][k]) for k in KEEP_NETS}
     judges = dict(ckpt["eval_judges"])
     if judge_panel is not None:
@@ -60,7 +77,7 @@ def export_release(
         from pipeline.core.legacy import checkpoint_config
 
         # On the judges as released (float16 when `half`): the thresholds are for these weights.
-        out["calibration"] = calibrate_thresholds(checkpoint_config(ckpt, str(src)), out, torch.device("cpu"))
+        out["calibration"] = calibrate_thresholds(checkpoint_config(out, str(src)), out, torch.device("cpu"))
     out["release_of"] = str(Path(src).name)
     return save_checkpoint(Path(dst), out)
 
