@@ -5,7 +5,7 @@ On the real validation split (identities never seen in training), with the indep
   identity's *other* images) is a "same" score, its cosine to every other identity's prototype a
   "different" score; the threshold sits at their equal-error point. This is the same comparison a
   render gets (render vs the source identity's prototype).
-- expression: the probability threshold that keeps `quality.expression_keep` (99%) of the correctly
+- expression: the probability threshold that keeps `quality.expression_keep` (all, by default) of the correctly
   classified real images (`calibrate_expression_threshold`), pooled and per expression (`calibrate_expression_thresholds`;
   generation uses the per-class ones unless `quality.expression_calibration: pooled`), with the
   classifier's real-val accuracy recorded beside it.

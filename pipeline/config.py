@@ -274,9 +274,9 @@ class QualityConfig(_Section):
         "per_class",
         description="calibrated thresholds: each expression's own (see expression_keep) or one pooled",
     )
-    # 0.95 put each class's threshold where judges' confidence on soft renders varies most between seeds.
+    # Below 1.0 a threshold sits where panels of other seeds disagree most on soft renders (docs/gates.md).
     expression_keep: float = Field(
-        0.99,
+        1.0,
         gt=0.0,
         le=1.0,
         description="calibration: share of each class's correctly judged real val images its threshold lets pass",
