@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -456,7 +457,12 @@ def test_finished_training_stores_a_judge_panel_that_gates_and_export_can_grow_i
     assert "expression_thresholds" in grown["calibration"]  # recalibrated on the grown panel
     # Gate settings can be changed at export; the thresholds follow, the networks cannot be changed.
     strict = load_checkpoint(export_release(final, tmp_path / "k.pt", overrides=["quality.expression_keep=0.9"]))
-    assert strict["config"]["quality"]["expression_keep"] == 0.9 and strict["calibration"]["expression_keep"] == 0.9
+    stored = strict["config"] if isinstance(strict["config"], dict) else json.loads(strict["config"])
+    before = ckpt["config"] if isinstance(ckpt["config"], dict) else json.loads(ckpt["config"])
+    assert stored["quality"]["expression_keep"] == 0.9 and strict["calibration"]["expression_keep"] == 0.9
+    assert {k: v for k, v in stored["quality"].items() if k != "expression_keep"} == {
+        k: v for k, v in before["quality"].items() if k != "expression_keep"
+    } and {k: v for k, v in stored.items() if k != "quality"} == {k: v for k, v in before.items() if k != "quality"}
     default = load_checkpoint(export_release(final, tmp_path / "d.pt", recalibrate=True))  # same panel, keep 1.0
     assert strict["calibration"]["expression_threshold"] >= default["calibration"]["expression_threshold"]
     with pytest.raises(ConfigError, match="quality"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -59,7 +60,14 @@ def export_release(
             raise ConfigError(f"export --set takes gate settings (quality.*) only, got {', '.join(other)}")
         from pipeline.core.legacy import checkpoint_config
 
-        out["config"] = config_to_dict(checkpoint_config(ckpt, str(src), overrides))
+        resolved = config_to_dict(checkpoint_config(ckpt, str(src), overrides))  # validates the values
+        # Only the fields asked for change: the stored training config stays the record it is.
+        stored = ckpt["config"]
+        raw = json.loads(stored) if isinstance(stored, str) else dict(stored)
+        raw["quality"] = dict(raw.get("quality") or {})
+        for field in {o.split("=", 1)[0].strip().removeprefix("quality.").split(".")[0] for o in overrides}:
+            raw["quality"][field] = resolved["quality"][field]
+        out["config"] = json.dumps(raw, sort_keys=True) if isinstance(stored, str) else raw
         recalibrate = True
     out["nets"] = {k: conv(ckpt["nets"][k]) for k in KEEP_NETS}
     judges = dict(ckpt["eval_judges"])
