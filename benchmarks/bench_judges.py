@@ -162,6 +162,7 @@ def _judge_renders(df, p, target, pb, pooled: float, own: dict) -> list:
         ("per-class", QualityConfig(expression_threshold=pooled, expression_thresholds=own)),
     ):
         passed = per_image_flags(scored, q)["expression_pass"]
+        verdict = _verdict(df, passed, q) if name == "per-class" else ""
         by_class = passed.groupby(scored["expression"])
         balance = class_balance_ratio(scored.loc[passed, "expression"], list(by_class.groups))
         control = float("nan")
@@ -174,9 +175,9 @@ def _judge_renders(df, p, target, pb, pooled: float, own: dict) -> list:
         line.append(
             f"{name}: pass {passed.mean():.3f}, balance {balance:.2f}, photos pass as another class "
             f"{control:.2f}, {by_class.mean().round(2).to_dict()}"
-            + (f", expression gates {_verdict(df, passed, q)}" if name == "per-class" else "")
+            + (f", expression gates {verdict}" if verdict else "")
         )
-    line.append((float(passed.mean()), _verdict(df, passed, q)))  # the generation rule's: per class
+    line.append((float(passed.mean()), verdict))  # the generation rule's (per class), for the closing summary
     return line
 
 

@@ -43,15 +43,7 @@ def main() -> None:
     manifest = pd.read_parquet(args.dataset / "manifest")
     labels, _ = read_labels(root)
     for seed in args.seeds:
-        s = UsefulnessSettings(
-            q.usefulness_max_images,
-            q.usefulness_max_eval_images,
-            q.usefulness_steps,
-            q.usefulness_batch_size,
-            q.usefulness_split,
-            "train",
-            seed,
-        )
+        s = UsefulnessSettings.from_quality(q, seed)
         renders = passing_sample(manifest, s.max_images, seed)
         matched = match_real(renders, labels, eval_split=s.eval_split)
         perfect = pd.DataFrame(

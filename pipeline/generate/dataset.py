@@ -441,16 +441,7 @@ def usefulness_metrics(cfg: Config, staging: Path, df: pd.DataFrame, data_key: s
     """The usefulness gate's figures (cached in staging per passing set), or why it was not computed."""
     from pipeline.quality import usefulness as U
 
-    q = cfg.quality
-    s = U.UsefulnessSettings(
-        q.usefulness_max_images,
-        q.usefulness_max_eval_images,
-        q.usefulness_steps,
-        q.usefulness_batch_size,
-        q.usefulness_split,
-        "train",
-        cfg.generate.seed,
-    )
+    s = U.UsefulnessSettings.from_quality(cfg.quality, cfg.generate.seed)
     key = U.cache_key(df, data_key, s)
     try:
         result = U.cached_usefulness(staging, key)

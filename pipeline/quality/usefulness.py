@@ -45,6 +45,19 @@ class UsefulnessSettings:
     train_split: str
     seed: int
 
+    @classmethod
+    def from_quality(cls, q: Any, seed: int) -> UsefulnessSettings:
+        """The gate's settings from a `QualityConfig` (real training images are the comparison arm)."""
+        return cls(
+            q.usefulness_max_images,
+            q.usefulness_max_eval_images,
+            q.usefulness_steps,
+            q.usefulness_batch_size,
+            q.usefulness_split,
+            "train",
+            seed,
+        )
+
 
 @dataclass(frozen=True)
 class UsefulnessResult:
