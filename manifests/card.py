@@ -178,12 +178,15 @@ def _usefulness_section(metrics: dict[str, Any]) -> list[str]:
     if metrics.get("usefulness_accuracy_synthetic") is None:
         return []
     m = metrics
+    ratios = m.get("usefulness_ratios") or [m["usefulness_ratio"]]
+    spread = "" if len(ratios) < 2 else f"; per recogniser {', '.join(f'{r:.3f}' for r in ratios)}"
     return [
         "## What the renders teach a recogniser",
         f"A small recogniser trained on {m['usefulness_n_train']} passing renders recognises "
         f"{m['usefulness_accuracy_synthetic']:.3f} of {m['usefulness_n_eval']} real `{m['usefulness_eval_split']}` "
         f"faces; the same recipe trained on as many real images, {m['usefulness_accuracy_real']:.3f} "
-        f"(chance {m['usefulness_chance']:.3f}; ratio {m['usefulness_ratio']:.3f}).",
+        f"(chance {m['usefulness_chance']:.3f}; ratio {m['usefulness_ratio']:.3f}{spread}). "
+        f"Figures are means over {len(ratios)} independently seeded recogniser(s); the matrices pool them.",
         f"![confusion matrices]({USEFULNESS_PICTURE})",
     ]
 

@@ -300,6 +300,9 @@ class QualityConfig(_Section):
     usefulness_max_eval_images: int = Field(1000, ge=1, description="real validation images tested on")
     usefulness_steps: int = Field(300, ge=1, description="optimiser steps of each recogniser")
     usefulness_batch_size: int = Field(64, ge=1)
+    usefulness_recognisers: int = Field(
+        3, ge=1, description="independently seeded recogniser pairs; the gate reads their mean ratio"
+    )
     usefulness_split: str = Field("val", description="real split the recognisers are tested on (never 'test')")
     facenet_weights: Path | None = Field(
         None, description="local FaceNet state_dict (else env FERSYNTH_FACENET_WEIGHTS, else download)"

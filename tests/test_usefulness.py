@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,20 @@ def test_true_renders_teach_as_much_as_real_images_and_shuffled_ones_do_not(data
     assert true.ratio > 0.8
     assert noise.ratio < 0.6 and noise.accuracy_synthetic < true.accuracy_synthetic
     assert np.asarray(true.confusion_real).sum() == true.n_eval <= SETTINGS.max_eval_images
+    assert true.ratios == [true.ratio] and true.ratio_spread == 0.0
+
+
+def test_several_recognisers_are_averaged_over_their_seeds(data: Path, tmp_path: Path) -> None:
+    df = _renders_from_real(data, tmp_path, False)
+    s = replace(SETTINGS, max_eval_images=10**6)  # every val image: the test set is the same for all
+    one = [U.measure_usefulness(tmp_path, df, data, 32, replace(s, seed=k)) for k in (0, 1)]
+    two = U.measure_usefulness(tmp_path, df, data, 32, replace(s, recognisers=2))
+    assert two.ratios == pytest.approx([r.ratio for r in one])  # seeds 0 and 1, each as a gate of its own
+    assert one[0].accuracy_synthetic != one[1].accuracy_synthetic  # the seed matters: that is why the gate averages
+    assert two.ratio == pytest.approx(np.mean(two.ratios))
+    assert two.accuracy_synthetic == pytest.approx(np.mean([r.accuracy_synthetic for r in one]))
+    assert np.asarray(two.confusion_synthetic).sum() == 2 * two.n_eval  # pooled counts
+    assert two.metrics()["usefulness_ratio_spread"] == pytest.approx(abs(one[0].ratio - one[1].ratio))
 
 
 def test_gate_fails_below_the_floor_and_says_not_computed_when_it_could_not_run() -> None:
@@ -85,6 +100,8 @@ def test_gate_fails_below_the_floor_and_says_not_computed_when_it_could_not_run(
     }
     rep = evaluate_gates(df, {**fid, **useful}, QualityConfig())
     assert not rep.passed and "usefulness_ratio = 0.3, required >= 0.6" in rep.failed_message()
+    several = evaluate_gates(df, {**fid, **useful, "usefulness_ratios": [0.25, 0.35]}, QualityConfig())
+    assert "mean of 2 recognisers, ratios 0.250-0.350" in several.failed_message()
     assert evaluate_gates(df, {**fid, **useful, "usefulness_ratio": 0.7}, QualityConfig()).passed
     missing = evaluate_gates(
         df, {**fid, "usefulness_ratio": math.nan, "usefulness_error": "no 'val' split"}, QualityConfig()
@@ -101,7 +118,7 @@ def test_the_test_split_is_refused() -> None:
 def test_result_is_cached_per_passing_set(tmp_path: Path) -> None:
     df = pd.DataFrame({"sample_id": ["a", "b", "c"], "all_pass": [True, True, False]})
     key = U.cache_key(df, "data", SETTINGS)
-    r = U.UsefulnessResult(0.5, 0.6, 0.5 / 0.6, 0.15, 2, 10, "val", [[1]], [[1]])
+    r = U.UsefulnessResult(0.5, 0.6, 0.5 / 0.6, 0.15, 2, 10, "val", [[1]], [[1]], [0.5 / 0.6])
     U.store_usefulness(tmp_path, key, r)
     assert U.cached_usefulness(tmp_path, key) == r
     df.loc[2, "all_pass"] = True  # a threshold change passes another render: the figures are stale

@@ -241,6 +241,14 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
+def _recogniser_spread(m: Mapping[str, Any]) -> str:
+    """'; mean of 3 recognisers, ratios 0.45-0.56' (nothing for one recogniser or an older card)."""
+    ratios = m.get("usefulness_ratios") or []
+    if len(ratios) < 2:
+        return ""
+    return f"; mean of {len(ratios)} recognisers, ratios {min(ratios):.3f}-{max(ratios):.3f}"
+
+
 def usefulness_gate(dataset_metrics: Mapping[str, Any], cfg: QualityConfig) -> Gate:
     """Accuracy on real faces of a recogniser trained on the renders / of one trained on real images."""
     m = dataset_metrics
@@ -249,6 +257,6 @@ def usefulness_gate(dataset_metrics: Mapping[str, Any], cfg: QualityConfig) -> G
         note = (
             f"real-{m['usefulness_eval_split']} accuracy {m['usefulness_accuracy_synthetic']:.3f} trained on "
             f"{m['usefulness_n_train']} renders vs {m['usefulness_accuracy_real']:.3f} on as many real images "
-            f"(chance {m['usefulness_chance']:.3f})"
+            f"(chance {m['usefulness_chance']:.3f}){_recogniser_spread(m)}"
         )
     return make_gate("usefulness_ratio", m.get("usefulness_ratio"), cfg.usefulness_floor, ">=", note)

@@ -115,6 +115,8 @@ def _confusion_figure(usefulness: dict[str, Any], path: Path) -> Path:
         if k == 0:
             ax.set_ylabel("true (real faces)")
         ax.set_title(f"trained on {name}: accuracy {usefulness[acc_key]:.3f}")
+    n = len(usefulness.get("usefulness_ratios") or [None])
+    fig.suptitle(f"accuracies are means of {n} recogniser(s); the matrices pool them", fontsize=10)
     return _save_fig(fig, path)
 
 

@@ -5,6 +5,10 @@ sample of the passing renders and, with the same recipe and seed, on as many rea
 with the same label mix. Both are tested on the real validation split of the checkpoint's training
 data (the test split stays untouched). The gate reads the ratio of the two accuracies: renders that
 teach as much as real photos give 1.0, renders that teach nothing give about chance / real.
+
+One recogniser trained on a few hundred images varies by about 0.1 in ratio with its seed, so the
+gate trains several pairs (seeds ``seed, seed + 1, ...``: recogniser, render sample and real sample
+all redrawn; the test images stay the same) and reads the mean ratio; the per-seed ratios go on record.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,7 @@ class UsefulnessSettings:
     eval_split: str
     train_split: str
     seed: int
+    recognisers: int = 1
 
     @classmethod
     def from_quality(cls, q: Any, seed: int) -> UsefulnessSettings:
@@ -56,11 +61,14 @@ class UsefulnessSettings:
             q.usefulness_split,
             "train",
             seed,
+            q.usefulness_recognisers,
         )
 
 
 @dataclass(frozen=True)
 class UsefulnessResult:
+    """Accuracies and ratio are means over the recognisers; confusion matrices are their summed counts."""
+
     accuracy_synthetic: float
     accuracy_real: float
     ratio: float
@@ -70,10 +78,16 @@ class UsefulnessResult:
     eval_split: str
     confusion_synthetic: list[list[int]]
     confusion_real: list[list[int]]
+    ratios: list[float]
+
+    @property
+    def ratio_spread(self) -> float:
+        """Largest minus smallest per-recogniser ratio (0 with one recogniser)."""
+        return max(self.ratios) - min(self.ratios)
 
     def metrics(self) -> dict[str, Any]:
         """The figures the card and report carry (confusion matrices as row-per-true-class counts)."""
-        return {f"usefulness_{k}": v for k, v in asdict(self).items()}
+        return {f"usefulness_{k}": v for k, v in {**asdict(self), "ratio_spread": self.ratio_spread}.items()}
 
 
 def passing_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -131,38 +145,52 @@ def score_arm(
 def measure_usefulness(
     renders_root: Path, df: pd.DataFrame, data_root: Path, resolution: int, s: UsefulnessSettings, cache_dir=None
 ) -> UsefulnessResult:
-    """Train on the renders and on matched real images, test both on the real `eval_split`."""
-    sample = passing_sample(df, s.max_images, s.seed)
-    if sample.empty:
+    """Train on the renders and on matched real images, test both on the real `eval_split`; one pair per recogniser."""
+    if passing_sample(df, 1, s.seed).empty:
         raise UsefulnessNotComputed("no passing render to train on")
     images, frame = load_tensors(Path(data_root), resolution, cache_dir)
     eval_rows = np.flatnonzero((frame["split"] == s.eval_split).to_numpy())
     if len(eval_rows) == 0:
         raise UsefulnessNotComputed(f"{data_root}/labels.parquet has no {s.eval_split!r} split to test on")
+    if not (frame["split"] == s.train_split).any():
+        raise UsefulnessNotComputed(f"{data_root}/labels.parquet has no {s.train_split!r} images to compare with")
     eval_rows = np.sort(np.random.default_rng(s.seed).permutation(eval_rows)[: s.max_eval_images])
     classes = frame["expression_index"].to_numpy().astype(np.int64)
     test = (images[torch.as_tensor(eval_rows)], torch.as_tensor(classes[eval_rows]))
+    pairs = [
+        _measure_pair(Path(renders_root), df, images, frame, classes, test, replace(s, seed=s.seed + k))
+        for k in range(s.recognisers)
+    ]
+    syn, real = [p[0] for p in pairs], [p[1] for p in pairs]
+    ratios = [a / b if b > 0 else math.nan for (a, _), (b, _) in zip(syn, real, strict=True)]
+    chance = float(np.bincount(test[1].numpy(), minlength=len(EXPRESSIONS)).max() / len(test[1]))
+    return UsefulnessResult(
+        float(np.mean([a for a, _ in syn])),
+        float(np.mean([a for a, _ in real])),
+        float(np.mean(ratios)),
+        chance,
+        pairs[0][2],
+        len(eval_rows),
+        s.eval_split,
+        np.sum([c for _, c in syn], axis=0).tolist(),
+        np.sum([c for _, c in real], axis=0).tolist(),
+        ratios,
+    )
+
+
+def _measure_pair(renders_root, df, images, frame, classes, test, s: UsefulnessSettings):
+    """((accuracy, confusion) trained on renders, the same on matched real images, renders trained on)."""
+    sample = passing_sample(df, s.max_images, s.seed)
     syn_labels = sample["expression_index"].to_numpy().astype(np.int64)
-    syn = read_rgb_batch(Path(renders_root), sample["file_name"].tolist())
+    syn = read_rgb_batch(renders_root, sample["file_name"].tolist())
     if syn.shape[-1] != images.shape[-1]:
         syn = F.interpolate(syn.float(), size=images.shape[-2:], mode="area").round().to(torch.uint8)
     real_rows = matched_real_rows(frame, s.train_split, syn_labels, s.seed)
-    if len(real_rows) == 0:
-        raise UsefulnessNotComputed(f"{data_root}/labels.parquet has no {s.train_split!r} images to compare with")
     real_labels = torch.as_tensor(classes[real_rows])
-    acc_syn, conf_syn = score_arm(syn, torch.as_tensor(syn_labels), test, s)
-    acc_real, conf_real = score_arm(images[torch.as_tensor(real_rows)], real_labels, test, s)
-    chance = float(np.bincount(test[1].numpy(), minlength=len(EXPRESSIONS)).max() / len(test[1]))
-    return UsefulnessResult(
-        acc_syn,
-        acc_real,
-        acc_syn / acc_real if acc_real > 0 else math.nan,
-        chance,
+    return (
+        score_arm(syn, torch.as_tensor(syn_labels), test, s),
+        score_arm(images[torch.as_tensor(real_rows)], real_labels, test, s),
         len(sample),
-        len(eval_rows),
-        s.eval_split,
-        conf_syn,
-        conf_real,
     )
 
 
@@ -179,7 +207,12 @@ def cached_usefulness(staging: Path, key: str) -> UsefulnessResult | None:
         got = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return UsefulnessResult(**got["result"]) if got.get("key") == key else None
+    if got.get("key") != key:
+        return None
+    try:
+        return UsefulnessResult(**got["result"])
+    except TypeError:  # written by an older version: measure again
+        return None
 
 
 def store_usefulness(staging: Path, key: str, result: UsefulnessResult) -> None:
