@@ -35,6 +35,7 @@ from manifests.schema import (
     MANIFEST_SCHEMA,
     ManifestError,
     check_file_name,
+    columns_of_version,
     parse_dataset_metadata,
     row_issues,
 )
@@ -119,12 +120,14 @@ def _check_shards(root: Path, shards: list[tuple[int, int, Path]], add: Any) -> 
             add(Problem("unreadable_shard", f"cannot read: {exc}", str(path)))
             continue
         try:
-            parse_dataset_metadata(table.schema, str(path))
+            version = parse_dataset_metadata(table.schema, str(path))["schema_version"]
         except ManifestError as exc:
             add(Problem("schema_version", str(exc), str(path)))
             continue
-        if not _schema_ok(table.schema, path, add):
+        if not _schema_ok(table.schema, path, add, columns_of_version(version)):
             continue
+        for name in (c for c in COLUMNS if c not in table.schema.names):  # added by a later version
+            table = table.append_column(FIELD_BY_NAME[name], pa.nulls(len(table), FIELD_BY_NAME[name].type))
         frame = table.select(COLUMNS).cast(MANIFEST_SCHEMA).to_pandas()
         wrong = frame["shard"] != index
         if wrong.any():
@@ -133,9 +136,9 @@ def _check_shards(root: Path, shards: list[tuple[int, int, Path]], add: Any) -> 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def _schema_ok(schema: pa.Schema, path: Path, add: Any) -> bool:
+def _schema_ok(schema: pa.Schema, path: Path, add: Any, required: list[str]) -> bool:
     ok = True
-    for name in COLUMNS:
+    for name in required:
         if name not in schema.names:
             add(Problem("schema_mismatch", f"missing column {name!r}", str(path)))
             ok = False

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pipeline.expressions import EXPRESSIONS
 
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2  # 2: source_image
 DATASET_METADATA_KEY = b"fersynth.dataset"
 # Folder of the manifest shards inside a dataset (see manifests.writer for why it is not "data").
 MANIFEST_DIR = "manifest"
@@ -56,6 +56,13 @@ MANIFEST_FIELDS: list[pa.Field] = [
     _f("height", pa.int32(), False, "image height in pixels"),
     _f("identity_id", pa.string(), False, "identity the render was made for"),
     _f("identity_source", pa.string(), False, IDENTITY_SOURCES_DOC),
+    _f(
+        "source_image",
+        pa.string(),
+        True,
+        "the training-data photo (its labels `path`) the render starts from: its codes, and its pixels where "
+        "the render is drawn over it; null for a render from codes alone (novel identities)",
+    ),
     _f("expression", pa.string(), False, f"target expression, one of {', '.join(EXPRESSIONS)}"),
     _f("expression_index", pa.int8(), False, "index of `expression` in the 7 expressions"),
     _f("intensity", pa.float32(), False, "target intensity 0..1 (interpolation from neutral)"),
@@ -78,6 +85,15 @@ MANIFEST_FIELDS: list[pa.Field] = [
 ]
 MANIFEST_SCHEMA = pa.schema(MANIFEST_FIELDS)
 COLUMNS: list[str] = [f.name for f in MANIFEST_FIELDS]
+# The schema version that added a column (the others exist since 1): an older manifest lacks it rightly.
+COLUMN_SINCE: dict[str, int] = {"source_image": 2}
+
+
+def columns_of_version(version: int) -> list[str]:
+    """The columns a manifest of schema `version` must have."""
+    return [c for c in COLUMNS if COLUMN_SINCE.get(c, 1) <= version]
+
+
 FIELD_BY_NAME: dict[str, pa.Field] = {f.name: f for f in MANIFEST_FIELDS}
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -372,6 +372,17 @@ class GenerateConfig(_Section):
     # Neutral is always rendered at intensity 0, as often as the other classes (balanced by construction).
     intensities: list[float] = Field(default_factory=lambda: [1.0])
     repeats: int = Field(1, ge=1, le=10_000, description="renders per (identity, expression, intensity)")
+    intensity_range: tuple[float, float] | None = Field(
+        None,
+        description="[low, high]: each render of an expressive class draws its intensity uniformly from it "
+        "(seeded per sample; `repeats` renders per identity and expression) instead of the `intensities` grid",
+    )
+    source_photos: Literal["all", "first_neutral"] = Field(
+        "all",
+        description="which photos of a real identity its renders start from: all (each render takes the next of "
+        "its photos, every session, pose, light and expression, with that photo's own codes) or first_neutral "
+        "(one neutral photo and the identity's mean code for every render)",
+    )
     seed: int = Field(0, ge=0, description="novel identities, per-sample jitter seeds and FID subsets")
     exp_jitter: float = Field(
         0.1, ge=0.0, le=2.0, description="w_exp noise of repeats > 0, in units of the per-dim spread of class centroids"
@@ -412,6 +423,20 @@ class GenerateConfig(_Section):
         if len({round(x, 4) for x in v}) != len(v):
             raise ValueError(f"intensities repeat: {v}")
         return v
+
+    @field_validator("intensity_range")
+    @classmethod
+    def _range_in_unit_interval(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"intensity_range must be [low, high] with 0 < low <= high <= 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_intensity_rule(self) -> GenerateConfig:
+        # Compared with the default, not model_fields_set: a stored config carries every field.
+        if self.intensity_range is not None and self.intensities != [1.0]:
+            raise ValueError("set generate.intensities or generate.intensity_range, not both")
+        return self
 
     @field_validator("identity_sources")
     @classmethod

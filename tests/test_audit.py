@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from manifests.audit import audit_dataset
 from manifests.card import CARD_JSON
+from manifests.schema import DATASET_METADATA_KEY
 from manifests.writer import shard_path
 from pipeline.cli import app
 
@@ -81,6 +82,29 @@ def test_clean_dataset_passes(dataset: Path) -> None:
         assert result.ok, result.problems
     assert result.stats["n_rows"] == 8 and result.stats["counts"]["expression"]["neutral"] == 2
     assert result.lineage["checkpoint"]["step"] == 1200
+
+
+def test_a_manifest_older_than_a_column_audits_clean_but_not_one_that_lost_it(dataset: Path) -> None:
+    def drop_source_image(version: int) -> None:
+        for index in range(N_SHARDS):
+            path = shard_path(dataset, index, N_SHARDS)
+            table = pq.read_table(path)
+            meta = json.loads(table.schema.metadata[DATASET_METADATA_KEY])
+            if "source_image" in table.column_names:
+                table = table.drop_columns(["source_image"])
+            table = table.replace_schema_metadata(
+                {
+                    **table.schema.metadata,
+                    DATASET_METADATA_KEY: json.dumps({**meta, "schema_version": version}).encode(),
+                }
+            )
+            pq.write_table(table, path)
+
+    # Rewriting the shards changes their hashes (shard_modified); nothing else may be found.
+    drop_source_image(1)  # schema version 1 had no source_image
+    assert {p.code for p in audit_dataset(dataset).problems} == {"shard_modified"}
+    drop_source_image(2)
+    assert "missing column 'source_image'" in str(audit_dataset(dataset).problems)
 
 
 @pytest.mark.parametrize("case", list(TAMPERING))

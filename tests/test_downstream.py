@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from manifests.labels import read_labels
-from manifests.schema import DATASET_METADATA_KEY, ManifestError, make_sample_id
+from manifests.schema import DATASET_METADATA_KEY, MANIFEST_SCHEMA_VERSION, ManifestError, make_sample_id
 from manifests.writer import finalize, shard_path, write_shard
 from pipeline.config import load_config
 from pipeline.downstream import LabelledDataset, ManifestDataset, export_hf, export_imagefolder
@@ -70,6 +70,7 @@ def manifest_from_labels(
                 "height": int(r.height),
                 "identity_id": r.identity if real else f"syn-{r.identity}",
                 "identity_source": f"real:{r.split}" if real else "novel",
+                "source_image": r.path if real else None,
                 "expression": r.expression,
                 "expression_index": EXPRESSIONS.index(r.expression),
                 "intensity": float(r.intensity),
@@ -155,9 +156,12 @@ def test_newer_schema_version_is_a_clear_error(data: tuple[Path, Path], tmp_path
     shutil.copytree(syn, copy)
     path = shard_path(copy, 0, 2)
     table = pq.read_table(path)
-    meta = table.schema.metadata[DATASET_METADATA_KEY].replace(b'"schema_version": 1', b'"schema_version": 99')
+    ours = f'"schema_version": {MANIFEST_SCHEMA_VERSION}'.encode()
+    meta = table.schema.metadata[DATASET_METADATA_KEY].replace(ours, b'"schema_version": 99')
     pq.write_table(table.replace_schema_metadata({DATASET_METADATA_KEY: meta}), path)
-    with pytest.raises(ManifestError, match=r"schema version 99 is newer than this fersynth reads \(1\)"):
+    with pytest.raises(
+        ManifestError, match=rf"schema version 99 is newer than this fersynth reads \({MANIFEST_SCHEMA_VERSION}\)"
+    ):
         ManifestDataset(copy)
 
 

@@ -233,7 +233,13 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
         [f"data.root={data}", f"train.out_dir={tmp_path / 'run'}", "model.edit_mask=true"],
     )
     ckpt = Trainer(cfg).train()
-    gen_cfg = cfg_for(ckpt, "generate.identity_sources=[real, novel]", "generate.n_novel=1", "generate.composite=mask")
+    gen_cfg = cfg_for(
+        ckpt,
+        "generate.identity_sources=[real, novel]",
+        "generate.n_novel=1",
+        "generate.composite=mask",
+        "generate.source_photos=first_neutral",
+    )
     plan = make_plan(gen_cfg, ckpt, load_checkpoint(ckpt))
     plan.meta["name"] = "x"
     labels = pd.read_parquet(Path(data) / "labels.parquet")
@@ -275,9 +281,8 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
     import torch
 
     # Any checkpoint (the module's has no edit mask): real identities get a base photo, novel ones not.
-    plan = make_plan(
-        cfg_for(tiny, "generate.identity_sources=[real, novel]", "generate.n_novel=1"), tiny, load_checkpoint(tiny)
-    )
+    sets = ["generate.identity_sources=[real, novel]", "generate.n_novel=1", "generate.source_photos=first_neutral"]
+    plan = make_plan(cfg_for(tiny, *sets), tiny, load_checkpoint(tiny))
     plan.meta["name"] = "x"
     real = [p for p in plan.identities if p.source.startswith("real")]
     novel = [p for p in plan.identities if p.source == "novel"]
@@ -297,6 +302,62 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
                 want = ctx.generator(w_id[i : i + 1], w_exp[i : i + 1], ctx.resolution, 1.0)
             assert np.abs(got[i].astype(int) - to_uint8(want.clamp(-1, 1))[0].astype(int)).max() <= 1, it.sample_id
     shards_mod._CONTEXTS.clear()
+
+
+def test_each_render_starts_from_the_next_of_its_identitys_photos_with_that_photos_codes(tiny: Path) -> None:
+    import torch
+
+    from pipeline.generate.plan import identity_photos
+
+    sets = ["generate.identity_sources=[real, novel]", "generate.n_novel=1", "generate.repeats=3"]
+    plan = make_plan(cfg_for(tiny, *sets), tiny, load_checkpoint(tiny))
+    plan.meta["name"] = "x"
+    labels = pd.read_parquet(Path(cfg_for(tiny).data.root) / "labels.parquet")
+    real = [p.identity_id for p in plan.identities if p.source.startswith("real")]
+    photos = identity_photos(labels, real)
+    for ident in real:
+        used = [it.source_image for it in plan.items if it.identity_id == ident]
+        assert len(set(used)) == min(len(used), len(photos[ident]))  # each photo once before any repeats
+        assert set(used) <= set(photos[ident])
+        sessions = labels.set_index("path").loc[used, "nuisance"]
+        assert sessions.nunique() > 1  # not one photo's session, pose and light for every render
+    assert all(it.source_image is None for it in plan.items if it.identity_source == "novel")
+    assert len({it.sample_id for it in plan.items}) == len(plan.items)
+
+    ctx = shards_mod.get_context(plan)
+    items = [it for it in plan.items if it.identity_id == real[0]][:6]
+    items.append(next(it for it in plan.items if it.identity_source == "novel"))
+    w_id, w_exp = shards_mod.sample_codes(ctx, plan, items)
+    encoder = load_trained(Path(plan.meta["checkpoint"]["path"]))[1].encoder
+    rows = [ctx.source_rows[it.source_image] for it in items[:-1]]
+    with torch.no_grad():
+        own_id, own_exp = encoder(ctx.images[torch.tensor(rows)].float() / 127.5 - 1.0)
+    clean = [i for i, it in enumerate(items[:-1]) if it.repeat == 0]
+    assert torch.allclose(w_id[clean], own_id[clean], atol=1e-4)  # the photo's own identity code, not the mean
+    assert torch.allclose(w_id[-1], torch.from_numpy(plan.codes[items[-1].code_row]))
+    got = shards_mod.render_items(ctx, plan, items)
+    with torch.no_grad():
+        for i in clean:
+            photo = ctx.images[rows[i]][None].float() / 127.5 - 1.0
+            want = ctx.generator.edit(own_id[i : i + 1], w_exp[i : i + 1], own_exp[i : i + 1], photo, ctx.resolution)[0]
+            assert np.abs(got[i].astype(int) - to_uint8(want.clamp(-1, 1))[0].astype(int)).max() <= 1
+    shards_mod._CONTEXTS.clear()
+
+
+def test_intensity_range_draws_each_renders_intensity(tiny: Path) -> None:
+    plan = make_plan(
+        cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.repeats=2"), tiny, load_checkpoint(tiny)
+    )
+    expressive = [it.intensity for it in plan.items if it.expression != "neutral"]
+    assert all(0.4 <= t <= 0.9 for t in expressive) and len(set(expressive)) > len(expressive) // 2
+    assert all(it.intensity == 0.0 for it in plan.items if it.expression == "neutral")
+    assert len(set(plan.class_counts().values())) == 1  # still balanced
+    again = make_plan(
+        cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.repeats=2"), tiny, load_checkpoint(tiny)
+    )
+    assert [it.intensity for it in again.items] == [it.intensity for it in plan.items]
+    with pytest.raises(ConfigError, match="not both"):
+        cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.intensities=[0.5]")
 
 
 # --------------------------------------------------------------------------- gates / publish

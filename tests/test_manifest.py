@@ -78,6 +78,7 @@ def make_rows(root: Path, n: int = 8) -> list[dict[str, Any]]:
                 "height": 12,
                 "identity_id": plan["identity"],
                 "identity_source": "novel" if k % 2 else "real:test",
+                "source_image": None if k % 2 else f"faces/{k:03d}.png",
                 "expression": expr,
                 "expression_index": EXPRESSIONS.index(expr),
                 "intensity": 1.0,

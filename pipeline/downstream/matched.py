@@ -2,8 +2,8 @@
 
 For each row of a generated manifest rendered from a real identity, the real image of that
 identity with the row's target expression and the nearest intensity it has (the exact one when the
-data has it), preferring the session of the photo the renders were drawn over
-(pipeline.generate.plan.base_image_paths), then the first path. TSTR trains on it as the ceiling of
+data has it), preferring the session of the photo the render started from (the manifest's
+`source_image`; for older manifests pipeline.generate.plan.base_image_paths), then the first path. TSTR trains on it as the ceiling of
 the synthetic arm: same identities, same label mix, real pixels.
 
 Rows are excluded, and counted, when their identity has no real images (novel or file identities),
@@ -41,10 +41,12 @@ def match_real(manifest: pd.DataFrame, labels: pd.DataFrame, eval_split: str | N
 
     wanted = rows[ident.isin(in_pool)].assign(_row=lambda d: d.index, identity=lambda d: d["identity_id"].astype(str))
     cand = pool.assign(_session=pool["nuisance"].map(session_of))
-    base_paths = set(base_image_paths(pool, sorted(wanted["identity"].unique())).values())
-    base_session = cand[cand["path"].isin(base_paths)].set_index("identity")["_session"]
-    cand = cand.assign(_base=cand["identity"].map(base_session).fillna(0))
-    pairs = wanted[["_row", "identity", "expression", "intensity"]].merge(
+    session_of_path = dict(zip(labels["path"], labels["nuisance"].map(session_of), strict=True))
+    base_paths = base_image_paths(pool, sorted(wanted["identity"].unique()))
+    own = wanted["source_image"] if "source_image" in wanted else pd.Series(None, index=wanted.index, dtype=object)
+    source = own.where(own.notna(), wanted["identity"].map(base_paths))
+    wanted = wanted.assign(_base=source.map(session_of_path).fillna(0))
+    pairs = wanted[["_row", "identity", "expression", "intensity", "_base"]].merge(
         cand, on=["identity", "expression"], suffixes=("_want", "")
     )
     pairs["_gap"] = (pairs["intensity"].astype(float) - pairs["intensity_want"].astype(float)).abs().round(6)

@@ -57,6 +57,7 @@ from pipeline.generate.plan import (
     SweepPlan,
     base_image_paths,
     build_plan,
+    identity_photos,
     load_plan,
     make_render_key,
     novel_identity_codes,
@@ -217,6 +218,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
 
     identities: list[PlannedIdentity] = []
     rows: list[np.ndarray] = []
+    photos: dict[str, list[str]] = {}
     if wanted:
         device = resolve_device(gen.device, "generate.device")
         _, nets, _ = load_trained(Path(checkpoint), device=device)
@@ -225,9 +227,12 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         codes = real_identity_codes(
             nets.encoder, images[torch.as_tensor(sel)], frame["identity"].iloc[sel].tolist(), device, gen.batch_size
         )
-        # Each real identity's renders are drawn over one of its photos (generate.composite).
+        # Each render of a real identity starts from one of its photos (generate.source_photos all), or
+        # all of them are drawn over one neutral photo of it (first_neutral, when drawn over a photo).
         over_photo = draws_over_photo(gen.composite, nets.generator_ema)
-        bases = base_image_paths(labels, wanted) if over_photo else {}
+        every_photo = gen.source_photos == "all"
+        photos = identity_photos(labels, wanted) if every_photo else {}
+        bases = base_image_paths(labels, wanted) if over_photo and not every_photo else {}
         for ident in wanted:
             identities.append(
                 PlannedIdentity(ident, f"real:{split_of[ident]}", split_of[ident], len(rows), bases.get(ident))
@@ -247,7 +252,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         "data": {"root": str(Path(cfg.data.root).resolve()), "key": data_key},
         "config": config_to_dict(cfg),
     }
-    return build_plan(gen, identities, codes_arr, render_key, meta)
+    return build_plan(gen, identities, codes_arr, render_key, meta, photos)
 
 
 def dataset_lock(out: Path, name: str) -> WriterLock:
@@ -547,12 +552,21 @@ def _dataset_meta(
     """The dataset-level metadata a finalized dataset carries (card, _common_metadata)."""
     description = f"{n_images} synthetic facial-expression renders of {len(plan.identities)} identities"
     n_based = sum(p.base_image is not None for p in plan.identities)
-    if n_based:
-        how = (
-            "redrawn where the render for the target expression differs from the render for the photo's own"
-            if cfg.generate.composite == "difference"
-            else "through the generator's edit mask"
+    how = (
+        "redrawn where the render for the target expression differs from the render for the photo's own"
+        if cfg.generate.composite == "difference"
+        else "through the generator's edit mask"
+    )
+    photos = {it.source_image for it in plan.items if it.source_image}
+    if photos:
+        over = cfg.generate.composite == "difference" or cfg.model.edit_mask
+        description += (
+            f"; each render of {len({it.identity_id for it in plan.items if it.source_image})} real identities "
+            f"starts from one of their photos ({len(photos)} photos in all, every session, pose, light and "
+            f"expression; manifest column source_image): that photo's own codes"
+            + (f", drawn over it ({how})" if over else "")
         )
+    elif n_based:
         description += (
             f"; the renders of {n_based} real identities are drawn over one photo of each ({how}; "
             "plan.json: identities[].base_image)"

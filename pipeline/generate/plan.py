@@ -6,8 +6,13 @@ which shards are already done. It is saved with the dataset as `plan.json` (item
 `identity_codes.npy` (the w_id of every identity), and shard tasks render from those files only.
 
 Balanced classes by construction: every identity gets the same number of renders of every target
-expression (len(intensities) x repeats); neutral, which has no intensity, is rendered at intensity 0
-that many times, told apart by its repeat index and jitter seed.
+expression (len(intensities) x repeats, or repeats with generate.intensity_range); neutral, which has
+no intensity, is rendered at intensity 0 that many times, told apart by its repeat index and jitter seed.
+
+With generate.source_photos "all" each render of a real identity starts from one of its photos (every
+session, pose, light and expression it has, in a seeded order that uses each before any repeats): the
+render takes that photo's own codes and, where drawn over a photo, its pixels. The photo is the
+item's `source_image`, part of its sample id and of the manifest.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class PlanItem:
     repeat: int
     noise_seed: int  # drives the w_exp jitter of this sample
     nuisance_seed: int  # drives the w_id jitter (pose/light/background live in w_id: swaps keep the source's)
+    # generate.source_photos "all": the photo (labels `path`) whose codes (and pixels) this render starts from.
+    source_image: str | None = None
 
 
 @dataclass
@@ -114,18 +121,33 @@ def check_expressions(expressions: list[str]) -> list[str]:
         raise PlanError(f"generate.expressions: {exc}") from None
 
 
-def cells(gen: GenerateConfig) -> list[tuple[str, float, int]]:
-    """(expression, intensity, repeat) per identity; the same count for every expression."""
-    per_class = len(gen.intensities) * gen.repeats
-    out: list[tuple[str, float, int]] = []
+def cells(gen: GenerateConfig) -> list[tuple[str, float | None, int]]:
+    """(expression, intensity, repeat) per identity; the same count for every expression.
+
+    With generate.intensity_range the intensity is None here: each item draws its own (`_drawn_intensity`).
+    """
+    grid: list[float | None] = [None] if gen.intensity_range else [float(np.float32(t)) for t in gen.intensities]
+    per_class = len(grid) * gen.repeats
+    out: list[tuple[str, float | None, int]] = []
     for expression in check_expressions(gen.expressions):
         if expression == "neutral":
             out += [("neutral", 0.0, r) for r in range(per_class)]
         else:
-            for t in gen.intensities:
-                t32 = float(np.float32(t))
-                out += [(expression, t32, r) for r in range(gen.repeats)]
+            out += [(expression, t, r) for t in grid for r in range(gen.repeats)]
     return out
+
+
+def _drawn_intensity(gen: GenerateConfig, identity_id: str, expression: str, repeat: int) -> float:
+    """Uniform in generate.intensity_range, from a hash of the cell (float32-exact)."""
+    low, high = gen.intensity_range or (1.0, 1.0)
+    u = _seed("intensity", gen.seed, identity_id, expression, repeat) / 2**63
+    return float(np.float32(low + (high - low) * u))
+
+
+def photo_order(photos: list[str], identity_id: str, seed: int, n: int) -> list[str]:
+    """n photos of one identity: a seeded permutation, cycled, so each is used before any repeats."""
+    order = np.random.default_rng(_seed("photos", seed, identity_id)).permutation(len(photos))
+    return [photos[order[k % len(photos)]] for k in range(n)]
 
 
 def build_plan(
@@ -134,8 +156,12 @@ def build_plan(
     codes: np.ndarray,
     render_key: dict[str, Any],
     meta: dict[str, Any] | None = None,
+    photos: dict[str, list[str]] | None = None,
 ) -> SweepPlan:
-    """Expand identities x cells into items with deterministic ids, seeds and file names."""
+    """Expand identities x cells into items with deterministic ids, seeds and file names.
+
+    `photos`: identity -> its photos (labels paths) that renders start from (generate.source_photos all).
+    """
     if not identities:
         raise PlanError(
             "the sweep has zero identities: check generate.identity_sources, generate.real_split (does that split "
@@ -155,7 +181,14 @@ def build_plan(
         )
     items: list[PlanItem] = []
     for ident in identities:
-        for expression, intensity, repeat in sweep:
+        own = (photos or {}).get(ident.identity_id)
+        sources = photo_order(own, ident.identity_id, gen.seed, len(sweep)) if own else [None] * len(sweep)
+        for (expression, cell_intensity, repeat), source_image in zip(sweep, sources, strict=True):
+            intensity = (
+                _drawn_intensity(gen, ident.identity_id, expression, repeat)
+                if cell_intensity is None
+                else cell_intensity
+            )
             fields = {
                 "render": render_key["id"],
                 "identity": ident.identity_id,
@@ -164,6 +197,8 @@ def build_plan(
                 "intensity": intensity,
                 "repeat": repeat,
             }
+            if source_image is not None:
+                fields["source_image"] = source_image
             sid = make_sample_id(**fields)
             base = (render_key["id"], ident.identity_id, expression, intensity, repeat)
             items.append(
@@ -179,6 +214,7 @@ def build_plan(
                     repeat=repeat,
                     noise_seed=_seed("exp", *base),
                     nuisance_seed=_seed("id", *base),
+                    source_image=source_image,
                 )
             )
     h = hashlib.sha256(json.dumps(render_key, sort_keys=True).encode())
@@ -204,6 +240,11 @@ def make_render_key(
         "id_jitter": gen.id_jitter,
         "composite": gen.composite,
     }
+    # Added only off their defaults of old, so plans made before these options keep their ids.
+    if gen.intensity_range is not None:
+        key["intensity_range"] = [float(np.float32(t)) for t in gen.intensity_range]
+    if gen.source_photos != "first_neutral":
+        key["source_photos"] = gen.source_photos
     key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return key
 
@@ -245,6 +286,19 @@ def base_image_paths(labels: pd.DataFrame, identities: list[str]) -> dict[str, s
         }
     ).sort_values(["identity", "not_neutral", "session", "path"])
     return dict(order.groupby("identity", sort=False)["path"].first())
+
+
+def identity_photos(labels: pd.DataFrame, identities: list[str]) -> dict[str, list[str]]:
+    """identity -> every photo of it (labels paths), by session then path: what its renders start from."""
+    rows = labels[labels["identity"].isin(identities)]
+    order = pd.DataFrame(
+        {
+            "identity": rows["identity"],
+            "session": rows["nuisance"].map(session_of) if "nuisance" in rows else 0,
+            "path": rows["path"],
+        }
+    ).sort_values(["identity", "session", "path"])
+    return {k: list(v) for k, v in order.groupby("identity", sort=True)["path"]}
 
 
 def novel_identity_codes(codes: dict[str, torch.Tensor], n: int, seed: int) -> dict[str, np.ndarray]:
@@ -329,7 +383,8 @@ def load_plan(root: Path) -> SweepPlan:
     codes = np.load(codes_path, allow_pickle=False)
     cols = raw["items"]
     n = raw["n_items"]
-    items = [PlanItem(**{k: cols[k][i] for k in PlanItem.__dataclass_fields__}) for i in range(n)]
+    # Columns a plan of an older version lacks keep their defaults (source_image: None).
+    items = [PlanItem(**{k: cols[k][i] for k in PlanItem.__dataclass_fields__ if k in cols}) for i in range(n)]
     identities = [PlannedIdentity(**d) for d in raw["identities"]]
     return SweepPlan(raw["key"], raw["render_key"], identities, items, raw["shard_size"], codes, raw.get("meta", {}))
 

@@ -44,8 +44,8 @@ from pipeline.quality.expression import expression_scores
 from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
 from pipeline.quality.gates import per_image_flags
 from pipeline.quality.ssim import ssim_batch
-from pipeline.swaps import needs_photo_code, render_over_photo
-from pipeline.train.data import to_model_range
+from pipeline.swaps import draws_over_photo, needs_photo_code, render_over_photo
+from pipeline.train.data import session_of, to_model_range
 from pipeline.train.grids import to_uint8
 
 Progress = Callable[[int], None]  # called with the number of images just finished
@@ -79,10 +79,14 @@ class RenderContext:
     # (generate.composite: difference) that photo's own expression code, encoded once here.
     base_rows: dict[str, int] = field(default_factory=dict)
     base_exp: dict[str, torch.Tensor] = field(default_factory=dict)
+    # generate.source_photos all: row in `images` of every item's source photo, and its own (w_id, w_exp).
+    over_photo: bool = False
+    source_rows: dict[str, int] = field(default_factory=dict)
+    source_codes: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     # A skip-fed generator (model.skip_features) draws a real identity from its photo's features.
     encoder: nn.Module | None = None
     prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
-    truths: dict[tuple[str, str, float], np.ndarray | None] = field(default_factory=dict)
+    truths: dict[tuple[str, str, float, int], np.ndarray | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -147,10 +151,13 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
     exp_scale = cent.std(0) if cent.shape[0] > 1 else torch.ones_like(cent[0])
     id_scale = codes["id_chol"].square().sum(1).sqrt()
     row_of_path = {p: i for i, p in enumerate(labels["path"])}
-    missing = [p.base_image for p in plan.identities if p.base_image and p.base_image not in row_of_path]
+    named = [p.base_image for p in plan.identities if p.base_image]
+    named += sorted({it.source_image for it in plan.items if it.source_image})
+    missing = [p for p in named if p not in row_of_path]
     if missing:
-        raise ValueError(f"{cfg.data.root}: base image(s) named in the plan are not in the data: {missing[:5]}")
+        raise ValueError(f"{cfg.data.root}: source photo(s) named in the plan are not in the data: {missing[:5]}")
     base_rows = {p.identity_id: row_of_path[p.base_image] for p in plan.identities if p.base_image}
+    source_rows = {it.source_image: row_of_path[it.source_image] for it in plan.items if it.source_image}
     base_exp = (
         _photo_expression_codes(nets.encoder, images, base_rows, device, cfg.generate.batch_size)
         if needs_photo_code(cfg.generate.composite)
@@ -175,6 +182,11 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         checkpoint_step=int(ckpt["global_step"]),
         base_rows=base_rows,
         base_exp=base_exp,
+        over_photo=draws_over_photo(cfg.generate.composite, nets.generator_ema),
+        source_rows=source_rows,
+        source_codes=_photo_codes(
+            nets.encoder, images, sorted(set(source_rows.values())), device, cfg.generate.batch_size
+        ),
         encoder=nets.encoder if nets.generator_ema.skip_features else None,
     )
 
@@ -194,6 +206,19 @@ def _photo_expression_codes(
     return out
 
 
+@torch.no_grad()
+def _photo_codes(
+    encoder: nn.Module, images: torch.Tensor, rows: list[int], device: torch.device, batch_size: int
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """image row -> the encoder's (w_id, w_exp) of that photo, in fixed chunks of sorted rows (deterministic)."""
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        w_id, w_exp = encoder(to_model_range(images[torch.tensor(chunk)], device))
+        out.update({r: (a, b) for r, a, b in zip(chunk, w_id, w_exp, strict=True)})
+    return out
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -205,6 +230,9 @@ def sample_codes(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
     """(w_id, w_exp) of each item from the plan's identity codes, the target codes and per-sample seeds."""
     gen = ctx.cfg.generate
     w_id = torch.from_numpy(plan.codes[[it.code_row for it in items]]).to(ctx.device)
+    own = [i for i, it in enumerate(items) if it.source_image]
+    if own:  # a render that starts from a photo takes that photo's identity code (its pose, light, session)
+        w_id[own] = torch.stack([ctx.source_codes[ctx.source_rows[items[i].source_image]][0] for i in own])
     cls = torch.tensor([it.expression_index for it in items], device=ctx.device)
     inten = torch.tensor([it.intensity for it in items], device=ctx.device)
     w_exp = expression_target(ctx.codes, cls, inten)
@@ -223,22 +251,34 @@ def sample_codes(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
 def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> np.ndarray:
     """uint8 NHWC renders of `items` (what goes into the PNGs)."""
     w_id, w_exp = sample_codes(ctx, plan, items)
-    rows = [ctx.base_rows.get(it.identity_id) for it in items]
+    rows = [_drawn_over(ctx, it) for it in items]
     if not any(r is not None for r in rows):  # only novel identities (or no photos): codes alone
         return to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1))
     has_base = torch.tensor([r is not None for r in rows], device=ctx.device)[:, None, None, None]
     base = to_model_range(ctx.images[torch.tensor([r if r is not None else 0 for r in rows])], ctx.device)
     w_exp_base = None
-    if ctx.base_exp:  # rows without a photo take any code: their render is the plain RGB below
-        w_exp_base = torch.stack(
-            [ctx.base_exp[it.identity_id] if r is not None else w_exp[0] for it, r in zip(items, rows, strict=True)]
-        )
+    if needs_photo_code(ctx.cfg.generate.composite):  # rows without a photo take any code: plain RGB below
+        w_exp_base = torch.stack([_photo_expression(ctx, it, r, w_exp[0]) for it, r in zip(items, rows, strict=True)])
     composite = ctx.cfg.generate.composite
     feats = None if ctx.encoder is None else ctx.encoder.features_pyramid(base)
     render, rgb, _ = render_over_photo(ctx.generator, composite, w_id, w_exp, w_exp_base, base, ctx.resolution, feats)
     if feats is not None and not bool(has_base.all()):  # rows without a photo: the codes alone
         rgb = ctx.generator(w_id, w_exp, ctx.resolution, 1.0)
     return to_uint8(torch.where(has_base, render, rgb).clamp(-1, 1))
+
+
+def _drawn_over(ctx: RenderContext, it: PlanItem) -> int | None:
+    """Row in `images` of the photo this item is drawn over, or None (codes alone)."""
+    if it.source_image:
+        return ctx.source_rows[it.source_image] if ctx.over_photo else None
+    return ctx.base_rows.get(it.identity_id)
+
+
+def _photo_expression(ctx: RenderContext, it: PlanItem, row: int | None, fallback: torch.Tensor) -> torch.Tensor:
+    """The expression code of the photo an item is drawn over (the difference composite reads it)."""
+    if row is None:
+        return fallback
+    return ctx.source_codes[row][1] if it.source_image else ctx.base_exp[it.identity_id]
 
 
 def write_png(path: Path, data: bytes) -> None:
@@ -274,16 +314,17 @@ def _prototype(ctx: RenderContext, plan: SweepPlan, identity_id: str, source: st
 
 
 def _truth(ctx: RenderContext, it: PlanItem) -> np.ndarray | None:
-    """Exact true image for a procedural real identity (its factors, the nuisance of its session 0)."""
+    """Exact true image for a procedural real identity: its factors, the nuisance of its source photo's
+    session (session 0 when the plan names no source photo per item)."""
     if not ctx.procedural or not it.identity_source.startswith("real"):
         return None
-    key = (it.identity_id, it.expression, it.intensity)
+    session = session_of(ctx.labels["nuisance"].iat[ctx.source_rows[it.source_image]]) if it.source_image else 0
+    key = (it.identity_id, it.expression, it.intensity, session)
     with ctx.lock:
         if key in ctx.truths:
             return ctx.truths[key]
     rows = ctx.labels[ctx.labels["identity"] == it.identity_id]
-    sessions = rows["nuisance"].map(lambda s: int(json.loads(s).get("session", 0)) if s else 0)
-    s0 = rows[sessions == 0]
+    s0 = rows[rows["nuisance"].map(session_of) == session]
     # The session-0 row of this very expression and intensity carries its own sensor-noise seed:
     # use it when the data has one (then the truth is that image, bit for bit).
     same = s0[(s0["expression"] == it.expression) & (np.isclose(s0["intensity"].astype(float), it.intensity))]
@@ -448,6 +489,14 @@ def _render_rows(
     return pd.concat(frames, ignore_index=True)
 
 
+def _source_image(ctx: RenderContext, it: PlanItem) -> str | None:
+    """The photo a render starts from (its own, or its identity's one base photo), for the manifest."""
+    if it.source_image:
+        return it.source_image
+    row = ctx.base_rows.get(it.identity_id)
+    return None if row is None else str(ctx.labels["path"].iat[row])
+
+
 def _write_images(root: Path, items: list[PlanItem], imgs: np.ndarray) -> list[str]:
     """Encode, write (atomically) and hash each image; returns the sha256 of each file's bytes."""
     hashes = []
@@ -477,6 +526,7 @@ def _manifest_rows(
             "height": ctx.resolution,
             "identity_id": [it.identity_id for it in items],
             "identity_source": [it.identity_source for it in items],
+            "source_image": [_source_image(ctx, it) for it in items],
             "expression": [it.expression for it in items],
             "expression_index": [it.expression_index for it in items],
             "intensity": [it.intensity for it in items],
