@@ -1,14 +1,17 @@
 """Does the usefulness gate tell useful data from useless data? (run by hand; prints one line per arm and seed)
 
-    python benchmarks/bench_usefulness.py CHECKPOINT DATASET_DIR [--seeds 0 1 2] [--arms renders perfect shuffled]
+    python benchmarks/bench_usefulness.py CHECKPOINT DATASET_DIR [--seeds 0 1 2] [--arms renders perfect shuffled sources]
         [--recognisers N]
 
 Runs the gate exactly as generation does (`quality.usefulness_*` of the checkpoint's config, the
-real validation split) on three training sets of the same size and label mix:
+real validation split) on training sets of the same size and label mix:
 - `renders`: the dataset's passing renders (the gate's own verdict on this dataset);
 - `perfect renderer`: for the same rows, the real image of the same identity, expression and
   intensity (`pipeline.downstream.matched`): what a renderer with no domain gap would hand over;
-- `shuffled labels`: the same renders with their expression labels permuted (data that teaches nothing).
+- `shuffled labels`: the same renders with their expression labels permuted (data that teaches nothing);
+- `source photos`: the photos the renders started from (manifest `source_image`), with the renders'
+  target labels: what the renders would teach if the generator changed nothing (a render drawn over
+  a photo keeps its pixels outside the changed region, so this tells the drawn expression's share).
 A gate worth having passes the second and fails the third, whatever it says of the first.
 Each line prints the gate's mean ratio and each recogniser pair's. Needs the checkpoint's training data;
 about 1 min per recogniser pair on 2 cores at the default settings.
@@ -30,7 +33,7 @@ from pipeline.core.legacy import checkpoint_config
 from pipeline.downstream.matched import describe, match_real
 from pipeline.quality.usefulness import UsefulnessSettings, measure_usefulness, passing_sample
 
-ARMS = {"renders": "renders", "perfect": "perfect renderer", "shuffled": "shuffled labels"}
+ARMS = {"renders": "renders", "perfect": "perfect renderer", "shuffled": "shuffled labels", "sources": "source photos"}
 
 
 def main() -> None:
@@ -65,7 +68,14 @@ def main() -> None:
         rng = np.random.default_rng(seed)
         shuffled = renders.assign(expression_index=rng.permutation(renders["expression_index"].to_numpy()))
         print(f"{args.dataset} seed {seed}: {len(renders)} passing renders; perfect renderer: {describe(matched)}")
-        sets = {"renders": (renders, args.dataset), "perfect": (perfect, root), "shuffled": (shuffled, args.dataset)}
+        from_photo = renders[renders["source_image"].notna()] if "source_image" in renders else renders.iloc[:0]
+        sources = from_photo.assign(file_name=from_photo["source_image"])
+        sets = {
+            "renders": (renders, args.dataset),
+            "perfect": (perfect, root),
+            "shuffled": (shuffled, args.dataset),
+            "sources": (sources, root),
+        }
         for arm in args.arms:
             rows, images_root = sets[arm]
             start = time.perf_counter()
