@@ -269,6 +269,20 @@ def real_identity_codes(
     return {k: (sums[k] / counts[k]).float().numpy() for k in sorted(sums)}
 
 
+def _photos_of(labels: pd.DataFrame, identities: list[str], neutral_first: bool) -> pd.DataFrame:
+    """The identities' photos as (identity, path), ordered by identity, [neutral first,] session, path."""
+    rows = labels[labels["identity"].isin(identities)]
+    order = pd.DataFrame(
+        {
+            "identity": rows["identity"],
+            "not_neutral": (rows["expression"] != "neutral") if neutral_first else False,
+            "session": rows["nuisance"].map(session_of) if "nuisance" in rows else 0,
+            "path": rows["path"],
+        }
+    )
+    return order.sort_values(["identity", "not_neutral", "session", "path"])
+
+
 def base_image_paths(labels: pd.DataFrame, identities: list[str]) -> dict[str, str]:
     """The photo each identity's renders are composited over (checkpoints with an edit mask).
 
@@ -276,28 +290,12 @@ def base_image_paths(labels: pd.DataFrame, identities: list[str]) -> dict[str, s
     expression, and procedural ground truth is drawn in that same session), else its first image
     by path: a pure function of the labels table, so a plan always picks the same photos.
     """
-    rows = labels[labels["identity"].isin(identities)]
-    order = pd.DataFrame(
-        {
-            "identity": rows["identity"],
-            "not_neutral": rows["expression"] != "neutral",
-            "session": rows["nuisance"].map(session_of) if "nuisance" in rows else 0,
-            "path": rows["path"],
-        }
-    ).sort_values(["identity", "not_neutral", "session", "path"])
-    return dict(order.groupby("identity", sort=False)["path"].first())
+    return dict(_photos_of(labels, identities, neutral_first=True).groupby("identity", sort=False)["path"].first())
 
 
 def identity_photos(labels: pd.DataFrame, identities: list[str]) -> dict[str, list[str]]:
     """identity -> every photo of it (labels paths), by session then path: what its renders start from."""
-    rows = labels[labels["identity"].isin(identities)]
-    order = pd.DataFrame(
-        {
-            "identity": rows["identity"],
-            "session": rows["nuisance"].map(session_of) if "nuisance" in rows else 0,
-            "path": rows["path"],
-        }
-    ).sort_values(["identity", "session", "path"])
+    order = _photos_of(labels, identities, neutral_first=False)
     return {k: list(v) for k, v in order.groupby("identity", sort=True)["path"]}
 
 
