@@ -26,8 +26,10 @@ from pipeline.core.codes import expression_target
 from pipeline.core.networks import Networks
 from pipeline.core.trained import load_trained
 from pipeline.expressions import EXPRESSIONS
+from pipeline.generate.plan import novel_identity_codes
 from pipeline.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.judges import judge_accuracy, load_eval_judges
+from pipeline.quality.identity_consistency import identity_consistency
 from pipeline.quality.leakage import leak_heatmap, leak_spread, leak_table
 from pipeline.quality.regions import changed_region, region_keys, region_scores
 from pipeline.quality.ssim import psnr_batch, ssim_batch
@@ -126,6 +128,7 @@ def evaluate_checkpoint(
     per_class = scores.all("correct").reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     metrics.update(_lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size, cfg))
+    metrics.update(_novel_identity_scores(setup, codes, batch_size))
     warnings = _collapse_warnings(metrics, scores, n_cls)
     leakage = _leakage(scores, n_cls, out / "leak_table.png")
     metrics.update(leakage["summary"])
@@ -321,6 +324,66 @@ def _summarise(s: _Setup, scores: BatchScores, judges_on_real: dict[str, float])
     return metrics
 
 
+# The three kinds of face the novel-identity figures compare, and their metric-name suffixes.
+FACE_KINDS = (
+    ("real photos", "photos"),
+    ("real identities' codes, plain generator", "codes"),
+    ("novel identities", "novel"),
+)
+
+
+@torch.no_grad()
+def _novel_identity_scores(s: _Setup, codes: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+    """Expression accuracy and identity consistency of novel identities (sampled codes, no photo, no truth).
+
+    Beside them, on the same scale: the test identities' real photos (each at every expression in one
+    session) and their photo-encoded codes rendered by the same plain generator.
+    """
+    test, n_cls, full, device = s.test, s.n_cls, s.full, s.device
+    photo_sets = []
+    for ident in range(len(test.identity_names)):
+        for sess in sorted(set(test.session[test.identity == ident].tolist())):
+            rows = [test.truth_key.get((ident, sess, c, s.top.get(c, -1)), -1) for c in range(n_cls)]
+            if min(rows) >= 0:
+                photo_sets.append(rows)
+                break
+    if len(photo_sets) < 2:
+        return {}
+    photos = torch.tensor(photo_sets).flatten()
+    neutral = torch.tensor([rows[0] for rows in photo_sets])
+    photo_ids = torch.cat(
+        [
+            s.nets.encoder(test.batch(neutral[i : i + batch_size], full, 1.0, device))[0]
+            for i in range(0, len(neutral), batch_size)
+        ]
+    )
+    novel = novel_identity_codes(codes, len(photo_sets), seed=0)
+    novel_ids = torch.from_numpy(np.stack(list(novel.values()))).to(device=device, dtype=photo_ids.dtype)
+
+    def judge(images_of: Callable[[torch.Tensor], torch.Tensor], n_items: int) -> dict[str, float]:
+        labels, emb = [], []
+        for i in range(0, n_items, batch_size):
+            x = images_of(torch.arange(i, min(i + batch_size, n_items)))
+            labels.append(s.clf(x).argmax(1).cpu())
+            emb.append(s.emb.embed(x).cpu())
+        target = torch.arange(n_cls).repeat(n_items // n_cls)
+        out = identity_consistency(torch.cat(emb).reshape(n_items // n_cls, n_cls, -1))
+        return {
+            "expr_acc": float((torch.cat(labels) == target).float().mean()),
+            **{f"id_{k}": v for k, v in out.items()},
+        }
+
+    def render(ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda j: s.nets.generator_ema(ids[j // n_cls], s.targets[j % n_cls], full, 1.0).clamp(-1, 1)
+
+    kinds = {
+        "photos": judge(lambda j: test.batch(photos[j], full, 1.0, device), len(photos)),
+        "codes": judge(render(photo_ids), len(photos)),
+        "novel": judge(render(novel_ids), len(photos)),
+    }
+    return {f"{fig}_{kind}": v for kind, figs in kinds.items() for fig, v in figs.items()}
+
+
 def _collapse_warnings(metrics: dict[str, Any], scores: BatchScores, n_cls: int) -> list[str]:
     warnings = []
     if "spread_fake" in scores:
@@ -449,7 +512,7 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += ["| metric | value |", "|---|---|"] + [
         f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items()
     ]
-    lines += _region_markdown(m) + _leak_markdown(result["leak_table"])
+    lines += _region_markdown(m) + _leak_markdown(result["leak_table"]) + _novel_markdown(m)
     if result["warnings"]:
         lines += ["", "## Warnings", *[f"- {w}" for w in result["warnings"]]]
     lines += ["", "![swap grid](swap_grid.png)", ""]
@@ -476,6 +539,27 @@ def _region_markdown(m: dict[str, Any]) -> list[str]:
     for label, suffix in kinds:
         if f"l1_changed{suffix}" in m:
             lines.append(f"| {label} | " + " | ".join(f"{m[f'{a}_{b}{suffix}']:.3f}" for a, b in keys) + " |")
+    return lines
+
+
+def _novel_markdown(m: dict[str, Any]) -> list[str]:
+    """Novel identities beside real photos and real identities' codes: judge and identity figures."""
+    if "expr_acc_novel" not in m:
+        return []
+    lines = [
+        "",
+        "## Novel identities (sampled identity codes: no photo, so no true image)",
+        "",
+        "Every face rendered at every expression. Identity: cosine between the independent embedder's "
+        "embeddings of two images of one face (same) and of two faces (other), and leave-one-out "
+        "nearest-face accuracy (top-1).",
+        "",
+        "| faces | expression accuracy | same-face cosine | other-face cosine | identity top-1 |",
+        "|---|---|---|---|---|",
+    ]
+    for label, kind in FACE_KINDS:
+        figs = [m[f"{fig}_{kind}"] for fig in ("expr_acc", "id_same", "id_other", "id_top1")]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in figs) + " |")
     return lines
 
 

@@ -287,6 +287,15 @@ def test_evaluate_scores_swaps_against_truth_with_the_copy_source_reference(tiny
     assert Path(leak["heatmap"]).is_file()
     report = Path(result["report"]).read_text()
     assert "## Leakage" in report and "## Fidelity where the expression changes" in report
+    # Novel identities (no truth) get judge and identity figures beside real photos and real codes;
+    # they need two faces to compare (the tiny test split has one, its validation split two).
+    assert "expr_acc_novel" not in m and "## Novel identities" not in report
+    val = evaluate_checkpoint(final, out_dir=tmp_path / "eval-val", split="val")
+    for kind in ("photos", "codes", "novel"):
+        for key in ("expr_acc", "id_same", "id_other", "id_top1"):
+            assert -1.0 <= val["metrics"][f"{key}_{kind}"] <= 1.0, f"{key}_{kind}"
+    assert val["metrics"]["id_same_photos"] > val["metrics"]["id_other_photos"]  # real faces told apart
+    assert "## Novel identities" in Path(val["report"]).read_text()
 
 
 def test_fitted_identity_codes_render_novel_identities(tiny_data: Path, tmp_path: Path) -> None:
