@@ -4,7 +4,7 @@
 
 Each EVAL_DIR is an `fersynth evaluate --out` folder (its eval.json). Rows are the figures issue 20's
 quality-versus-compute curve reads: swap expression accuracy, SSIM to the truth over the whole face
-and over the changed region (composite and plain generator), and the leak table's spread.
+and over the changed region (composite and plain generator), the leak table's spread, and novel identities' judge figures.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ ROWS = [
     ("changed region: SSIM of the unchanged source", "ssim_changed_copy_source"),
     ("unchanged region: SSIM composite / plain", ("ssim_unchanged", "ssim_unchanged_raw")),
     ("leak spread over source expressions, mean / max", ("leak_mean", "leak_max")),
+    ("novel identities: expression accuracy", "expr_acc_novel"),
+    ("novel identities: same-face / other-face cosine", ("id_same_novel", "id_other_novel")),
+    ("novel identities: identity top-1 (real photos)", ("id_top1_novel", "id_top1_photos")),
 ]
 
 

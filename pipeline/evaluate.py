@@ -110,7 +110,7 @@ def evaluate_checkpoint(
     protos.index_add_(0, test.identity.to(device), real_emb)
     protos = torch.nn.functional.normalize(protos, dim=1)
     # Swaps are drawn over their source photo as the product draws real identities (generate.composite).
-    composited = draws_over_photo(cfg.generate.composite, nets.generator_ema)
+    composited = draws_over_photo(cfg.generate.composite, nets.generator_ema.has_mask)
     setup = _Setup(cfg, nets, test, clf, emb, targets, top, protos, composited, n_cls, full, device)
 
     scores = BatchScores()

@@ -23,9 +23,11 @@ def needs_photo_code(composite: str) -> bool:
     return composite == "difference"
 
 
-def draws_over_photo(composite: str, generator: Generator) -> bool:
-    """Whether real identities' renders are drawn over a photo of them (and so need one in the plan)."""
-    return needs_photo_code(composite) or generator.has_mask
+def draws_over_photo(composite: str, has_mask: bool) -> bool:
+    """Whether real identities' renders are drawn over a photo of them (and so need one in the plan).
+
+    has_mask: the generator has a learned edit mask (model.edit_mask, Generator.has_mask)."""
+    return needs_photo_code(composite) or has_mask
 
 
 def source_features(encoder: Encoder, generator: Generator, photos: torch.Tensor) -> dict[int, torch.Tensor] | None:

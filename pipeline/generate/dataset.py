@@ -229,7 +229,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         )
         # Each render of a real identity starts from one of its photos (generate.source_photos all), or
         # all of them are drawn over one neutral photo of it (first_neutral, when drawn over a photo).
-        over_photo = draws_over_photo(gen.composite, nets.generator_ema)
+        over_photo = draws_over_photo(gen.composite, nets.generator_ema.has_mask)
         every_photo = gen.source_photos == "all"
         photos = identity_photos(labels, wanted) if every_photo else {}
         bases = base_image_paths(labels, wanted) if over_photo and not every_photo else {}
@@ -559,7 +559,7 @@ def _dataset_meta(
     )
     photos = {it.source_image for it in plan.items if it.source_image}
     if photos:
-        over = cfg.generate.composite == "difference" or cfg.model.edit_mask
+        over = draws_over_photo(cfg.generate.composite, cfg.model.edit_mask)
         description += (
             f"; each render of {len({it.identity_id for it in plan.items if it.source_image})} real identities "
             f"starts from one of their photos ({len(photos)} photos in all, every session, pose, light and "

@@ -158,11 +158,10 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         raise ValueError(f"{cfg.data.root}: source photo(s) named in the plan are not in the data: {missing[:5]}")
     base_rows = {p.identity_id: row_of_path[p.base_image] for p in plan.identities if p.base_image}
     source_rows = {it.source_image: row_of_path[it.source_image] for it in plan.items if it.source_image}
-    base_exp = (
-        _photo_expression_codes(nets.encoder, images, base_rows, device, cfg.generate.batch_size)
-        if needs_photo_code(cfg.generate.composite)
-        else {}
-    )
+    base_exp = {}
+    if needs_photo_code(cfg.generate.composite):  # one pass per identity's base photo, not per render
+        base_codes = _photo_codes(nets.encoder, images, list(base_rows.values()), device, cfg.generate.batch_size)
+        base_exp = {ident: base_codes[row][1] for ident, row in base_rows.items()}
     return RenderContext(
         cfg=cfg,
         plan_key=plan.key,
@@ -182,7 +181,7 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         checkpoint_step=int(ckpt["global_step"]),
         base_rows=base_rows,
         base_exp=base_exp,
-        over_photo=draws_over_photo(cfg.generate.composite, nets.generator_ema),
+        over_photo=draws_over_photo(cfg.generate.composite, nets.generator_ema.has_mask),
         source_rows=source_rows,
         source_codes=_photo_codes(
             nets.encoder, images, sorted(set(source_rows.values())), device, cfg.generate.batch_size
@@ -192,25 +191,11 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
 
 
 @torch.no_grad()
-def _photo_expression_codes(
-    encoder: nn.Module, images: torch.Tensor, rows: dict[str, int], device: torch.device, batch_size: int
-) -> dict[str, torch.Tensor]:
-    """identity -> the encoder's expression code of its base photo (one pass per identity, not per render)."""
-    names = list(rows)
-    out: dict[str, torch.Tensor] = {}
-    for start in range(0, len(names), batch_size):
-        chunk = names[start : start + batch_size]
-        x = to_model_range(images[torch.tensor([rows[n] for n in chunk])], device)
-        _, w_exp = encoder(x)
-        out.update(zip(chunk, w_exp, strict=True))
-    return out
-
-
-@torch.no_grad()
 def _photo_codes(
     encoder: nn.Module, images: torch.Tensor, rows: list[int], device: torch.device, batch_size: int
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """image row -> the encoder's (w_id, w_exp) of that photo, in fixed chunks of sorted rows (deterministic)."""
+    """image row -> the encoder's (w_id, w_exp) of that photo, in fixed chunks of `rows` in the order given
+    (the chunks decide the floats, so callers pass a deterministic order)."""
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
