@@ -87,7 +87,6 @@ def _print_regions(m: dict) -> None:
     for label, suffix in (
         ("composite", ""),
         ("plain generator", "_raw"),
-        ("codes only", "_code_only"),
         ("copy source", "_copy_source"),
     ):
         if f"l1_changed{suffix}" in m:

@@ -151,42 +151,5 @@ class Encoder(nn.Module):
         """Backbone features (N, feature_dim) of images in [-1, 1]."""
         return self.backbone(self._prepare(x))
 
-    def pyramid_channels(self) -> dict[int, int]:
-        """{side: channels} of :meth:`features_pyramid` (the small backbone only)."""
-        self._check_pyramid()
-        out = {self.input_size: 3}
-        side = self.input_size
-        for layer in self.backbone:
-            if isinstance(layer, nn.Conv2d):
-                side //= 2
-                out[side] = layer.out_channels
-        return out
-
-    def _check_pyramid(self) -> None:
-        if self.backbone_name != "small":
-            raise ValueError(f"features_pyramid needs the 'small' backbone, not {self.backbone_name!r}")
-
-    def _pyramid_and_codes(self, x: Tensor) -> tuple[dict[int, Tensor], Tensor]:
-        self._check_pyramid()
-        h = self._prepare(x)
-        maps = {h.shape[-1]: h}
-        for layer in self.backbone:
-            h = layer(h)
-            if isinstance(layer, nn.ReLU):
-                maps[h.shape[-1]] = h
-        return maps, h
-
-    def features_pyramid(self, x: Tensor) -> dict[int, Tensor]:
-        """{side: (N, C, side, side)}: the input image at ``input_size`` and every stride-2 map of the
-        small backbone (32 ch at input_size/2, 64 at /4, 128 at /8, 256 at /16)."""
-        return self._pyramid_and_codes(x)[0]
-
-    def forward(
-        self, x: Tensor, with_pyramid: bool = False
-    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[int, Tensor]]:
-        """(w_id, w_exp), and with ``with_pyramid`` the :meth:`features_pyramid` of the same pass."""
-        if not with_pyramid:
-            return self.mapping(self.backbone(self._prepare(x)))
-        maps, flat = self._pyramid_and_codes(x)
-        w_id, w_exp = self.mapping(flat)
-        return w_id, w_exp, maps
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mapping(self.backbone(self._prepare(x)))

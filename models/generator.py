@@ -11,13 +11,6 @@ logit beside its RGB, faded in the same way. Given the source photo, a render is
 glasses, background, noise) is the source's own pixels, and the generator spends its capacity on the
 regions it must redraw. Without a source (novel identities) the plain RGB is the render.
 
-With ``skip_channels`` (the skip-fed generator, as in U-Net editors such as StarGAN and GANimation) the
-block that draws resolution ``r`` also takes the source photo's encoder features at ``r``
-(`Encoder.features_pyramid`) through a 1x1 projection added to its input, before its convolutions:
-the identity's appearance, at every scale, comes from the photo, while ``w_exp`` still enters only
-through AdaIN. Without features (a novel identity has no photo) the same generator renders from the
-codes alone, exactly as without the option.
-
 Output has no final activation (as in ProGAN): tanh saturates and slows early training; images are
 nominally in [-1, 1] and clamping for rendering is the pipeline's job. No per-pixel noise is added,
 so the same codes always render the same image (the pipeline relies on determinism).
@@ -63,10 +56,8 @@ class _InputBlock(nn.Module):
         self.adain = AdaIN(channels, w_dim)
         self.conv = _StyledConv(channels, channels, w_dim)
 
-    def forward(self, w: Tensor, skip: Tensor | None = None) -> Tensor:
+    def forward(self, w: Tensor) -> Tensor:
         x = self.project(w).view(w.shape[0], self.channels, 4, 4)
-        if skip is not None:
-            x = x + skip
         x = self.adain(F.leaky_relu(x, 0.2), w)
         return self.conv(x, w)
 
@@ -79,10 +70,8 @@ class _UpBlock(nn.Module):
         self.conv1 = _StyledConv(in_channels, out_channels, w_dim)
         self.conv2 = _StyledConv(out_channels, out_channels, w_dim)
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        if skip is not None:
-            x = x + skip
         return self.conv2(self.conv1(x, w), w)
 
 
@@ -125,8 +114,6 @@ class Generator(nn.Module):
         channels: feature channels up to 16x16; halved per doubling above that.
         min_channels: floor for the halving.
         edit_mask: also emit a mask per resolution, so a render can be composited over its source.
-        skip_channels: {side: channels} of the source features the blocks take (skip-fed generator,
-            ``Encoder.pyramid_channels()``); None: codes only.
     """
 
     def __init__(
@@ -137,7 +124,6 @@ class Generator(nn.Module):
         channels: int = 256,
         min_channels: int = 32,
         edit_mask: bool = False,
-        skip_channels: dict[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.id_dim = id_dim
@@ -154,13 +140,6 @@ class Generator(nn.Module):
         self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
         # Mask logits start at 0 (an even blend) and, like toRGB, come out of a linear 1x1 conv.
         self.to_mask = nn.ModuleList(EqualConv2d(c, 1, 1, gain=1.0) for c in chans) if edit_mask else None
-        # skip[str(r)] projects the source's features at side r onto the input of the block drawing r.
-        self.skip: nn.ModuleDict | None = None
-        if skip_channels:
-            inputs = {r: chans[max(i - 1, 0)] for i, r in enumerate(self._resolutions)}
-            self.skip = nn.ModuleDict(
-                {str(r): EqualConv2d(c, inputs[r], 1, gain=1.0) for r, c in skip_channels.items() if r in inputs}
-            )
 
     @property
     def resolutions(self) -> list[int]:
@@ -171,21 +150,6 @@ class Generator(nn.Module):
     def has_mask(self) -> bool:
         return self.to_mask is not None
 
-    @property
-    def skip_features(self) -> bool:
-        """Whether the generator takes a source photo's encoder features (skip-fed)."""
-        return self.skip is not None
-
-    def _skip(self, features: dict[int, Tensor] | None, side: int, n: int) -> Tensor | None:
-        if features is None or self.skip is None or str(side) not in self.skip:
-            return None
-        if side not in features:
-            raise ValueError(f"features has no map at side {side}; got sides {sorted(features)}")
-        f = features[side]
-        if f.dim() != 4 or f.shape[0] != n or f.shape[-1] != side:
-            raise ValueError(f"features[{side}] must be ({n}, C, {side}, {side}), got shape {tuple(f.shape)}")
-        return self.skip[str(side)](f)
-
     def forward(
         self,
         w_id: Tensor,
@@ -194,7 +158,6 @@ class Generator(nn.Module):
         alpha: float = 1.0,
         source: Tensor | None = None,
         with_parts: bool = False,
-        features: dict[int, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor | None]:
         """Render (N, 3, resolution, resolution) images.
 
@@ -203,45 +166,29 @@ class Generator(nn.Module):
         output equals the previous resolution's output, nearest-upsampled, exactly. With an edit mask
         and a ``source`` (N, 3, H, W) the render is composited over the source; otherwise it is the RGB.
         ``with_parts`` returns ``(render, rgb, mask_logit or None)`` (training reads all three; one call,
-        so DistributedDataParallel sees one forward). ``features``: the source photo's
-        ``Encoder.features_pyramid`` for a skip-fed generator (ignored by one without skips).
+        so DistributedDataParallel sees one forward).
         """
-        rgb, mask = self.forward_parts(w_id, w_exp, resolution, alpha, features)
+        rgb, mask = self.forward_parts(w_id, w_exp, resolution, alpha)
         render = rgb if mask is None or source is None else composite(rgb, mask, source)
         return (render, rgb, mask) if with_parts else render
 
     def edit(
-        self,
-        w_id: Tensor,
-        w_exp: Tensor,
-        w_exp_source: Tensor,
-        source: Tensor,
-        resolution: int,
-        features: dict[int, Tensor] | None = None,
+        self, w_id: Tensor, w_exp: Tensor, w_exp_source: Tensor, source: Tensor, resolution: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Redraw a photo with another expression: ``(render, rgb, mask)``.
 
         ``source`` (N, 3, H, W) is the photo, ``w_exp_source`` its own expression code (the encoder's)
         and ``w_id`` its identity code. The RGB for ``w_exp`` replaces the photo where it differs
         from the RGB for ``w_exp_source`` (:func:`difference_mask`); elsewhere the photo's own
-        pixels stay. Works with any generator, with or without a learned mask (which is not used);
-        ``features`` (the photo's, skip-fed generator) feed both renders.
+        pixels stay. Works with any generator, with or without a learned mask (which is not used).
         """
-        both_feats = None if features is None else {k: torch.cat([v, v]) for k, v in features.items()}
-        both, _ = self.forward_parts(
-            torch.cat([w_id, w_id]), torch.cat([w_exp, w_exp_source]), resolution, features=both_feats
-        )
+        both, _ = self.forward_parts(torch.cat([w_id, w_id]), torch.cat([w_exp, w_exp_source]), resolution)
         rgb, rgb_src = both.chunk(2)
         mask = difference_mask(rgb, rgb_src)
         return torch.lerp(_fit(source, rgb), rgb, mask), rgb, mask
 
     def forward_parts(
-        self,
-        w_id: Tensor,
-        w_exp: Tensor,
-        resolution: int,
-        alpha: float = 1.0,
-        features: dict[int, Tensor] | None = None,
+        self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0
     ) -> tuple[Tensor, Tensor | None]:
         """(RGB, mask logit or None): the two outputs before compositing (training needs both)."""
         stage = check_resolution(resolution, self._resolutions)
@@ -251,12 +198,11 @@ class Generator(nn.Module):
         if w_exp.dim() != 2 or w_exp.shape[1] != self.exp_dim or w_exp.shape[0] != w_id.shape[0]:
             raise ValueError(f"w_exp must be ({w_id.shape[0]}, {self.exp_dim}), got shape {tuple(w_exp.shape)}")
         w = torch.cat([w_id, w_exp], dim=1)
-        n = w.shape[0]
-        x = self.input(w, self._skip(features, self._resolutions[0], n))
+        x = self.input(w)
         prev = x
-        for i, block in enumerate(self.blocks[:stage]):
+        for block in self.blocks[:stage]:
             prev = x
-            x = block(x, w, self._skip(features, self._resolutions[i + 1], n))
+            x = block(x, w)
         heads = [self.to_rgb] if self.to_mask is None else [self.to_rgb, self.to_mask]
         outs = []
         for head in heads:

@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 RETIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "model.id_spatial_channels": (0, "docs/experiments/id_spatial_channels.md"),
     "model.id_spatial_resolution": (16, "docs/experiments/id_spatial_channels.md"),
+    "model.skip_features": (False, "docs/experiments/skip_fed_generator.md"),
     "train.balanced_classes": (False, "docs/experiments/balanced_classes.md"),
     "train.cross_expression_map": (False, "docs/experiments/cross_expression_map.md"),
     "train.judge_ensemble": (1, "docs/experiments/judge_ensemble.md"),
@@ -98,12 +99,6 @@ class ModelConfig(_Section):
         description="the generator also draws a mask; a render of a real face is composited over its source "
         "photo (GANimation), so only what the expression changes is redrawn",
     )
-    skip_features: bool = Field(
-        False,
-        description="skip-fed generator: the block drawing each resolution also takes the source photo's encoder "
-        "features at that resolution (small backbone only); w_exp still enters only by AdaIN; with no photo "
-        "(novel identities) it renders from the codes alone",
-    )
     exp_dim: int = Field(32, ge=2, le=1024)
     mapping_layers: int = Field(4, ge=1, le=16)
     mapping_lr_mul: float = Field(0.1, gt=0, le=1.0, description="equalised-lr multiplier of the mapping MLP")
@@ -117,12 +112,6 @@ class ModelConfig(_Section):
     judge_embed_dim: int = Field(128, ge=8, le=1024)
 
     _res = field_validator("max_resolution")(lambda cls, v: _power_of_two(v, lo=8))
-
-    @model_validator(mode="after")
-    def _skip_needs_small_backbone(self) -> ModelConfig:
-        if self.skip_features and self.backbone != "small":
-            raise ValueError(f"model.skip_features needs model.backbone: small (got {self.backbone!r})")
-        return self
 
 
 class StageConfig(_Section):

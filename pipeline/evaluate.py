@@ -33,7 +33,7 @@ from pipeline.quality.identity_consistency import identity_consistency
 from pipeline.quality.leakage import leak_heatmap, leak_spread, leak_table
 from pipeline.quality.regions import changed_region, region_keys, region_scores
 from pipeline.quality.ssim import psnr_batch, ssim_batch
-from pipeline.swaps import draws_over_photo, render_over_photo, repeat_features, source_features
+from pipeline.swaps import draws_over_photo, render_over_photo
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import compose_grid, save_png, to_uint8
 
@@ -165,16 +165,12 @@ def _score_sources(
     test, nets, n_cls, full, device = s.test, s.nets, s.n_cls, s.full, s.device
     x = test.batch(rows, full, 1.0, device)
     w_id, w_exp = nets.encoder(x)
-    feats = source_features(nets.encoder, nets.generator_ema, x)
     x_u8 = to_uint8(x)
     scores.add(rec_ssim=ssim_batch(to_uint8(nets.generator_ema(w_id, w_exp, full, 1.0)), x_u8, data_range=255))
     n = len(rows)
     x_rep = x.repeat_interleave(n_cls, 0)
     ids, exps = w_id.repeat_interleave(n_cls, 0), s.targets.repeat(n, 1)
-    feats_rep = repeat_features(feats, n_cls)
-    fake, raw, mask = _swap(nets, s.cfg, ids, exps, w_exp.repeat_interleave(n_cls, 0), x_rep, feats_rep)
-    # A skip-fed generator also renders from the codes alone: what a novel identity (no photo) gets.
-    code_only = None if feats is None else nets.generator_ema(ids, exps, full, 1.0).clamp(-1, 1)
+    fake, raw, mask = _swap(nets, s.cfg, ids, exps, w_exp.repeat_interleave(n_cls, 0), x_rep)
     fake = fake.clamp(-1, 1)
     tgt = torch.arange(n_cls).repeat(n)
     src_rep = rows.repeat_interleave(n_cls)
@@ -186,8 +182,6 @@ def _score_sources(
     if s.composited:
         raw = raw.clamp(-1, 1)
         scores.add(raw_correct=(s.clf(raw).argmax(1).cpu() == tgt).numpy())
-    if code_only is not None:
-        scores.add(code_correct=(s.clf(code_only).argmax(1).cpu() == tgt).numpy())
     sims = s.emb.embed(fake) @ s.protos.T
     own = test.identity[src_rep].to(device)
     scores.add(
@@ -219,11 +213,7 @@ def _score_sources(
     renders = {"": fake_u8[have_np], "_copy_source": copy_u8}
     if s.composited:
         renders["_raw"] = to_uint8(raw)[have_np]
-    if code_only is not None:
-        renders["_code_only"] = to_uint8(code_only)[have_np]
     _score_regions(scores, renders, truth_u8, where[:, 0].bool().cpu().numpy())
-    if code_only is not None:
-        scores.add(code_ssim=ssim_batch(renders["_code_only"], truth_u8, data_range=255))
     if s.composited:
         scores.add(raw_ssim=ssim_batch(renders["_raw"], truth_u8, data_range=255))
         # How far the mask opens where the truth differs from the source, and elsewhere: a
@@ -259,7 +249,7 @@ def _score_regions(
 def _region_metrics(scores: BatchScores) -> dict[str, float]:
     """Means of the region scores; NaNs (a swap to the source's own expression changes no pixel) left out."""
     out = {}
-    for suffix in ("", "_raw", "_code_only", "_copy_source"):
+    for suffix in ("", "_raw", "_copy_source"):
         for key in region_keys():
             if f"{key}{suffix}" in scores:
                 values = scores.all(f"{key}{suffix}")
@@ -316,10 +306,6 @@ def _summarise(s: _Setup, scores: BatchScores, judges_on_real: dict[str, float])
             metrics["ssim_truth_raw"] = scores.mean("raw_ssim")
             metrics["mask_open_changed"] = scores.mean("mask_changed")
             metrics["mask_open_kept"] = scores.mean("mask_kept")
-    if "code_correct" in scores:  # skip-fed generator, from the codes alone (novel identities)
-        metrics["expr_acc_code_only"] = scores.mean("code_correct")
-        if "code_ssim" in scores:
-            metrics["ssim_truth_code_only"] = scores.mean("code_ssim")
     metrics.update(_region_metrics(scores))
     return metrics
 
@@ -421,8 +407,7 @@ def _lower_intensity_scores(nets, clf, codes, test: TrainData, src, top, full, d
             w_id, w_exp = nets.encoder(x)
             k = len(classes)
             ids, exps, srcs = w_id.repeat_interleave(k, 0), w_exp.repeat_interleave(k, 0), x.repeat_interleave(k, 0)
-            feats = repeat_features(source_features(nets.encoder, nets.generator_ema, x), k)
-            fake = _swap(nets, cfg, ids, targets.repeat(len(rows), 1), exps, srcs, feats)[0].clamp(-1, 1)
+            fake = _swap(nets, cfg, ids, targets.repeat(len(rows), 1), exps, srcs)[0].clamp(-1, 1)
             tgt = cls.repeat(len(rows))
             scores.add(correct=(clf(fake).argmax(1) == tgt).cpu().numpy())
             src_rep = rows.repeat_interleave(len(classes))
@@ -465,11 +450,10 @@ def _swap(
     w_exp: torch.Tensor,
     w_exp_source: torch.Tensor,
     source: torch.Tensor,
-    features: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Swaps of test photos, drawn as generation draws a real identity's renders."""
-    g, res = nets.generator_ema, cfg.model.max_resolution
-    return render_over_photo(g, cfg.generate.composite, w_id, w_exp, w_exp_source, source, res, features)
+    g = nets.generator_ema
+    return render_over_photo(g, cfg.generate.composite, w_id, w_exp, w_exp_source, source, cfg.model.max_resolution)
 
 
 def _embed_all(emb, data: TrainData, idx: torch.Tensor, full: int, device, bs: int) -> torch.Tensor:
@@ -523,8 +507,8 @@ def _region_markdown(m: dict[str, Any]) -> list[str]:
     """Composite, plain RGB and copied source side by side, over the changed region and the rest."""
     if "l1_changed" not in m:
         return []
-    kinds = [("composite" if "l1_changed_raw" in m else "render", ""), ("plain generator", "_raw")]
-    kinds += [("codes only (no photo)", "_code_only"), ("copy source", "_copy_source")]
+    first = "composite" if "l1_changed_raw" in m else "render"
+    kinds = [(first, ""), ("plain generator", "_raw"), ("copy source", "_copy_source")]
     keys = [k.split("_") for k in region_keys()]
     lines = [
         "",

@@ -225,63 +225,6 @@ def test_edit_mask_composites_the_render_over_its_source() -> None:
     torch.testing.assert_close(plain(w_id, w_exp, 16, source=source), plain(w_id, w_exp, 16))
 
 
-def _skip_pair() -> tuple[Encoder, Generator]:
-    enc = Encoder("small", ID_DIM, EXP_DIM, mapping_layers=2, input_size=16)
-    torch.manual_seed(1)
-    g = Generator(ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8, skip_channels=enc.pyramid_channels())
-    return enc, g
-
-
-def test_encoder_pyramid_is_the_small_backbones_stride2_maps_and_the_image() -> None:
-    enc = Encoder("small", ID_DIM, EXP_DIM, mapping_layers=2, input_size=64)
-    assert enc.pyramid_channels() == {64: 3, 32: 32, 16: 64, 8: 128, 4: 256}
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
-    w_id, w_exp, maps = enc.eval()(x, with_pyramid=True)
-    assert {s: tuple(m.shape) for s, m in maps.items()} == {s: (2, c, s, s) for s, c in enc.pyramid_channels().items()}
-    codes = enc(x)  # the same pass with and without the pyramid
-    torch.testing.assert_close(w_id, codes[0])
-    torch.testing.assert_close(w_exp, codes[1])
-    with pytest.raises(ValueError, match="small"):
-        Encoder("resnet18", ID_DIM, EXP_DIM, mapping_layers=2).pyramid_channels()
-
-
-@torch.no_grad()
-def test_skip_fed_generator_draws_from_the_source_features_and_the_expression_code() -> None:
-    enc, g = _skip_pair()
-    assert g.skip_features and set(g.skip) == {"4", "8", "16"}
-    w_id, w_exp = _codes(2)
-    photos = torch.rand(2, 3, 16, 16) * 2 - 1
-    feats = enc.eval().features_pyramid(photos)
-    base = g(w_id, w_exp, 16, features=feats)
-    other_photo = g(w_id, w_exp, 16, features=enc.features_pyramid(torch.rand(2, 3, 16, 16) * 2 - 1))
-    other_exp = g(w_id, torch.randn_like(w_exp), 16, features=feats)
-    assert (base - other_photo).abs().mean() > 1e-2
-    assert (base - other_exp).abs().mean() > 1e-2
-    # Every stage and fade-in takes the features of its own side.
-    for res in (4, 8):
-        assert g(w_id, w_exp, res, 0.5, features=feats).shape == (2, 3, res, res)
-    # With no photo (a novel identity) it renders from the codes alone, exactly as a generator
-    # without skips of the same initialisation.
-    torch.manual_seed(1)
-    plain = Generator(ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8)
-    torch.testing.assert_close(g(w_id, w_exp, 16), plain(w_id, w_exp, 16))
-    assert not plain.skip_features and plain.skip is None
-    # A photo edit takes the photo's features into both of its renders.
-    _, rgb, _ = g.edit(w_id, w_exp + 3, w_exp, photos, 16, feats)
-    torch.testing.assert_close(rgb, g(w_id, w_exp + 3, 16, features=feats))
-    with pytest.raises(ValueError, match="side 8"):
-        g(w_id, w_exp, 16, features={16: feats[16], 4: feats[4]})
-
-
-def test_skip_fed_generator_gradients_reach_the_projections_and_the_encoder() -> None:
-    enc, g = _skip_pair()
-    w_id, w_exp, feats = enc(torch.rand(2, 3, 16, 16) * 2 - 1, with_pyramid=True)
-    g(w_id, w_exp, 16, features=feats).square().mean().backward()
-    for name, p in g.skip.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert enc.backbone[0].weight.grad.abs().sum() > 0
-
-
 # --- discriminator --------------------------------------------------------------------------------
 
 

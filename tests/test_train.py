@@ -481,40 +481,9 @@ def test_finished_training_stores_a_judge_panel_that_gates_and_export_can_grow_i
     assert type(load_gate_judges(cfg, alone, torch.device("cpu"))[0]).__name__ == "ExpressionClassifier"
 
 
-def test_skip_fed_generator_trains_saves_resumes_and_evaluates(tiny_data: Path, tmp_path: Path) -> None:
-    from pipeline.evaluate import evaluate_checkpoint
-
-    stages = "train.stages=[{resolution: 4, steps: 4}, {resolution: 8, steps: 6, fade_steps: 2}]"
-    skip = ["model.skip_features=true", "model.edit_mask=true", "model.max_resolution=8", stages, "train.judge_steps=5"]
-    ref = Trainer(tiny_cfg(tiny_data, tmp_path / "ref", *skip))
-    assert ref.nets.generator.skip_features and ref.objective.skip
-    ref.run_judges()
-    m = ref.train_step(4, 1.0)
-    assert {"swap_truth", "swap_truth_raw", "cycle"} <= set(m)
-    final = Trainer(tiny_cfg(tiny_data, tmp_path / "ref2", *skip)).train()
-    assert any(k.startswith("skip.") for k in load_checkpoint(final)["nets"]["generator_ema"])
-
-    def killer(info) -> None:
-        if info.phase == "stage-8" and info.step == 3:
-            raise Stop
-
-    cfg = tiny_cfg(tiny_data, tmp_path / "run", *skip, "train.checkpoint_every=2")
-    with pytest.raises(Stop):
-        Trainer(cfg, progress=killer).train()
-    resumed = Trainer(cfg)
-    assert (resumed.stage_idx, resumed.stage_step) == (1, 2)
-    final2 = resumed.train()
-    a, b = load_checkpoint(final)["nets"]["generator_ema"], load_checkpoint(final2)["nets"]["generator_ema"]
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], msg=f"resumed skip-fed run differs at {k}")
-    metrics = evaluate_checkpoint(final, out_dir=tmp_path / "eval")["metrics"]
-    for key in ("expr_acc", "ssim_truth", "ssim_truth_raw", "expr_acc_code_only", "ssim_truth_code_only"):
-        assert -1.0 <= metrics[key] <= 1.0, key
-
-
-def test_checkpoint_of_the_code_only_design_loads_and_renders_unchanged(tiny_data: Path, tmp_path: Path) -> None:
-    import json
-
+def test_checkpoint_naming_the_retired_skip_features_renders_unchanged_or_is_refused(
+    tiny_data: Path, tmp_path: Path
+) -> None:
     from pipeline.core.checkpoint import save_checkpoint
     from pipeline.core.trained import load_trained
 
@@ -524,14 +493,17 @@ def test_checkpoint_of_the_code_only_design_loads_and_renders_unchanged(tiny_dat
     final = trainer.train()
     ckpt = load_checkpoint(final)
     stored = json.loads(ckpt["config"])
-    del stored["model"]["skip_features"]  # a checkpoint from before the option existed
-    ckpt["config"] = json.dumps(stored)
-    old = save_checkpoint(tmp_path / "old.pt", {k: v for k, v in ckpt.items() if k != "format"})
-    loaded_cfg, nets, _ = load_trained(old)
-    assert not loaded_cfg.model.skip_features and not nets.generator_ema.skip_features
-    assert not any(k.startswith("skip.") for k in ckpt["nets"]["generator_ema"])
+
+    def with_skip(value: bool) -> Path:
+        stored["model"]["skip_features"] = value  # a checkpoint saved while the option existed
+        ckpt["config"] = json.dumps(stored)
+        return save_checkpoint(tmp_path / f"skip-{value}.pt", {k: v for k, v in ckpt.items() if k != "format"})
+
+    _, nets, _ = load_trained(with_skip(False))  # off: the generator it always was
     w_id, w_exp = torch.randn(3, cfg.model.id_dim), torch.randn(3, cfg.model.exp_dim)
     with torch.no_grad():
         torch.testing.assert_close(nets.generator_ema(w_id, w_exp, 8), trainer.nets.generator_ema(w_id, w_exp, 8))
-    with pytest.raises(ValueError, match=r"skip_features needs model\.backbone: small"):
-        tiny_cfg(tiny_data, tmp_path, "model.skip_features=true", "model.backbone=resnet18")
+    with pytest.raises(CheckpointError, match=r"model\.skip_features=True .*skip_fed_generator\.md"):
+        load_trained(with_skip(True))
+    with pytest.raises(ConfigError, match=r"model\.skip_features: .*docs/experiments/skip_fed_generator\.md"):
+        tiny_cfg(tiny_data, tmp_path, "model.skip_features=true")

@@ -18,7 +18,7 @@ from pipeline.core.checkpoint import CheckpointError
 log = logging.getLogger(__name__)
 
 # Retired options that change the networks' shape: a checkpoint trained with one on cannot be rebuilt.
-SHAPE_FIELDS = ("model.id_spatial_channels",)
+SHAPE_FIELDS = ("model.id_spatial_channels", "model.skip_features")
 
 
 def drop_retired(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -79,7 +79,6 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         m.gen_channels,
         m.gen_min_channels,
         edit_mask=m.edit_mask,
-        skip_channels=encoder.pyramid_channels() if m.skip_features else None,
     )
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)

@@ -83,8 +83,6 @@ class RenderContext:
     over_photo: bool = False
     source_rows: dict[str, int] = field(default_factory=dict)
     source_codes: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    # A skip-fed generator (model.skip_features) draws a real identity from its photo's features.
-    encoder: nn.Module | None = None
     prototypes: dict[str, torch.Tensor] = field(default_factory=dict)
     truths: dict[tuple[str, str, float, int], np.ndarray | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -186,7 +184,6 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         source_codes=_photo_codes(
             nets.encoder, images, sorted(set(source_rows.values())), device, cfg.generate.batch_size
         ),
-        encoder=nets.encoder if nets.generator_ema.skip_features else None,
     )
 
 
@@ -245,10 +242,7 @@ def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
     if needs_photo_code(ctx.cfg.generate.composite):  # rows without a photo take any code: plain RGB below
         w_exp_base = torch.stack([_photo_expression(ctx, it, r, w_exp[0]) for it, r in zip(items, rows, strict=True)])
     composite = ctx.cfg.generate.composite
-    feats = None if ctx.encoder is None else ctx.encoder.features_pyramid(base)
-    render, rgb, _ = render_over_photo(ctx.generator, composite, w_id, w_exp, w_exp_base, base, ctx.resolution, feats)
-    if feats is not None and not bool(has_base.all()):  # rows without a photo: the codes alone
-        rgb = ctx.generator(w_id, w_exp, ctx.resolution, 1.0)
+    render, rgb, _ = render_over_photo(ctx.generator, composite, w_id, w_exp, w_exp_base, base, ctx.resolution)
     return to_uint8(torch.where(has_base, render, rgb).clamp(-1, 1))
 
 

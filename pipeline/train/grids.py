@@ -54,7 +54,6 @@ def expression_grid(
     exp_codes: torch.Tensor,
     resolution: int,
     row_labels: list[str],
-    features: dict[int, torch.Tensor] | None = None,
 ) -> Image.Image:
     """Rows: identities (first column: the source image); columns: the 7 target expressions."""
     n, k = w_id.shape[0], exp_codes.shape[0]
@@ -62,9 +61,7 @@ def expression_grid(
     exps = exp_codes.repeat(n, 1)
     small = torch.nn.functional.interpolate(sources, size=(resolution, resolution), mode="area")
     # With an edit mask the swaps are drawn over their source, as the product renders real identities.
-    # A skip-fed generator draws each source from its features (`features`: the sources' pyramid).
-    feats = None if features is None else {s: f.repeat_interleave(k, 0) for s, f in features.items()}
-    out = generator(ids, exps, resolution, 1.0, source=small.repeat_interleave(k, 0), features=feats)
+    out = generator(ids, exps, resolution, 1.0, source=small.repeat_interleave(k, 0))
     out = to_uint8(out).reshape(n, k, resolution, resolution, 3)
     src = to_uint8(small)
     rows = [[src[i], *list(out[i])] for i in range(n)]

@@ -31,7 +31,6 @@ from pipeline.core.legacy import checkpoint_config
 from pipeline.core.networks import Networks, autocast_dtype, build_networks, update_ema
 from pipeline.judges import train_judges
 from pipeline.locks import WriterLock, writer_lock
-from pipeline.swaps import source_features
 from pipeline.train.data import TrainData, dataset_key, downsample, load_split
 from pipeline.train.objective import Batch, DecouplingObjective, to_full
 
@@ -358,7 +357,6 @@ class Trainer:
         src = data.batch(idx, full, 1.0, self.device)
         self.nets.encoder.eval()
         w_id, _ = self.nets.encoder(src)
-        feats = source_features(self.nets.encoder, self.nets.generator_ema, src)
         if self.codes:
             k = self.cfg.model.num_classes
             exp = expression_target(
@@ -369,7 +367,7 @@ class Trainer:
         else:
             exp = reference_expression_codes(self.nets, self.data, self.device, full)
         names = [data.identity_names[int(data.identity[i])] for i in idx]
-        return save_png(expression_grid(self.nets.generator_ema, src, w_id, exp, res, names, feats), path)
+        return save_png(expression_grid(self.nets.generator_ema, src, w_id, exp, res, names), path)
 
     def _check_finite(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
         out = {}
@@ -485,9 +483,7 @@ def swap_check(
     nets.encoder.eval()
     w_id, w_exp = nets.encoder(x_full)
     rec = nets.generator_ema(w_id, w_exp, res, 1.0)
-    feats = source_features(nets.encoder, nets.generator_ema, x_full)
-    # composite() resizes the source
-    sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0, source=x_full, features=feats)
+    sw = nets.generator_ema(w_id, w_exp[perm.to(device)], res, 1.0, source=x_full)  # composite() resizes it
     y_sw = data.labels[idx][perm].to(device)
     acc = (nets.classifier(to_full(sw, full)).argmax(1) == y_sw).float().mean()
     recon = F.l1_loss(rec, data.batch(idx, res, 1.0, device))

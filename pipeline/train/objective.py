@@ -45,7 +45,6 @@ class Renders:
     swap: torch.Tensor  # swaps, composited over their source when the generator has an edit mask
     swap_rgb: torch.Tensor
     swap_mask: torch.Tensor | None
-    features: dict[int, torch.Tensor] | None = None  # the sources' encoder features (model.skip_features)
 
 
 class DecouplingObjective:
@@ -57,31 +56,21 @@ class DecouplingObjective:
         self.nets = nets
         self.w = cfg.train.loss
         self.full = cfg.model.max_resolution
-        self.skip = cfg.model.skip_features
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[int, torch.Tensor] | None]:
-        """(w_id, w_exp, features pyramid or None): one encoder pass; the pyramid only for a skip-fed generator."""
-        if not self.skip:
-            return (*self.nets.encoder(x), None)
-        return self.nets.encoder(x, with_pyramid=True)
 
     def render(self, batch: Batch, res: int, alpha: float) -> Renders:
-        """Reconstructions from the codes alone (what a novel identity gets); swaps from the codes and,
-        with model.skip_features, the source photo's features."""
         n = self.nets
         n.encoder.train()
         n.generator.train()
-        b = len(batch.x_full)
         if batch.perm is None:
-            w_id, w_exp_all, feats = self.encode(torch.cat([batch.x_full, batch.donor_full]))
+            w_id, w_exp_all = n.encoder(torch.cat([batch.x_full, batch.donor_full]))
+            b = len(batch.x_full)
             w_id, w_exp, w_exp_sw = w_id[:b], w_exp_all[:b], w_exp_all[b:]
-            feats = None if feats is None else {k: v[:b] for k, v in feats.items()}
         else:
-            w_id, w_exp, feats = self.encode(batch.x_full)
+            w_id, w_exp = n.encoder(batch.x_full)
             w_exp_sw = w_exp[batch.perm.to(w_exp.device)]
         rec = n.generator(w_id, w_exp, res, alpha)
-        swap, rgb, mask = n.generator(w_id, w_exp_sw, res, alpha, source=batch.x, with_parts=True, features=feats)
-        return Renders(w_id, w_exp, w_exp_sw, rec, swap, rgb, mask, feats)
+        swap, rgb, mask = n.generator(w_id, w_exp_sw, res, alpha, source=batch.x, with_parts=True)
+        return Renders(w_id, w_exp, w_exp_sw, rec, swap, rgb, mask)
 
     def discriminator_phase(
         self, batch: Batch, r: Renders, res: int, alpha: float, with_r1: bool
@@ -114,11 +103,8 @@ class DecouplingObjective:
         fb_sw = n.feedback(r.swap)
         fb_rec = n.feedback(r.rec)
         terms["latent"] = L.latent_recovery(fb_sw, r.w_id, r.w_exp_sw) + L.latent_recovery(fb_rec, r.w_id, r.w_exp)
-        # Cycle: the identity recovered from the swap, with the source expression, gives the source back
-        # (skip-fed: drawn from the swap's own features, so the swap must keep what the source needs).
-        cycle_feats = None if r.features is None else self.encode(to_full(r.swap, self.full))[2]
-        back = n.generator(fb_sw[0], r.w_exp, res, alpha, source=r.swap, features=cycle_feats)
-        terms["cycle"] = F.l1_loss(back, batch.x)
+        # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
+        terms["cycle"] = F.l1_loss(n.generator(fb_sw[0], r.w_exp, res, alpha, source=r.swap), batch.x)
         loss = (
             w.adv * (terms["g_adv"] + terms["g_cls"])
             + w.recon * terms["recon"]
