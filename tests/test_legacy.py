@@ -63,6 +63,18 @@ def test_a_retired_option_that_was_on_is_refused_where_it_matters() -> None:
         stored_config(perceptual, "old.pt", resume=True)
 
 
+def test_a_stored_skip_features_reads_when_off_and_is_refused_when_on() -> None:
+    # Checkpoints and dataset cards saved while the skip-fed generator option existed name it, off.
+    assert stored_config(json.dumps(_with_retired(model__skip_features=False)), "old.pt") == load_config()
+    # On, its generator had layers this version cannot build: one line naming the last commit that can.
+    with pytest.raises(CheckpointError) as err:
+        stored_config(_with_retired(model__skip_features=True), "skip.pt")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "model.skip_features=True" in message and "skip_fed_generator.md" in message
+    assert "skip-fed generators are no longer supported" in message and "e193d4e" in message
+
+
 def test_a_config_file_naming_a_retired_option_points_at_its_page(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train:\n  judge_ensemble: 3\n")

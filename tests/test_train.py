@@ -503,7 +503,7 @@ def test_checkpoint_naming_the_retired_skip_features_renders_unchanged_or_is_ref
     w_id, w_exp = torch.randn(3, cfg.model.id_dim), torch.randn(3, cfg.model.exp_dim)
     with torch.no_grad():
         torch.testing.assert_close(nets.generator_ema(w_id, w_exp, 8), trainer.nets.generator_ema(w_id, w_exp, 8))
-    with pytest.raises(CheckpointError, match=r"model\.skip_features=True .*skip_fed_generator\.md"):
+    with pytest.raises(CheckpointError, match=r"model\.skip_features=True .*no longer supported.*e193d4e"):
         load_trained(with_skip(True))
     with pytest.raises(ConfigError, match=r"model\.skip_features: .*docs/experiments/skip_fed_generator\.md"):
         tiny_cfg(tiny_data, tmp_path, "model.skip_features=true")

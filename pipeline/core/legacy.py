@@ -20,6 +20,18 @@ log = logging.getLogger(__name__)
 # Retired options that change the networks' shape: a checkpoint trained with one on cannot be rebuilt.
 SHAPE_FIELDS = ("model.id_spatial_channels", "model.skip_features")
 
+# Where a refusal should say more: the last commit whose code still builds the option (check it out to
+# render or resume such a checkpoint).
+RETIRED_NOTES: dict[str, str] = {
+    "model.skip_features": "skip-fed generators are no longer supported; the last commit that builds them is e193d4e",
+}
+
+
+def _retired_note(dotted: str, value: Any) -> str:
+    """``name=value (see page)``, with the option's note where it has one."""
+    note = f"; {RETIRED_NOTES[dotted]}" if dotted in RETIRED_NOTES else ""
+    return f"{dotted}={value!r} (see {RETIRED_FIELDS[dotted][1]}{note})"
+
 
 def drop_retired(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(a copy of `raw` without retired fields, {dotted name: stored value} of those it held)."""
@@ -53,7 +65,7 @@ def stored_config(
     active = switched_on(dropped)
     blocking = {k: v for k, v in active.items() if resume or k in SHAPE_FIELDS}
     if blocking:
-        names = "; ".join(f"{k}={v!r} (see {RETIRED_FIELDS[k][1]})" for k, v in sorted(blocking.items()))
+        names = "; ".join(_retired_note(k, v) for k, v in sorted(blocking.items()))
         doing = "resumed" if resume else "rebuilt"
         raise CheckpointError(
             f"{source}: trained with retired options, so it cannot be {doing} by this version: {names}"
