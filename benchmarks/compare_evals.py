@@ -1,16 +1,17 @@
 """Side by side: the figures of several `fersynth evaluate` runs (run by hand; prints a Markdown table).
 
-    python benchmarks/compare_evals.py NAME=EVAL_DIR [NAME=EVAL_DIR ...]
+    python benchmarks/compare_evals.py NAME=EVAL_DIR [NAME=EVAL_DIR ...] [--plot CURVE.png]
 
 Each EVAL_DIR is an `fersynth evaluate --out` folder (its eval.json). Rows are the figures issue 20's
 quality-versus-compute curve reads: swap expression accuracy, SSIM to the truth over the whole face
 and over the changed region (composite and plain generator), the leak table's spread, and novel identities' judge figures.
+With --plot, the headline figures against training steps (log scale): the quality-versus-compute curve.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 ROWS = [
@@ -44,15 +45,54 @@ def cell(fig: dict[str, float], key: str | tuple[str, ...]) -> str:
     return " / ".join("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in vals)
 
 
+# The figures the curve plot draws against training steps.
+CURVE = [
+    ("swap expression accuracy", "expr_acc"),
+    ("plain generator SSIM to truth", "ssim_truth_raw"),
+    ("changed region SSIM, composite", "ssim_changed"),
+    ("changed region SSIM, plain", "ssim_changed_raw"),
+    ("leak spread, mean", "leak_mean"),
+]
+
+
+def plot_curve(figs: list[tuple[str, dict[str, float]]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    pts = sorted((f["step"], name, f) for name, f in figs if f.get("step"))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    steps = [p[0] for p in pts]
+    for label, key in CURVE:
+        ys = [f.get(key) for _, _, f in pts]
+        if all(y is not None for y in ys):
+            ax.plot(steps, ys, marker="o", label=label)
+    ax.axhline(0.85, ls="--", lw=0.8, color="C1", label="target: plain SSIM 0.85")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(steps, [f"{name}\n{s:,}" for s, name, _ in pts])
+    ax.set_xlabel("training steps")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
-    runs = [arg.split("=", 1) for arg in sys.argv[1:]]
-    if not runs or any(len(r) != 2 for r in runs):
-        sys.exit("usage: compare_evals.py NAME=EVAL_DIR [NAME=EVAL_DIR ...]")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", metavar="NAME=EVAL_DIR")
+    ap.add_argument("--plot", type=Path, help="write the figures against training steps to this PNG")
+    args = ap.parse_args()
+    runs = [arg.split("=", 1) for arg in args.runs]
+    if any(len(r) != 2 for r in runs):
+        ap.error("each run is NAME=EVAL_DIR")
     figs = [(name, figures(Path(d))) for name, d in runs]
     print("| figure | " + " | ".join(name for name, _ in figs) + " |")
     print("|---" * (len(figs) + 1) + "|")
     for label, key in ROWS:
         print(f"| {label} | " + " | ".join(cell(f, key) for _, f in figs) + " |")
+    if args.plot:
+        plot_curve(figs, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":
