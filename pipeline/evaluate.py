@@ -128,7 +128,7 @@ def evaluate_checkpoint(
     per_class = scores.all("correct").reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
     metrics.update(_lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size, cfg))
-    metrics.update(_novel_identity_scores(setup, codes, batch_size))
+    metrics.update(_novel_identity_scores(setup, codes, real_emb, batch_size))
     warnings = _collapse_warnings(metrics, scores, n_cls)
     leakage = _leakage(scores, n_cls, out / "leak_table.png")
     metrics.update(leakage["summary"])
@@ -319,11 +319,14 @@ FACE_KINDS = (
 
 
 @torch.no_grad()
-def _novel_identity_scores(s: _Setup, codes: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+def _novel_identity_scores(
+    s: _Setup, codes: dict[str, torch.Tensor], real_emb: torch.Tensor, batch_size: int
+) -> dict[str, float]:
     """Expression accuracy and identity consistency of novel identities (sampled codes, no photo, no truth).
 
     Beside them, on the same scale: the test identities' real photos (each at every expression in one
-    session) and their photo-encoded codes rendered by the same plain generator.
+    session) and their photo-encoded codes rendered by the same plain generator. `real_emb`: the
+    evaluation embeddings of every test image, already computed for the swaps' identity scores.
     """
     test, n_cls, full, device = s.test, s.n_cls, s.full, s.device
     photo_sets = []
@@ -346,14 +349,18 @@ def _novel_identity_scores(s: _Setup, codes: dict[str, torch.Tensor], batch_size
     novel = novel_identity_codes(codes, len(photo_sets), seed=0)
     novel_ids = torch.from_numpy(np.stack(list(novel.values()))).to(device=device, dtype=photo_ids.dtype)
 
-    def judge(images_of: Callable[[torch.Tensor], torch.Tensor], n_items: int) -> dict[str, float]:
+    def judge(
+        images_of: Callable[[torch.Tensor], torch.Tensor], n_items: int, known_emb: torch.Tensor | None = None
+    ) -> dict[str, float]:
         labels, emb = [], []
         for i in range(0, n_items, batch_size):
             x = images_of(torch.arange(i, min(i + batch_size, n_items)))
             labels.append(s.clf(x).argmax(1).cpu())
-            emb.append(s.emb.embed(x).cpu())
+            if known_emb is None:
+                emb.append(s.emb.embed(x).cpu())
+        all_emb = known_emb.cpu() if known_emb is not None else torch.cat(emb)
         target = torch.arange(n_cls).repeat(n_items // n_cls)
-        out = identity_consistency(torch.cat(emb).reshape(n_items // n_cls, n_cls, -1))
+        out = identity_consistency(all_emb.reshape(n_items // n_cls, n_cls, -1))
         return {
             "expr_acc": float((torch.cat(labels) == target).float().mean()),
             **{f"id_{k}": v for k, v in out.items()},
@@ -363,7 +370,9 @@ def _novel_identity_scores(s: _Setup, codes: dict[str, torch.Tensor], batch_size
         return lambda j: s.nets.generator_ema(ids[j // n_cls], s.targets[j % n_cls], full, 1.0).clamp(-1, 1)
 
     kinds = {
-        "photos": judge(lambda j: test.batch(photos[j], full, 1.0, device), len(photos)),
+        "photos": judge(
+            lambda j: test.batch(photos[j], full, 1.0, device), len(photos), real_emb[photos.to(real_emb.device)]
+        ),
         "codes": judge(render(photo_ids), len(photos)),
         "novel": judge(render(novel_ids), len(photos)),
     }
