@@ -7,7 +7,7 @@ from models.discriminator import Discriminator
 from models.encoder import Encoder, MappingNetwork
 from models.feedback import FeedbackNetwork
 from models.generator import Generator, composite
-from models.judges import ExpressionClassifier, IdentityEmbedder, JudgePanel
+from models.judges import ExpressionClassifier, IdentityEmbedder, JudgePanel, OutsideExpressionJudge
 from models.layers import AdaIN, EqualConv2d, EqualLinear, MinibatchStdDev, PixelNorm
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "JudgePanel",
     "MappingNetwork",
     "MinibatchStdDev",
+    "OutsideExpressionJudge",
     "PixelNorm",
     "composite",
 ]

@@ -83,6 +83,8 @@ class Encoder(nn.Module):
         input_size: side the input is resized to before the backbone.
         backbone_state: optional state_dict for the backbone (e.g. torchvision ImageNet weights).
         mapping_hidden, mapping_lr_mul: width and learning-rate multiplier of the mapping MLP.
+        exp_classes: > 0 adds a linear probe from the expression code to that many expression labels
+            (`expression_logits`), so training can hold the code to the label from the first step.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Encoder(nn.Module):
         backbone_state: Mapping[str, Tensor] | None = None,
         mapping_hidden: int = 512,
         mapping_lr_mul: float = 0.1,
+        exp_classes: int = 0,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
@@ -121,6 +124,7 @@ class Encoder(nn.Module):
         self.mapping = MappingNetwork(
             self.feature_dim, id_dim, exp_dim, mapping_layers, hidden_dim=mapping_hidden, lr_mul=mapping_lr_mul
         )
+        self.exp_probe = nn.Linear(exp_dim, exp_classes) if exp_classes > 0 else None
 
     def load_backbone_state(self, state: Mapping[str, Tensor]) -> None:
         """Load backbone weights strictly, ignoring the removed classifier (``fc.*``).
@@ -153,3 +157,9 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.mapping(self.backbone(self._prepare(x)))
+
+    def expression_logits(self, w_exp: Tensor) -> Tensor:
+        """The probe's expression logits of expression codes (only with ``exp_classes`` > 0)."""
+        if self.exp_probe is None:
+            raise ValueError("this encoder has no expression probe (exp_classes=0)")
+        return self.exp_probe(w_exp)

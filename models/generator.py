@@ -11,6 +11,13 @@ logit beside its RGB, faded in the same way. Given the source photo, a render is
 glasses, background, noise) is the source's own pixels, and the generator spends its capacity on the
 regions it must redraw. Without a source (novel identities) the plain RGB is the render.
 
+With ``photo_skips`` the generator is also a U-Net over the source photo (pix2pix, GANimation): a
+down path reads the photo with the *target* expression code tiled over it as extra channels, so the
+target steers from the first layer, and hands its features to the up path at every resolution below
+the output's (the skips). The photo's layout, hair and light then reach the render directly instead
+of squeezing through the identity code, and the codes (AdaIN) say what to redraw. Without a source
+(novel identities) the skips are zeros and the codes alone draw the face.
+
 Output has no final activation (as in ProGAN): tanh saturates and slows early training; images are
 nominally in [-1, 1] and clamping for rendering is the pipeline's job. No per-pixel noise is added,
 so the same codes always render the same image (the pipeline relies on determinism).
@@ -45,39 +52,102 @@ class _StyledConv(nn.Module):
         return self.adain(F.leaky_relu(self.conv(x), 0.2), w)
 
 
+def _with_skip(x: Tensor, skip: Tensor | None, skip_channels: int) -> Tensor:
+    """``x`` with the photo path's features appended as channels (zeros when there is no photo)."""
+    if skip_channels == 0:
+        return x
+    if skip is None:
+        skip = x.new_zeros(x.shape[0], skip_channels, *x.shape[-2:])
+    return torch.cat([x, skip.to(x.dtype)], dim=1)
+
+
 class _InputBlock(nn.Module):
     """Code -> 4x4 feature map: linear projection, LeakyReLU, AdaIN, then one styled conv3x3."""
 
-    def __init__(self, channels: int, w_dim: int) -> None:
+    def __init__(self, channels: int, w_dim: int, skip_channels: int = 0) -> None:
         super().__init__()
         self.channels = channels
+        self.skip_channels = skip_channels
         # ProGAN's gain for the dense 4x4 projection: sqrt(2)/4, i.e. He gain spread over 16 pixels.
         self.project = EqualLinear(w_dim, channels * 16, gain=2**0.5 / 4)
         self.adain = AdaIN(channels, w_dim)
-        self.conv = _StyledConv(channels, channels, w_dim)
+        self.conv = _StyledConv(channels + skip_channels, channels, w_dim)
 
-    def forward(self, w: Tensor) -> Tensor:
+    def forward(self, w: Tensor, skip: Tensor | None = None) -> Tensor:
         x = self.project(w).view(w.shape[0], self.channels, 4, 4)
         x = self.adain(F.leaky_relu(x, 0.2), w)
-        return self.conv(x, w)
+        return self.conv(_with_skip(x, skip, self.skip_channels), w)
 
 
 class _UpBlock(nn.Module):
-    """Nearest 2x upsample, then two styled conv3x3 layers."""
+    """Nearest 2x upsample, the photo path's features at the new size (if any), two styled conv3x3."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, skip_channels: int = 0) -> None:
         super().__init__()
-        self.conv1 = _StyledConv(in_channels, out_channels, w_dim)
+        self.skip_channels = skip_channels
+        self.conv1 = _StyledConv(in_channels + skip_channels, out_channels, w_dim)
         self.conv2 = _StyledConv(out_channels, out_channels, w_dim)
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv2(self.conv1(x, w), w)
+        return self.conv2(self.conv1(_with_skip(x, skip, self.skip_channels), w), w)
+
+
+class _DownBlock(nn.Module):
+    """Two conv3x3 + LeakyReLU, then 2x average pooling (the photo path's step down)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = EqualConv2d(in_channels, in_channels, 3, padding=1)
+        self.conv2 = EqualConv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.leaky_relu(self.conv2(F.leaky_relu(self.conv1(x), 0.2)), 0.2)
+        return F.avg_pool2d(x, 2)
+
+
+class PhotoPath(nn.Module):
+    """Source photo + target expression code -> features at every resolution below the output's.
+
+    The code is tiled over the photo as ``exp_dim`` constant channels, so the first layer already
+    knows what the photo must become. Like ProGAN's discriminator it reads the photo through a 1x1
+    ``fromRGB`` at the stage's resolution and steps down to 4x4; while a new resolution fades in,
+    the path below it reads the half-size photo through the previous ``fromRGB`` (blended by alpha)
+    and the newest skip is scaled by alpha, so at alpha = 0 the generator is the previous stage's.
+    """
+
+    def __init__(self, chans: list[int], exp_dim: int) -> None:
+        super().__init__()
+        self.from_rgb = nn.ModuleList(EqualConv2d(3 + exp_dim, c, 1) for c in chans)
+        # down[i] takes resolutions[i + 1] features to resolutions[i].
+        self.down = nn.ModuleList(_DownBlock(chans[i + 1], chans[i]) for i in range(len(chans) - 1))
+
+    def _read(self, photo: Tensor, w_exp: Tensor, level: int) -> Tensor:
+        code = w_exp[:, :, None, None].to(photo.dtype).expand(-1, -1, *photo.shape[-2:])
+        return F.leaky_relu(self.from_rgb[level](torch.cat([photo, code], dim=1)), 0.2)
+
+    def forward(self, photo: Tensor, w_exp: Tensor, stage: int, alpha: float) -> list[Tensor]:
+        """Skips for resolutions[0 .. stage - 1] (none at stage 0: 4x4 output has nothing below it)."""
+        skips: list[Tensor] = [photo] * stage
+        h = self._read(photo, w_exp, stage)
+        for level in range(stage - 1, -1, -1):
+            h = self.down[level](h)
+            if level == stage - 1 and alpha < 1.0:
+                h = torch.lerp(self._read(F.avg_pool2d(photo, 2), w_exp, level), h, alpha)
+                skips[level] = h * alpha
+            else:
+                skips[level] = h
+        return skips
+
+
+def _area(source: Tensor, side: int) -> Tensor:
+    """A larger source photo area-downsampled to ``side`` (a stage below full size), as training data is."""
+    return F.adaptive_avg_pool2d(source, side) if source.shape[-1] != side else source
 
 
 def _fit(source: Tensor, rgb: Tensor) -> Tensor:
-    """A larger source photo area-downsampled to the render's side (a stage below full size)."""
-    return F.adaptive_avg_pool2d(source, rgb.shape[-2:]) if source.shape[-1] != rgb.shape[-1] else source
+    """The source photo at the render's side."""
+    return _area(source, rgb.shape[-1])
 
 
 def composite(rgb: Tensor, mask_logit: Tensor, source: Tensor) -> Tensor:
@@ -114,6 +184,7 @@ class Generator(nn.Module):
         channels: feature channels up to 16x16; halved per doubling above that.
         min_channels: floor for the halving.
         edit_mask: also emit a mask per resolution, so a render can be composited over its source.
+        photo_skips: read the source photo through a down path (`PhotoPath`) into every resolution.
     """
 
     def __init__(
@@ -124,6 +195,7 @@ class Generator(nn.Module):
         channels: int = 256,
         min_channels: int = 32,
         edit_mask: bool = False,
+        photo_skips: bool = False,
     ) -> None:
         super().__init__()
         self.id_dim = id_dim
@@ -133,9 +205,11 @@ class Generator(nn.Module):
         w_dim = id_dim + exp_dim
         chans = [progressive_channels(r, channels, min_channels) for r in self._resolutions]
         self.channels = chans
-        self.input = _InputBlock(chans[0], w_dim)
+        skip = chans if photo_skips else [0] * len(chans)
+        self.photo_path = PhotoPath(chans, exp_dim) if photo_skips else None
+        self.input = _InputBlock(chans[0], w_dim, skip[0])
         # blocks[i] takes resolutions[i] features to resolutions[i + 1].
-        self.blocks = nn.ModuleList(_UpBlock(chans[i], chans[i + 1], w_dim) for i in range(len(chans) - 1))
+        self.blocks = nn.ModuleList(_UpBlock(chans[i], chans[i + 1], w_dim, skip[i + 1]) for i in range(len(chans) - 1))
         # Images come out of a linear 1x1 conv (gain 1, ProGAN's toRGB).
         self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
         # Mask logits start at 0 (an even blend) and, like toRGB, come out of a linear 1x1 conv.
@@ -149,6 +223,11 @@ class Generator(nn.Module):
     @property
     def has_mask(self) -> bool:
         return self.to_mask is not None
+
+    @property
+    def reads_photo(self) -> bool:
+        """Whether the source photo feeds the network itself (photo_skips), not only the composite."""
+        return self.photo_path is not None
 
     def forward(
         self,
@@ -168,7 +247,7 @@ class Generator(nn.Module):
         ``with_parts`` returns ``(render, rgb, mask_logit or None)`` (training reads all three; one call,
         so DistributedDataParallel sees one forward).
         """
-        rgb, mask = self.forward_parts(w_id, w_exp, resolution, alpha)
+        rgb, mask = self.forward_parts(w_id, w_exp, resolution, alpha, source)
         render = rgb if mask is None or source is None else composite(rgb, mask, source)
         return (render, rgb, mask) if with_parts else render
 
@@ -182,15 +261,18 @@ class Generator(nn.Module):
         from the RGB for ``w_exp_source`` (:func:`difference_mask`); elsewhere the photo's own
         pixels stay. Works with any generator, with or without a learned mask (which is not used).
         """
-        both, _ = self.forward_parts(torch.cat([w_id, w_id]), torch.cat([w_exp, w_exp_source]), resolution)
+        photo = torch.cat([source, source]) if self.reads_photo else None
+        both, _ = self.forward_parts(torch.cat([w_id, w_id]), torch.cat([w_exp, w_exp_source]), resolution, photo=photo)
         rgb, rgb_src = both.chunk(2)
         mask = difference_mask(rgb, rgb_src)
         return torch.lerp(_fit(source, rgb), rgb, mask), rgb, mask
 
     def forward_parts(
-        self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0
+        self, w_id: Tensor, w_exp: Tensor, resolution: int, alpha: float = 1.0, photo: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """(RGB, mask logit or None): the two outputs before compositing (training needs both)."""
+        """(RGB, mask logit or None): the two outputs before compositing (training needs both).
+
+        ``photo`` (N, 3, H, W) feeds the photo path when the generator has one; it is ignored otherwise."""
         stage = check_resolution(resolution, self._resolutions)
         alpha = check_alpha(alpha)
         if w_id.dim() != 2 or w_id.shape[1] != self.id_dim:
@@ -198,11 +280,14 @@ class Generator(nn.Module):
         if w_exp.dim() != 2 or w_exp.shape[1] != self.exp_dim or w_exp.shape[0] != w_id.shape[0]:
             raise ValueError(f"w_exp must be ({w_id.shape[0]}, {self.exp_dim}), got shape {tuple(w_exp.shape)}")
         w = torch.cat([w_id, w_exp], dim=1)
-        x = self.input(w)
+        skips: list[Tensor | None] = [None] * (stage + 1)
+        if self.photo_path is not None and photo is not None:
+            skips[:stage] = self.photo_path(_area(photo, resolution), w_exp, stage, alpha)
+        x = self.input(w, skips[0])
         prev = x
-        for block in self.blocks[:stage]:
+        for i, block in enumerate(self.blocks[:stage]):
             prev = x
-            x = block(x, w)
+            x = block(x, w, skips[i + 1])
         heads = [self.to_rgb] if self.to_mask is None else [self.to_rgb, self.to_mask]
         outs = []
         for head in heads:

@@ -11,6 +11,7 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 
 from models.layers import check_images, resize_square
@@ -124,3 +125,25 @@ class IdentityEmbedder(nn.Module):
             if m:
                 cos = cos - m * F.one_hot(labels, self.num_identities).to(cos.dtype)
         return self.scale * cos
+
+
+class OutsideExpressionJudge(nn.Module):
+    """Image in [-1, 1] -> expression logits, by torchvision's ShuffleNet V2 (x1.0), trained from scratch.
+
+    An architecture of another family than every judge a training loss uses (the VGG-style trunk
+    above): depthwise-separable convolutions with channel shuffle and no max-pooled conv stacks. A
+    render optimised against the trunk family has no reason to fool this one. The input is upsampled
+    ``upscale`` times first so that ShuffleNet's 32x reduction still leaves a spatial map (4x4 at 64 px).
+    """
+
+    def __init__(self, num_classes: int = 7, upscale: int = 2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.upscale = upscale
+        self.net = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_images(x)
+        if self.upscale != 1:
+            x = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        return self.net(x)

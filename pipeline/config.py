@@ -99,6 +99,16 @@ class ModelConfig(_Section):
         description="the generator also draws a mask; a render of a real face is composited over its source "
         "photo (GANimation), so only what the expression changes is redrawn",
     )
+    photo_skips: bool = Field(
+        False,
+        description="the generator reads the source photo, with the target expression code tiled over it, "
+        "through a down path whose features join every resolution (a U-Net); novel identities get none",
+    )
+    exp_code_probe: bool = Field(
+        False,
+        description="a linear probe reads the expression label off the expression code; train.loss.exp_code "
+        "holds the code to the label, so the target a swap is given is unmistakable from the first step",
+    )
     exp_dim: int = Field(32, ge=2, le=1024)
     mapping_layers: int = Field(4, ge=1, le=16)
     mapping_lr_mul: float = Field(0.1, gt=0, le=1.0, description="equalised-lr multiplier of the mapping MLP")
@@ -148,6 +158,15 @@ class LossWeights(_Section):
     cycle: float = Field(5.0, ge=0)
     aux_cls: float = Field(1.0, ge=0)
     swap_truth: float = Field(0.0, ge=0, description="paired swap loss against ground truth (procedural only)")
+    changed_weight: float = Field(
+        0.0,
+        ge=0,
+        description="extra weight of the swap-truth L1 on the pixels the swap must change (truth differs from "
+        "source): 10 makes a changed pixel count 11 times an unchanged one",
+    )
+    exp_code: float = Field(
+        1.0, ge=0, description="cross-entropy of the expression probe on source and target codes (model.exp_code_probe)"
+    )
     ssim: float = Field(
         0.0, ge=0, description="1 - SSIM added to the reconstruction and swap-truth terms (stages >= 16 px)"
     )
@@ -240,6 +259,12 @@ class QualityConfig(_Section):
     (FaceNet cosine thresholds differ between published sources, so copy none blindly).
     """
 
+    outside_judge_steps: int = Field(
+        1500,
+        ge=1,
+        description="training steps of the outside expression judge (another architecture, sharp photos; "
+        "pipeline.quality.outside_judge), trained once per dataset and cached",
+    )
     thresholds: Literal["calibrated", "config"] = Field(
         "calibrated",
         description="calibrated: embedder identity and expression thresholds from the checkpoint's real-val calibration",

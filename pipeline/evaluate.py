@@ -31,6 +31,7 @@ from pipeline.io_utils import atomic_path, atomic_write_json, atomic_write_text
 from pipeline.judges import judge_accuracy, load_eval_judges
 from pipeline.quality.identity_consistency import identity_consistency
 from pipeline.quality.leakage import leak_heatmap, leak_spread, leak_table
+from pipeline.quality.outside_judge import load_outside_judge
 from pipeline.quality.regions import changed_region, region_keys, region_scores
 from pipeline.quality.ssim import psnr_batch, ssim_batch
 from pipeline.swaps import draws_over_photo, render_over_photo
@@ -67,6 +68,7 @@ class _Setup:
     test: TrainData
     clf: torch.nn.Module
     emb: torch.nn.Module
+    outside: torch.nn.Module  # the outside expression judge (another architecture, sharp photos only)
     targets: torch.Tensor  # one full-intensity code per class
     top: dict[int, int]  # each class's top intensity code in the split
     protos: torch.Tensor  # unit mean eval-embedding of each test identity's real images
@@ -99,6 +101,9 @@ def evaluate_checkpoint(
             f"{root}: split {split!r} has expression classes the model does not know (model.num_classes={n_cls})"
         )
     clf, emb = load_eval_judges(cfg, ckpt, device)
+    outside, outside_stats = load_outside_judge(
+        root, full, n_cls, device, cfg.quality.outside_judge_steps, cfg.data.cache_dir
+    )
     codes = {k: v.to(device) for k, v in ckpt["codes"].items()}
     targets = expression_target(codes, torch.arange(n_cls, device=device), torch.ones(n_cls, device=device))
     # Sources: per identity and session, the neutral image and each expression at its top intensity.
@@ -111,7 +116,7 @@ def evaluate_checkpoint(
     protos = torch.nn.functional.normalize(protos, dim=1)
     # Swaps are drawn over their source photo as the product draws real identities (generate.composite).
     composited = draws_over_photo(cfg.generate.composite, nets.generator_ema.has_mask)
-    setup = _Setup(cfg, nets, test, clf, emb, targets, top, protos, composited, n_cls, full, device)
+    setup = _Setup(cfg, nets, test, clf, emb, outside, targets, top, protos, composited, n_cls, full, device)
 
     scores = BatchScores()
     renders_u8: dict[tuple[int, int], np.ndarray] = {}
@@ -123,10 +128,16 @@ def evaluate_checkpoint(
     judges_on_real = {
         "judge_expr_acc_real": judge_accuracy(clf, test, device),
         "judge_id_top1_real": float((((real_emb @ protos.T).argmax(1)).cpu() == test.identity).float().mean()),
+        "outside_judge_acc_real": judge_accuracy(outside, test, device),
+        **{f"outside_judge_{k}": v for k, v in outside_stats.items()},
     }
     metrics = _summarise(setup, scores, judges_on_real)
     per_class = scores.all("correct").reshape(-1, n_cls).mean(0)
     metrics.update({f"expr_acc_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)})
+    per_class = scores.all("correct_outside").reshape(-1, n_cls).mean(0)
+    metrics.update(
+        {f"expr_acc_outside_{name}": float(v) for name, v in zip(EXPRESSIONS[:n_cls], per_class, strict=True)}
+    )
     metrics.update(_lower_intensity_scores(nets, clf, codes, test, src, top, full, device, batch_size, cfg))
     metrics.update(_novel_identity_scores(setup, codes, real_emb, batch_size))
     warnings = _collapse_warnings(metrics, scores, n_cls)
@@ -176,6 +187,7 @@ def _score_sources(
     src_rep = rows.repeat_interleave(n_cls)
     scores.add(
         correct=(s.clf(fake).argmax(1).cpu() == tgt).numpy(),
+        correct_outside=(s.outside(fake).argmax(1).cpu() == tgt).numpy(),
         src_expr=test.labels[src_rep].numpy(),
         tgt_expr=tgt.numpy(),
     )
@@ -289,6 +301,7 @@ def _summarise(s: _Setup, scores: BatchScores, judges_on_real: dict[str, float])
         "n_test_identities": len(s.test.identity_names),
         "n_swaps": len(scores.all("correct")),
         "expr_acc": scores.mean("correct"),
+        "expr_acc_outside": scores.mean("correct_outside"),
         "id_top1": scores.mean("id_hit"),
         "id_cosine": scores.mean("id_cos"),
         "recon_ssim": scores.mean("rec_ssim"),
@@ -352,10 +365,11 @@ def _novel_identity_scores(
     def judge(
         images_of: Callable[[torch.Tensor], torch.Tensor], n_items: int, known_emb: torch.Tensor | None = None
     ) -> dict[str, float]:
-        labels, emb = [], []
+        labels, labels_outside, emb = [], [], []
         for i in range(0, n_items, batch_size):
             x = images_of(torch.arange(i, min(i + batch_size, n_items)))
             labels.append(s.clf(x).argmax(1).cpu())
+            labels_outside.append(s.outside(x).argmax(1).cpu())
             if known_emb is None:
                 emb.append(s.emb.embed(x).cpu())
         all_emb = known_emb.cpu() if known_emb is not None else torch.cat(emb)
@@ -363,6 +377,7 @@ def _novel_identity_scores(
         out = identity_consistency(all_emb.reshape(n_items // n_cls, n_cls, -1))
         return {
             "expr_acc": float((torch.cat(labels) == target).float().mean()),
+            "expr_acc_outside": float((torch.cat(labels_outside) == target).float().mean()),
             **{f"id_{k}": v for k, v in out.items()},
         }
 
@@ -547,11 +562,11 @@ def _novel_markdown(m: dict[str, Any]) -> list[str]:
         "embeddings of two images of one face (same) and of two faces (other), and leave-one-out "
         "nearest-face accuracy (top-1).",
         "",
-        "| faces | expression accuracy | same-face cosine | other-face cosine | identity top-1 |",
-        "|---|---|---|---|---|",
+        "| faces | expression accuracy | outside judge | same-face cosine | other-face cosine | identity top-1 |",
+        "|---|---|---|---|---|---|",
     ]
     for label, kind in FACE_KINDS:
-        figs = [m[f"{fig}_{kind}"] for fig in ("expr_acc", "id_same", "id_other", "id_top1")]
+        figs = [m[f"{fig}_{kind}"] for fig in ("expr_acc", "expr_acc_outside", "id_same", "id_other", "id_top1")]
         lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in figs) + " |")
     return lines
 

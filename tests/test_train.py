@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
@@ -507,3 +508,82 @@ def test_checkpoint_naming_the_retired_skip_features_renders_unchanged_or_is_ref
         load_trained(with_skip(True))
     with pytest.raises(ConfigError, match=r"model\.skip_features: .*docs/experiments/skip_fed_generator\.md"):
         tiny_cfg(tiny_data, tmp_path, "model.skip_features=true")
+
+
+PHOTO_SKIPS = ("model.edit_mask=true", "model.photo_skips=true", "generate.composite=mask")
+
+
+def test_changed_region_weight_puts_the_swap_truth_loss_where_the_expression_changes() -> None:
+    from pipeline.quality.regions import changed_region
+    from pipeline.train.losses import weighted_l1
+
+    source = torch.zeros(1, 3, 16, 16)
+    truth = source.clone()
+    truth[..., 10:12, 6:10] = 0.8  # the mouth opens
+    weight = 1.0 + 10.0 * changed_region(truth, source)
+    off_mouth, on_mouth = source.clone(), source.clone()
+    off_mouth[..., 0:2, 0:4] = 0.8  # the same error, on a part the expression leaves alone ...
+    on_mouth[..., 10:12, 6:10] = 0.0  # ... and on the mouth (the copied source)
+    assert float(weighted_l1(on_mouth, truth, weight)) > 5 * float(weighted_l1(off_mouth, source, weight))
+    torch.testing.assert_close(weighted_l1(on_mouth, truth, torch.ones_like(weight)), F.l1_loss(on_mouth, truth))
+
+
+def test_photo_skips_recipe_trains_without_zero_weight_terms_and_evaluates(tiny_data: Path, tmp_path: Path) -> None:
+    from pipeline.evaluate import evaluate_checkpoint
+
+    zero = ("train.loss.adv=0", "train.loss.swap_cls=0", "train.loss.cycle=0", "train.loss.identity=0")
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", *PHOTO_SKIPS, "train.loss.changed_weight=10", *zero)
+    trainer = Trainer(cfg)
+    trainer.run_judges()
+    assert trainer.nets.generator.reads_photo
+    disc = {k: v.clone() for k, v in trainer.nets.discriminator.state_dict().items()}
+    trainer.stage_idx = 2
+    m = trainer.train_step(16, 1.0)
+    # A term weighted 0 is not computed, and without an adversary the discriminator never moves.
+    assert not {"g_adv", "d_adv", "swap_cls", "cycle", "identity"} & set(m)
+    assert {"swap_truth", "swap_truth_raw", "swap_truth_codes", "latent", "mask"} <= set(m)
+    assert all(torch.equal(v, disc[k]) for k, v in trainer.nets.discriminator.state_dict().items())
+    final = Trainer(cfg, tmp_path / "full").train()
+    metrics = evaluate_checkpoint(final, out_dir=tmp_path / "eval")["metrics"]
+    for key in ("expr_acc", "expr_acc_outside", "expr_acc_outside_happy", "outside_judge_acc_real", "ssim_changed"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+
+
+def test_photo_skips_train_on_photo_data_without_swap_truth(tiny_data: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from manifests.labels import read_labels, write_labels
+
+    root = tmp_path / "photos"
+    shutil.copytree(tiny_data, root)
+    frame, meta = read_labels(root)
+    write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
+    with pytest.warns(UserWarning, match=r"train\.loss\.swap_truth cannot apply"):
+        trainer = Trainer(tiny_cfg(root, tmp_path / "run", *PHOTO_SKIPS))
+    trainer.run_judges()
+    trainer.stage_idx = 2
+    m = trainer.train_step(16, 1.0)
+    # No truth: the cycle through the photo path, feedback recovery, the judge and the adversary carry it.
+    assert "swap_truth" not in m
+    assert all(math.isfinite(m[k]) for k in ("cycle", "latent", "swap_cls", "g_adv", "d_adv", "loss_g"))
+    gen = trainer.nets.generator
+    before = [p.detach().clone() for p in gen.photo_path.parameters()]
+    trainer.train_step(16, 1.0)
+    assert any(not torch.equal(a, p) for a, p in zip(before, gen.photo_path.parameters(), strict=True))
+
+
+def test_expression_probe_holds_the_code_to_the_label(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", *PHOTO_SKIPS, "model.exp_code_probe=true", "train.loss.exp_code=5")
+    trainer = Trainer(cfg)
+    trainer.run_judges()
+    trainer.stage_idx = 2
+    probe = trainer.nets.encoder.exp_probe
+    before = probe.weight.detach().clone()
+    first = trainer.train_step(16, 1.0)["exp_code"]
+    assert first == pytest.approx(math.log(7), rel=0.3)  # an untrained probe is near chance
+    assert not torch.equal(before, probe.weight)  # ... and it learns, with the code it reads
+    for _ in range(15):
+        last = trainer.train_step(16, 1.0)["exp_code"]
+    assert last < first
+    plain = Trainer(tiny_cfg(tiny_data, tmp_path / "plain"))
+    assert plain.nets.encoder.exp_probe is None

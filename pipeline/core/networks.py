@@ -71,6 +71,7 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         input_size=res,
         backbone_state=backbone_state,
         mapping_lr_mul=m.mapping_lr_mul,
+        exp_classes=m.num_classes if m.exp_code_probe else 0,
     )
     generator = Generator(
         m.id_dim,
@@ -79,6 +80,7 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         m.gen_channels,
         m.gen_min_channels,
         edit_mask=m.edit_mask,
+        photo_skips=m.photo_skips,
     )
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)

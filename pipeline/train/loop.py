@@ -391,9 +391,11 @@ class Trainer:
     def _train_step(self, res: int, alpha: float) -> dict[str, float]:
         batch = self.sample_batch(self.stage.batch_size or self.cfg.train.batch_size, res, alpha)
         renders = self.objective.render(batch, res, alpha)
-        with_r1 = self.cfg.train.loss.r1 > 0 and self.global_step % self.objective.R1_EVERY == 0
-        loss_d, terms_d = self.objective.discriminator_phase(batch, renders, res, alpha, with_r1)
-        self._optimise(self.opt_d, loss_d)
+        terms_d: dict[str, torch.Tensor] = {}
+        if self.cfg.train.loss.adv > 0:  # without an adversary the discriminator is never trained
+            with_r1 = self.cfg.train.loss.r1 > 0 and self.global_step % self.objective.R1_EVERY == 0
+            loss_d, terms_d = self.objective.discriminator_phase(batch, renders, res, alpha, with_r1)
+            self._optimise(self.opt_d, loss_d)
         loss_g, terms_g = self.objective.generator_phase(batch, renders, res, alpha)
         self._optimise(self.opt_g, loss_g)
         # EMA warm-up per stage: a fixed decay would average in the untrained layers that every new

@@ -38,6 +38,12 @@ def latent_recovery(pred: tuple[torch.Tensor, torch.Tensor], w_id: torch.Tensor,
     return F.mse_loss(pred[0], w_id.detach()) + F.mse_loss(pred[1], w_exp.detach())
 
 
+def weighted_l1(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error with a per-pixel weight (N, 1, H, W), normalised by the weight's mean so the
+    loss stays on the plain L1's scale and only the balance between regions moves."""
+    return ((fake - real).abs() * weight).mean() / weight.mean()
+
+
 def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """1 - SSIM (Wang et al. settings, as the evaluation uses) of images in [-1, 1].
 

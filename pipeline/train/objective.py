@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from pipeline.config import Config
 from pipeline.core.networks import Networks
+from pipeline.quality.regions import changed_region
 from pipeline.train import losses as L
 
 Terms = dict[str, torch.Tensor]
@@ -45,6 +46,10 @@ class Renders:
     swap: torch.Tensor  # swaps, composited over their source when the generator has an edit mask
     swap_rgb: torch.Tensor
     swap_mask: torch.Tensor | None
+    # Swaps drawn from the codes alone (no photo: what a novel identity gets) for `codes_rows` of the
+    # batch; only for a generator that reads the photo, on data with swap truths.
+    swap_codes: torch.Tensor | None = None
+    codes_rows: torch.Tensor | None = None
 
 
 class DecouplingObjective:
@@ -70,7 +75,13 @@ class DecouplingObjective:
             w_exp_sw = w_exp[batch.perm.to(w_exp.device)]
         rec = n.generator(w_id, w_exp, res, alpha)
         swap, rgb, mask = n.generator(w_id, w_exp_sw, res, alpha, source=batch.x, with_parts=True)
-        return Renders(w_id, w_exp, w_exp_sw, rec, swap, rgb, mask)
+        r = Renders(w_id, w_exp, w_exp_sw, rec, swap, rgb, mask)
+        if batch.truth is not None and self.w.swap_truth > 0 and _reads_photo(n.generator):
+            # Half the rows with a truth keep the code-only path drawing expressions, not just reconstructions.
+            rows = torch.nonzero(batch.valid).squeeze(1)
+            r.codes_rows = rows[: max(1, len(rows) // 2)]
+            r.swap_codes = n.generator(w_id[r.codes_rows], w_exp_sw[r.codes_rows], res, alpha)
+        return r
 
     def discriminator_phase(
         self, batch: Batch, r: Renders, res: int, alpha: float, with_r1: bool
@@ -90,29 +101,32 @@ class DecouplingObjective:
     def generator_phase(self, batch: Batch, r: Renders, res: int, alpha: float) -> tuple[torch.Tensor, Terms]:
         """Total loss of generator, encoder and feedback, and its terms (plus `swap_acc`, a readout)."""
         n, w = self.nets, self.w
-        n.discriminator.requires_grad_(False)
-        d_fake, cls_fake = n.discriminator(torch.cat([r.rec, r.swap]), res, alpha)
         terms: Terms = {}
-        terms["g_adv"] = L.g_nonsaturating(d_fake)
-        terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([batch.y, batch.y_sw]))
-        terms["recon"] = F.l1_loss(r.rec, batch.x)
+        loss = w.recon * _put(terms, "recon", F.l1_loss(r.rec, batch.x))
+        if w.adv > 0:
+            n.discriminator.requires_grad_(False)
+            d_fake, cls_fake = n.discriminator(torch.cat([r.rec, r.swap]), res, alpha)
+            terms["g_adv"] = L.g_nonsaturating(d_fake)
+            terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([batch.y, batch.y_sw]))
+            loss = loss + w.adv * (terms["g_adv"] + terms["g_cls"])
         up_sw = to_full(r.swap, self.full)
-        swap_logits = n.classifier(up_sw)
-        terms["swap_cls"] = F.cross_entropy(swap_logits, batch.y_sw)
-        terms["identity"] = L.identity_loss(n.embedder, up_sw, batch.x_full)
-        fb_sw = n.feedback(r.swap)
-        fb_rec = n.feedback(r.rec)
-        terms["latent"] = L.latent_recovery(fb_sw, r.w_id, r.w_exp_sw) + L.latent_recovery(fb_rec, r.w_id, r.w_exp)
-        # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
-        terms["cycle"] = F.l1_loss(n.generator(fb_sw[0], r.w_exp, res, alpha, source=r.swap), batch.x)
-        loss = (
-            w.adv * (terms["g_adv"] + terms["g_cls"])
-            + w.recon * terms["recon"]
-            + w.swap_cls * terms["swap_cls"]
-            + w.identity * terms["identity"]
-            + w.latent * terms["latent"]
-            + w.cycle * terms["cycle"]
-        )
+        # A zero-weight term costs nothing: the frozen judge still reads the swaps for the progress line.
+        with torch.set_grad_enabled(w.swap_cls > 0 and torch.is_grad_enabled()):
+            swap_logits = n.classifier(up_sw)
+        if w.swap_cls > 0:
+            loss = loss + w.swap_cls * _put(terms, "swap_cls", F.cross_entropy(swap_logits, batch.y_sw))
+        if w.identity > 0:
+            loss = loss + w.identity * _put(terms, "identity", L.identity_loss(n.embedder, up_sw, batch.x_full))
+        if w.latent > 0 or w.cycle > 0:
+            fb_sw = n.feedback(r.swap)
+        if w.latent > 0:
+            fb_rec = n.feedback(r.rec)
+            latent = L.latent_recovery(fb_sw, r.w_id, r.w_exp_sw) + L.latent_recovery(fb_rec, r.w_id, r.w_exp)
+            loss = loss + w.latent * _put(terms, "latent", latent)
+        if w.cycle > 0:
+            # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
+            cycle = F.l1_loss(n.generator(fb_sw[0], r.w_exp, res, alpha, source=r.swap), batch.x)
+            loss = loss + w.cycle * _put(terms, "cycle", cycle)
         use_ssim = w.ssim > 0 and res >= L.SSIM_MIN_RESOLUTION
         if use_ssim:
             terms["recon_ssim"] = L.ssim_loss(r.rec, batch.x)
@@ -120,18 +134,41 @@ class DecouplingObjective:
         if batch.truth is not None and w.swap_truth > 0:
             # With an edit mask the plain RGB is held to the truth too: novel identities have no photo.
             swaps = {"": r.swap} if r.swap_mask is None else {"": r.swap, "_raw": r.swap_rgb}
+            weight = 1.0 + w.changed_weight * changed_region(batch.truth, batch.x[batch.valid])
             for suffix, render in swaps.items():
-                terms[f"swap_truth{suffix}"] = F.l1_loss(render[batch.valid], batch.truth)
+                terms[f"swap_truth{suffix}"] = L.weighted_l1(render[batch.valid], batch.truth, weight)
                 loss = loss + w.swap_truth * terms[f"swap_truth{suffix}"]
                 if use_ssim:
                     terms[f"swap_ssim{suffix}"] = L.ssim_loss(render[batch.valid], batch.truth)
                     loss = loss + w.ssim * terms[f"swap_ssim{suffix}"]
+        encoder = getattr(n.encoder, "module", n.encoder)  # the plain module under DistributedDataParallel
+        if encoder.exp_probe is not None and w.exp_code > 0:
+            # The label read off both codes: the source's own and the target the swap is given.
+            logits = encoder.expression_logits(torch.cat([r.w_exp, r.w_exp_sw]))
+            terms["exp_code"] = F.cross_entropy(logits, torch.cat([batch.y, batch.y_sw]))
+            loss = loss + w.exp_code * terms["exp_code"]
+        if r.swap_codes is not None:
+            truth = batch.truth[: len(r.codes_rows)]  # truths are the valid rows in order
+            terms["swap_truth_codes"] = L.weighted_l1(r.swap_codes, truth, weight[: len(r.codes_rows)])
+            loss = loss + w.swap_truth * terms["swap_truth_codes"]
+            if use_ssim:
+                terms["swap_ssim_codes"] = L.ssim_loss(r.swap_codes, truth)
+                loss = loss + w.ssim * terms["swap_ssim_codes"]
         if r.swap_mask is not None:
             # GANimation's mask penalty: where the source already looks right, keep its pixels.
             terms["mask"] = torch.sigmoid(r.swap_mask).mean()
             loss = loss + w.mask * terms["mask"]
         terms["swap_acc"] = (swap_logits.argmax(1) == batch.y_sw).float().mean()
         return loss, terms
+
+
+def _reads_photo(generator: torch.nn.Module) -> bool:
+    return getattr(generator, "module", generator).reads_photo  # the plain module under DDP
+
+
+def _put(terms: Terms, name: str, value: torch.Tensor) -> torch.Tensor:
+    terms[name] = value
+    return value
 
 
 def to_full(x: torch.Tensor, full: int) -> torch.Tensor:
