@@ -1,4 +1,11 @@
-"""Audit a generated dataset from its files alone: schema, files and hashes, paths, card, lineage.
+"""Audit a generated dataset from its files alone: schema, files and hashes, paths, card, status, lineage.
+
+Every file a reader or tool uses is checked: the shards and images (hashes in the manifest and _SUCCESS),
+metadata.parquet column by column against the shards, the card against the rows and against the
+dataset JSON finalize stored in manifest/_common_metadata, every other dataset file by the sha256
+`finalize` recorded in _SUCCESS, the status files against the card's status, and stray files or folders.
+Not covered: _SUCCESS itself (the record everything else is checked against) and the REJECTED file's
+text (only its presence is checked against the card); `AuditResult.stats["not_covered"]` names them.
 
 Every finding is a `Problem` with a stable `code` so tools can act on it; the audit never stops at the
 first one (an auditor wants the full list), except for a folder that is not a dataset at all.
@@ -18,16 +25,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.card import CARD_JSON, CARD_MD, CROISSANT, compute_stats
+from manifests.card import CARD_JSON, CARD_MD, compute_stats
 from manifests.layout import (
-    CODES_FILE,
     COMMON_METADATA,
-    PLAN_FILE,
+    HASHED_FILES,
     REJECTED_MARKER,
     REPORT_DIR,
-    REPORT_FILES,
     SHARD_RE,
-    USEFULNESS_FILE,
 )
 from manifests.schema import (
     COLUMNS,
@@ -39,11 +43,17 @@ from manifests.schema import (
     parse_dataset_metadata,
     row_issues,
 )
+from manifests.status import REJECTED, card_status, read_status
 from manifests.writer import IMAGEFOLDER_METADATA, MANIFEST_DIR, SUCCESS_MARKER, list_shards
 from pipeline.io_utils import inside_root, sha256_file
 
 # Float statistics in the card are rounded; anything beyond this is a real disagreement.
 TOLERANCE = 1e-5
+# What no recorded hash covers, named in every result so nobody assumes otherwise.
+NOT_COVERED = (SUCCESS_MARKER, f"the text of {REJECTED_MARKER} (its presence is checked)")
+# Card fields that finalize also stores in manifest/_common_metadata (the two must agree), and what the
+# card writes for each when the dataset JSON has none.
+VERDICT_FIELDS: dict[str, Any] = {"status": None, "gates": [], "metrics": {}, "thresholds": {}}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class AuditResult:
     problems: list[Problem] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None  # published | rejected | unfinished (manifests.status)
+    status_reason: str = ""
 
     @property
     def ok(self) -> bool:
@@ -72,6 +84,8 @@ class AuditResult:
             "problems": [asdict(p) for p in self.problems],
             "stats": self.stats,
             "lineage": self.lineage,
+            "status": self.status,
+            "status_reason": self.status_reason,
         }
 
 
@@ -80,6 +94,9 @@ def audit_dataset(root: Path, check_hashes: bool = True) -> AuditResult:
     root = Path(root)
     result = AuditResult(root=str(root))
     add = result.problems.append
+    if not root.exists():
+        add(Problem("not_found", f"{root} does not exist", str(root)))
+        return result
     shards = list_shards(root)
     card_path = root / CARD_JSON
     if not root.is_dir() or (not shards and not card_path.is_file()):
@@ -92,12 +109,20 @@ def audit_dataset(root: Path, check_hashes: bool = True) -> AuditResult:
         for issue in row_issues(df):
             add(Problem(issue.code, issue.message, issue.file_name, issue.sample_id))
         _check_files(root, df, check_hashes, add)
-        for rel in unaccounted_files(root, df["file_name"]):
-            add(Problem("stray_file", f"{rel!r} is neither in the manifest nor a dataset file", rel))
-    _check_success(root, shards, len(df), add)
+    for rel in unaccounted_files(root, df["file_name"]):
+        add(Problem("stray_file", f"{rel!r} is neither in the manifest nor a dataset file", rel))
+    for rel in unaccounted_folders(root, df["file_name"]):
+        add(Problem("stray_folder", f"folder {rel!r} holds no file of the dataset (empty or unknown)", rel))
+    success = _check_success(root, shards, len(df), add)
+    _check_recorded_files(root, success, add)
     _check_imagefolder_copy(root, df, add)
     card = _check_card(root, df, add)
+    _check_card_against_common_metadata(root, card, add)
+    _check_status_files(root, card, add)
+    status = read_status(root)
+    result.status, result.status_reason = status.state, status.reason
     result.stats.update(compute_stats(df) if not df.empty else {})
+    result.stats["not_covered"] = list(NOT_COVERED)
     result.lineage = card.get("lineage", {}) if card else {}
     return result
 
@@ -126,14 +151,19 @@ def _check_shards(root: Path, shards: list[tuple[int, int, Path]], add: Any) -> 
             continue
         if not _schema_ok(table.schema, path, add, columns_of_version(version)):
             continue
-        for name in (c for c in COLUMNS if c not in table.schema.names):  # added by a later version
-            table = table.append_column(FIELD_BY_NAME[name], pa.nulls(len(table), FIELD_BY_NAME[name].type))
-        frame = table.select(COLUMNS).cast(MANIFEST_SCHEMA).to_pandas()
+        frame = _as_current_schema(table).to_pandas()
         wrong = frame["shard"] != index
         if wrong.any():
             add(Problem("shard_mismatch", f"{int(wrong.sum())} row(s) name another shard than {index}", str(path)))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def _as_current_schema(table: pa.Table) -> pa.Table:
+    """`table` in today's column order and types; columns added by a later schema version are null."""
+    for name in (c for c in COLUMNS if c not in table.schema.names):
+        table = table.append_column(FIELD_BY_NAME[name], pa.nulls(len(table), FIELD_BY_NAME[name].type))
+    return table.select(COLUMNS).cast(MANIFEST_SCHEMA)
 
 
 def _schema_ok(schema: pa.Schema, path: Path, add: Any, required: list[str]) -> bool:
@@ -169,21 +199,7 @@ def _check_files(root: Path, df: pd.DataFrame, check_hashes: bool, add: Any) -> 
 
 def dataset_files() -> frozenset[str]:
     """Every file (relative to the root) a dataset holds besides its images and manifest parts."""
-    return frozenset(
-        {
-            SUCCESS_MARKER,
-            IMAGEFOLDER_METADATA,
-            f"{MANIFEST_DIR}/{COMMON_METADATA}",
-            CARD_JSON,
-            CARD_MD,
-            CROISSANT,
-            PLAN_FILE,
-            CODES_FILE,
-            REJECTED_MARKER,
-            USEFULNESS_FILE,
-            *(f"{REPORT_DIR}/{name}" for name in REPORT_FILES),
-        }
-    )
+    return frozenset({SUCCESS_MARKER, REJECTED_MARKER, *HASHED_FILES})
 
 
 def unaccounted_files(root: Path, file_names: Iterable[str]) -> list[str]:
@@ -202,21 +218,42 @@ def unaccounted_files(root: Path, file_names: Iterable[str]) -> list[str]:
     return sorted(found)
 
 
+def unaccounted_folders(root: Path, file_names: Iterable[str]) -> list[str]:
+    """Top-most folders under `root` that hold no image of the manifest and no dataset file (empty or unknown)."""
+    root = Path(root)
+    needed = {MANIFEST_DIR, REPORT_DIR}
+    for rel in [*file_names, *dataset_files()]:
+        needed.update(p.as_posix() for p in PurePosixPath(rel).parents if p.as_posix() != ".")
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        here = Path(folder).relative_to(root)
+        for name in list(subfolders):
+            rel = (here / name).as_posix()
+            if rel not in needed and not (Path(folder) / name).is_symlink():  # a link is already a stray_file
+                found.append(rel)
+                subfolders.remove(name)  # its contents are reported as stray files; name the folder once
+    return sorted(found)
+
+
 def _is_manifest_part(rel: str) -> bool:
     folder, _, name = rel.rpartition("/")
     return folder == MANIFEST_DIR and SHARD_RE.match(name) is not None
 
 
-def _check_success(root: Path, shards: list[tuple[int, int, Path]], n_rows: int, add: Any) -> None:
+def _check_success(root: Path, shards: list[tuple[int, int, Path]], n_rows: int, add: Any) -> dict[str, Any]:
+    """Check the shards against _SUCCESS; returns what _SUCCESS records ({} when it is missing or unreadable)."""
     marker = root / SUCCESS_MARKER
     if not marker.is_file():
         add(Problem("not_finalized", f"no {SUCCESS_MARKER}: the run did not finish (or a shard was rewritten)"))
-        return
+        return {}
     try:
         info = json.loads(marker.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         add(Problem("not_finalized", f"{SUCCESS_MARKER} is unreadable: {exc}", str(marker)))
-        return
+        return {}
+    if not isinstance(info, dict):
+        add(Problem("not_finalized", f"{SUCCESS_MARKER} is not a JSON object", str(marker)))
+        return {}
     recorded = info.get("shards", {})
     present = {p.name: p for _, _, p in shards}
     for name in sorted(set(recorded) | set(present)):
@@ -228,6 +265,25 @@ def _check_success(root: Path, shards: list[tuple[int, int, Path]], n_rows: int,
             add(Problem("shard_modified", f"shard {name} changed after the dataset was finalized", name))
     if info.get("n_rows") != n_rows:
         add(Problem("shard_modified", f"{SUCCESS_MARKER} records {info.get('n_rows')} rows, shards hold {n_rows}"))
+    return info
+
+
+def _check_recorded_files(root: Path, success: dict[str, Any], add: Any) -> None:
+    """Every dataset file against the sha256 finalize recorded; one present but unrecorded was added later."""
+    recorded = success.get("files")
+    if not isinstance(recorded, dict):
+        if success:  # written before finalize recorded file hashes: say so rather than pass silently
+            add(Problem("files_unrecorded", f"{SUCCESS_MARKER} records no file hashes (finalized by an older "
+                        "fersynth): dataset files cannot be checked; rerun the generate command to re-finalize"))  # fmt: skip
+        return
+    for rel in sorted(set(recorded) | {r for r in HASHED_FILES if (root / r).is_file()}):
+        path = root / rel
+        if rel not in recorded:
+            add(Problem("file_unrecorded", f"{rel} was added after the dataset was finalized", rel))
+        elif not path.is_file():
+            add(Problem("file_missing", f"{rel} (recorded in {SUCCESS_MARKER}) is missing", rel))
+        elif sha256_file(path) != recorded[rel]:
+            add(Problem("file_modified", f"{rel} changed after the dataset was finalized", rel))
 
 
 def _check_imagefolder_copy(root: Path, df: pd.DataFrame, add: Any) -> None:
@@ -236,17 +292,87 @@ def _check_imagefolder_copy(root: Path, df: pd.DataFrame, add: Any) -> None:
         add(Problem("metadata_mismatch", f"no {IMAGEFOLDER_METADATA} (the Hugging Face ImageFolder view)", str(path)))
         return
     try:
-        copy = pq.read_table(path, columns=["sample_id", "file_name", "sha256"]).to_pandas()
+        table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
         add(Problem("metadata_mismatch", f"cannot read: {exc}", str(path)))
         return
-    key = ["sample_id", "file_name", "sha256"]
-    a = copy[key].sort_values(key).reset_index(drop=True)
-    b = df[key].sort_values(key).reset_index(drop=True) if not df.empty else pd.DataFrame(columns=key)
-    if not a.equals(b):
+    try:
+        expected = columns_of_version(parse_dataset_metadata(table.schema, str(path))["schema_version"])
+    except ManifestError as exc:
+        add(Problem("metadata_mismatch", str(exc), str(path)))
+        return
+    if table.schema.names != expected:  # a reader sees every column of this file: none may differ
+        add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} columns {table.schema.names} are not the "
+                    f"manifest's {expected}", str(path)))  # fmt: skip
+        return
+    try:
+        copy = _as_current_schema(table).to_pandas()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} columns do not have the manifest's types: {exc}",
+                    str(path)))  # fmt: skip
+        return
+    if sorted(copy["sample_id"]) != sorted(df["sample_id"]):
         add(
             Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} does not hold the same rows as the shards", str(path))
         )
+        return
+    for column, n_rows, sample in differing_columns(copy, df):
+        add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} column {column!r} differs from the manifest in "
+                    f"{n_rows} row(s)", str(path), sample))  # fmt: skip
+
+
+def differing_columns(copy: pd.DataFrame, df: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """(column, rows that differ, first such sample_id) of two frames holding the same sample ids."""
+    a = copy.sort_values("sample_id").reset_index(drop=True)
+    b = df.sort_values("sample_id").reset_index(drop=True)
+    out = []
+    for column in COLUMNS:
+        both_null = a[column].isna() & b[column].isna()
+        differ = ~(both_null | (a[column] == b[column]).fillna(False).astype(bool))
+        if differ.any():
+            out.append((column, int(differ.sum()), str(a.loc[differ, "sample_id"].iloc[0])))
+    return out
+
+
+def _check_card_against_common_metadata(root: Path, card: dict[str, Any], add: Any) -> None:
+    """The card's verdict (status, gates, metrics, thresholds) is also in _common_metadata: they must agree."""
+    path = root / MANIFEST_DIR / COMMON_METADATA
+    if not path.is_file():
+        if (root / SUCCESS_MARKER).is_file():
+            add(Problem("metadata_mismatch", f"no {MANIFEST_DIR}/{COMMON_METADATA} in a finalized dataset", str(path)))
+        return
+    try:
+        stored = parse_dataset_metadata(pq.read_schema(path), str(path))
+    except ManifestError as exc:
+        add(Problem("metadata_mismatch", str(exc), str(path)))
+        return
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        add(Problem("metadata_mismatch", f"cannot read: {exc}", str(path)))
+        return
+    if not card:
+        return
+    for name, empty in VERDICT_FIELDS.items():
+        # Through JSON as the card was, so that only a real difference (not a tuple or NaN) counts.
+        ours = json.loads(json.dumps(_or_empty(stored.get(name), empty), default=str))
+        for key, stated, recorded in _diff(_or_empty(card.get(name), empty), ours, f"{name}."):
+            add(Problem("card_mismatch", f"card {key} = {stated!r} but {MANIFEST_DIR}/{COMMON_METADATA} records "
+                        f"{recorded!r}", str(root / CARD_JSON)))  # fmt: skip
+
+
+def _or_empty(value: Any, empty: Any) -> Any:
+    return empty if value is None else value
+
+
+def _check_status_files(root: Path, card: dict[str, Any], add: Any) -> None:
+    """REJECTED must be there exactly when the card's status says rejected (a kill between them, or an edit)."""
+    rejected_file = (root / REJECTED_MARKER).exists()
+    status = card.get("status") if card else card_status(root)
+    if rejected_file and status != REJECTED:
+        add(Problem("status_mismatch", f"{REJECTED_MARKER} is present but the card's status is {status!r}",
+                    str(root / REJECTED_MARKER)))  # fmt: skip
+    elif status == REJECTED and not rejected_file:
+        add(Problem("status_mismatch", f"the card's status is 'rejected' but there is no {REJECTED_MARKER} file",
+                    str(root / CARD_JSON)))  # fmt: skip
 
 
 def _check_card(root: Path, df: pd.DataFrame, add: Any) -> dict[str, Any]:

@@ -13,6 +13,10 @@ from manifests.schema import MANIFEST_DIR
 COMMON_METADATA = "_common_metadata"
 IMAGEFOLDER_METADATA = "metadata.parquet"
 SUCCESS_MARKER = "_SUCCESS"
+# The dataset card (manifests.card writes them).
+CARD_JSON = "dataset_card.json"
+CARD_MD = "README.md"
+CROISSANT = "croissant.json"
 SHARD_RE = re.compile(r"^part-(\d{5})-of-(\d{5})\.parquet$")
 # The prefix of every unfinished atomic write (pipeline.io_utils.atomic_path): never part of a dataset.
 TEMP_PREFIX = ".tmp-"
@@ -37,6 +41,20 @@ REPORT_FILES = (
     "worst.png",
     "usefulness_confusion.png",
     GRID_FILE,
+)
+# Files `finalize` hashes into _SUCCESS when present, so the audit can tell any later edit: everything a
+# reader or tool uses besides the images and shards (whose hashes live in the manifest and _SUCCESS).
+# Not here: _SUCCESS itself, and REJECTED, which is written after a verdict and checked against the card.
+HASHED_FILES = (
+    IMAGEFOLDER_METADATA,
+    f"{MANIFEST_DIR}/{COMMON_METADATA}",
+    CARD_JSON,
+    CARD_MD,
+    CROISSANT,
+    PLAN_FILE,
+    CODES_FILE,
+    USEFULNESS_FILE,
+    *(f"{REPORT_DIR}/{name}" for name in REPORT_FILES),
 )
 
 

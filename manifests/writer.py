@@ -8,7 +8,8 @@ Layout of a generated dataset (DIR):
       manifest/_common_metadata                 schema + final dataset JSON, no rows (Spark/Dask convention)
       metadata.parquet                          all shards concatenated: the HF ImageFolder view
       dataset_card.json, README.md, croissant.json   the dataset card (manifests.card)
-      _SUCCESS                                  written last by `finalize`: shard hashes and row count
+      _SUCCESS                                  written last by `finalize`: shard hashes, row count and the
+                                                sha256 of every other dataset file (layout.HASHED_FILES)
 
 Why this layout, reader by reader:
 - pandas `pd.read_parquet(DIR/"manifest")` and `pyarrow.dataset.dataset(DIR/"manifest")` read the
@@ -50,6 +51,7 @@ import pyarrow.parquet as pq
 from manifests.card import write_card
 from manifests.layout import (
     COMMON_METADATA,
+    HASHED_FILES,
     IMAGEFOLDER_METADATA,
     SUCCESS_MARKER,
     list_shards,
@@ -162,9 +164,29 @@ def read_shards_table(root: Path) -> pa.Table:
     if not shards:
         raise ManifestError(f"{root}: not a fersynth dataset: no {MANIFEST_DIR}/part-*.parquet")
     for _, _, p in shards:
-        parse_dataset_metadata(pq.read_schema(p), str(p))
+        parse_dataset_metadata(_read_schema(p), str(p))
     dataset = ds.dataset([str(p) for _, _, p in shards], format="parquet", schema=MANIFEST_SCHEMA)
-    return dataset.to_table()
+    try:
+        return dataset.to_table()
+    except Exception as exc:  # pyarrow raises several types for damaged pages; find which file holds them
+        for _, _, p in shards:
+            _read_table(p)
+        raise ManifestError(f"{root}/{MANIFEST_DIR}: cannot read the shards: {exc}") from exc
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    """The shard's schema; a truncated or non-Parquet file is a ManifestError naming it (pyarrow names no file)."""
+    try:
+        return pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise ManifestError(f"{path}: cannot read Parquet (truncated or damaged?): {exc}") from exc
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise ManifestError(f"{path}: cannot read Parquet (truncated or damaged?): {exc}") from exc
 
 
 def finalize(root: Path, dataset_meta: dict[str, Any], *, n_shards: int | None = None, card: bool = True) -> Path:
@@ -178,6 +200,8 @@ def finalize(root: Path, dataset_meta: dict[str, Any], *, n_shards: int | None =
     counts = sorted({n for _, n, _ in shards})
     if not shards:
         raise ManifestError(f"{root}: no shards to finalize under {MANIFEST_DIR}/")
+    # The files rewritten below no longer match the old _SUCCESS: a kill from here on leaves an unfinished set.
+    (root / SUCCESS_MARKER).unlink(missing_ok=True)
     if len(counts) > 1 or (n_shards is not None and counts != [n_shards]):
         raise ManifestError(f"{root}: shard files disagree on the shard count: {counts} (expected {n_shards})")
     n = counts[0]
@@ -207,9 +231,15 @@ def finalize(root: Path, dataset_meta: dict[str, Any], *, n_shards: int | None =
             "n_rows": table.num_rows,
             "shards": {p.name: sha256_file(p) for _, _, p in shards},
             "metadata_parquet_sha256": sha256_file(root / IMAGEFOLDER_METADATA),
+            "files": recorded_file_hashes(root),
         },
     )
     return marker
+
+
+def recorded_file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every dataset file present (layout.HASHED_FILES), for the audit to tell later edits."""
+    return {rel: sha256_file(root / rel) for rel in HASHED_FILES if (root / rel).is_file()}
 
 
 def is_finalized(root: Path) -> bool:

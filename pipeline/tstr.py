@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler
 
 from manifests.labels import read_labels
+from manifests.status import require_published
 from pipeline.config import TstrArm, TstrConfig
 from pipeline.core.device import resolve_device
 from pipeline.downstream.dataset import LabelledDataset, ManifestDataset
@@ -373,13 +374,17 @@ def run_tstr(
     out: Path | None = None,
     progress: ProgressFn | None = None,
     report_only: bool = False,
+    allow_rejected: bool = False,
 ) -> dict[str, Any]:
     """Every (recipe, seed, arm) of `cfg` not finished yet, then the report.
 
+    A synthetic set that is rejected or unfinished is refused (DatasetStatusError) unless `allow_rejected`.
     Returns {"rows": [every run], "summary": [...], "targets": [...], "files": {...}, "trained": n}.
     """
     out = Path(out or cfg.out_dir)
     results, trained = None, 0
+    if synthetic is not None and not report_only:
+        require_published(Path(synthetic), allow_rejected, "tstr")
     if not report_only:
         prepare_run(synthetic, Path(real), cfg, out)
         results = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
+from typer.testing import CliRunner
 
 from manifests.labels import read_labels
 from manifests.schema import DATASET_METADATA_KEY, MANIFEST_SCHEMA_VERSION, ManifestError, make_sample_id
+from manifests.status import DatasetStatusError
 from manifests.writer import finalize, shard_path, write_shard
+from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.downstream import LabelledDataset, ManifestDataset, export_hf, export_imagefolder
 from pipeline.expressions import EXPRESSIONS
@@ -170,9 +174,113 @@ def test_export_imagefolder(data: tuple[Path, Path], tmp_path: Path) -> None:
     result = export_imagefolder(syn, tmp_path / "if", filters={"expression": ["happy", "anger"]})
     files = sorted((tmp_path / "if").rglob("*.png"))
     assert len(files) == result["images"] > 0 and {f.parent.name for f in files} == {"happy", "anger"}
-    assert result["link"] == len(files)  # same file system: hard links, no copies
+    assert result["copy"] == len(files) and result["link"] == 0  # copies unless --link is asked for
     with pytest.raises(FileExistsError, match="not empty"):
         export_imagefolder(syn, tmp_path / "if")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def _own_copy(syn: Path, tmp_path: Path) -> Path:
+    """A copy of the module's generated set that a test may damage."""
+    return Path(shutil.copytree(syn, tmp_path / "src"))
+
+
+def _edit_bytes(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"edited")
+
+
+def test_editing_an_export_never_touches_the_source(data: tuple[Path, Path], tmp_path: Path) -> None:
+    _, syn = data
+    src = _own_copy(syn, tmp_path)
+    export_imagefolder(src, tmp_path / "copied")
+    _edit_bytes(next((tmp_path / "copied").rglob("*.png")))
+    assert audit_problems(src) == set()
+
+    linked = export_imagefolder(src, tmp_path / "linked", link=True)
+    assert linked["link"] == linked["images"]  # opt-in: hard links, and then an edit does reach the source
+    _edit_bytes(next((tmp_path / "linked").rglob("*.png")))
+    assert "hash_mismatch" in audit_problems(src)
+
+
+def audit_problems(root: Path) -> set[str]:
+    from manifests.audit import audit_dataset
+
+    return {p.code for p in audit_dataset(root).problems} - {"card_missing"}  # these test sets have no card
+
+
+def test_export_refuses_a_tampered_image_naming_it_and_writes_nothing(data: tuple[Path, Path], tmp_path: Path) -> None:
+    _, syn = data
+    src = _own_copy(syn, tmp_path)
+    name = pq.read_table(src / "metadata.parquet", columns=["file_name"]).column(0)[-1].as_py()
+    _edit_bytes(src / name)
+    for link in (False, True):
+        out = tmp_path / f"out-{link}"
+        with pytest.raises(ManifestError, match=rf"{name}: sha256 differs from the manifest"):
+            export_imagefolder(src, out, require_pass=False, link=link)
+        assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("how", ["REJECTED file", "card status", "no _SUCCESS"])
+def test_export_refuses_a_rejected_or_unfinished_set_unless_allowed(
+    data: tuple[Path, Path], tmp_path: Path, how: str
+) -> None:
+    _, syn = data
+    src = _own_copy(syn, tmp_path)
+    if how == "REJECTED file":
+        (src / "REJECTED").write_text(json.dumps({"message": "rejected: kid_mean 0.3 > 0.05"}))
+    elif how == "card status":
+        (src / "dataset_card.json").write_text(json.dumps({"status": "rejected"}))
+    else:
+        (src / "_SUCCESS").unlink()
+    with pytest.raises(DatasetStatusError, match="--allow-rejected"):
+        export_hf(src, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    assert export_hf(src, tmp_path / "hf", allow_rejected=True)["images"] > 0
+
+
+def test_a_truncated_shard_is_named(data: tuple[Path, Path], tmp_path: Path) -> None:
+    _, syn = data
+    src = _own_copy(syn, tmp_path)
+    shard = shard_path(src, 1, 2)
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ManifestError, match=rf"{shard}: cannot read Parquet"):
+        ManifestDataset(src)
+    (src / "_SUCCESS").unlink()  # even with the shard check of a finalized set out of the way
+    with pytest.raises(ManifestError, match=rf"{shard}: cannot read Parquet"):
+        export_imagefolder(src, tmp_path / "out", allow_rejected=True)
+
+
+def test_export_cli_copies_warns_on_link_and_refuses_rejected_in_one_line(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, syn = data
+    src = _own_copy(syn, tmp_path)
+    runner = CliRunner()
+    copied = runner.invoke(app, ["export-dataset", str(src), str(tmp_path / "a")])
+    assert copied.exit_code == 0 and "0 linked" in copied.output and "warning" not in copied.output
+    linked = runner.invoke(app, ["export-dataset", str(src), str(tmp_path / "b"), "--link"])
+    assert linked.exit_code == 0 and "warning:" in linked.output and "edits" in linked.output
+    (src / "REJECTED").write_text(json.dumps({"message": "rejected: pass_rate 0.1 < 0.5"}))
+    refused = runner.invoke(app, ["export-dataset", str(src), str(tmp_path / "c")])
+    errors = [ln for ln in refused.output.splitlines() if ln.startswith("error:")]
+    assert refused.exit_code == 2 and len(errors) == 1, refused.output
+    assert "REJECTED" in errors[0] and "pass_rate 0.1 < 0.5" in errors[0] and "--allow-rejected" in errors[0]
+    allowed = runner.invoke(app, ["export-dataset", str(src), str(tmp_path / "c"), "--allow-rejected"])
+    assert allowed.exit_code == 0 and "warning: using a rejected dataset" in allowed.output
+
+
+def test_tstr_refuses_a_rejected_synthetic_set_before_training(data: tuple[Path, Path], tmp_path: Path) -> None:
+    real, syn = data
+    src = _own_copy(syn, tmp_path)
+    (src / "REJECTED").write_text(json.dumps({"message": "rejected: kid_mean 0.3 > 0.05"}))
+    args = ["tstr", "--synthetic", str(src), "--real", str(real), "--out", str(tmp_path / "t")]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--allow-rejected" in refused.output, refused.output
+    assert not (tmp_path / "t").exists()
+    from pipeline.tstr import run_tstr
+
+    with pytest.raises(DatasetStatusError, match="tstr refuses a rejected dataset"):
+        run_tstr(src, real, load_config(None, []).tstr, tmp_path / "t")
 
 
 def test_export_hf_loads_with_datasets(data: tuple[Path, Path], tmp_path: Path) -> None:

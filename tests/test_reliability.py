@@ -329,3 +329,86 @@ def test_recovery_puts_the_old_dataset_back_when_the_new_one_is_not_complete(tmp
     assert not dataset_mod.publish_journal(final).exists()
     assert dataset_mod.recover_publish(staging, final) is None  # nothing left to do
     assert neighbour.is_dir()
+
+
+# --------------------------------------------------------------------------- status files (issue 30)
+
+
+@pytest.mark.parametrize("verdict_passed", [False, True])
+@pytest.mark.parametrize("killed_in", ["card", "_SUCCESS"])
+def test_a_kill_while_writing_the_status_leaves_the_old_status_or_the_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verdict_passed: bool, killed_in: str
+) -> None:
+    """A set rejected before is re-judged; whatever the verdict and wherever the kill, it never reads published early."""
+    from test_manifest import final_meta
+
+    import manifests.writer as writer_mod
+    from manifests.status import read_status
+
+    root = tmp_path / "staging"
+    rows = build_dataset(root)
+    (root / "REJECTED").write_text('{"message": "rejected: before"}')
+    assert read_status(root).state == "rejected"
+    verdict = {"passed": verdict_passed, "failed_message": "" if verdict_passed else "kid", "gates": [], "report": None}
+    # These rows fail class_balance, so a passing verdict's card carries no status (the audit would flag "published").
+    meta = {**final_meta(rows), "status": None if verdict_passed else "rejected"}
+    real_card, real_json = writer_mod.write_card, writer_mod.atomic_write_json
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    if killed_in == "card":
+        monkeypatch.setattr(writer_mod, "write_card", die)
+    else:
+        monkeypatch.setattr(writer_mod, "atomic_write_json", die)  # finalize writes _SUCCESS with it, last
+    with pytest.raises(Killed):
+        dataset_mod.write_status(root, verdict, lambda: writer_mod.finalize(root, meta))
+    assert read_status(root).state == "rejected"  # the old status (and the new one when rejected again)
+    assert audit_dataset(root).status == "rejected"
+
+    monkeypatch.setattr(writer_mod, "write_card", real_card)
+    monkeypatch.setattr(writer_mod, "atomic_write_json", real_json)
+    dataset_mod.write_status(root, verdict, lambda: writer_mod.finalize(root, meta))  # the rerun
+    assert read_status(root).state == ("published" if verdict_passed else "rejected")
+    assert audit_dataset(root).ok, audit_dataset(root).problems
+
+
+def test_a_rerun_over_a_damaged_published_set_refuses_in_one_line_and_overwrite_repairs_it(
+    tiny: Path, tmp_path: Path, sets: list[str]
+) -> None:
+    first = generate_dataset(None, tiny, tmp_path, overrides=sets, name="ds")
+    final = first.dataset_dir
+    assert first.published and audit_dataset(final).ok
+    next((final / "images").rglob("*.png")).unlink()
+    (final / "extra.txt").write_text("added by hand\n")
+
+    res = CliRunner().invoke(app, ["generate", "--checkpoint", str(tiny), "--out", str(tmp_path), "--name", "ds",
+                                   *cli_args(sets)])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    (line,) = error_lines(res.output)
+    assert "published dataset is damaged" in line and "missing_file" in line and "--overwrite" in line
+    assert "already done" not in res.output
+
+    repaired = generate_dataset(None, tiny, tmp_path, overrides=sets, name="ds", overwrite=True)
+    assert repaired.published and repaired.shards_rendered == repaired.n_shards
+    assert audit_dataset(final).ok and not (final / "extra.txt").exists()
+
+
+def test_a_check_setting_change_rescores_staged_renders_without_touching_them(
+    tiny: Path, tmp_path: Path, sets: list[str]
+) -> None:
+    strict = [*sets, "quality.kid_ceiling=1e-12"]  # rejected: the set stays in staging
+    first = generate_dataset(None, tiny, tmp_path, overrides=strict, name="ds")
+    assert first.status == "rejected"
+    pngs = sorted((first.dataset_dir / "images").rglob("*.png"))
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pngs}
+    hashes = read_manifest(first.dataset_dir)[["sample_id", "sha256"]]
+
+    again = generate_dataset(None, tiny, tmp_path, overrides=[*strict, "quality.ssim_floor=0.99"], name="ds")
+    assert again.shards_rendered == 0
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pngs} == before  # not one image rewritten
+    rows = read_manifest(again.dataset_dir)
+    assert rows[["sample_id", "sha256"]].equals(hashes)
+    scored = rows["ssim_truth"].notna()
+    assert scored.any() and not rows.loc[scored, "all_pass"].any()  # the new floor was applied
+    assert audit_dataset(again.dataset_dir).ok

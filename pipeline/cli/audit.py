@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from manifests.audit import AuditResult, audit_dataset
-from pipeline.cli.app import app, guarded
+from pipeline.cli.app import app, fail, guarded
 
 # The summary is the command's output, so it goes to stdout (errors stay on the shared stderr console).
 out = Console(highlight=False)
@@ -20,13 +20,15 @@ out = Console(highlight=False)
 
 @app.command("audit")
 def audit(
-    root: Annotated[Path, typer.Argument(help="Dataset folder (holds data/part-*.parquet and the card).")],
+    root: Annotated[Path, typer.Argument(help="Dataset folder (holds manifest/part-*.parquet and the card).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
     no_hashes: Annotated[
         bool, typer.Option("--no-hashes", help="Skip hashing images (existence still checked).")
     ] = False,
 ) -> None:
-    """Audit a generated dataset: schema, files and hashes, paths, card, lineage. Exit 1 on problems."""
+    """Audit a generated dataset: schema, files and hashes, paths, card, status, lineage. Exit 1 on problems."""
+    if not root.exists():  # a mistyped path is bad input, not a dataset with problems
+        fail(f"{root}: no such folder")
     result = guarded(lambda: audit_dataset(root, check_hashes=not no_hashes))
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
@@ -54,8 +56,13 @@ def _print_summary(result: AuditResult) -> None:
         for k, v in result.lineage.items():
             table.add_row(k, json.dumps(v, sort_keys=True, default=str) if isinstance(v, dict | list) else str(v))
         out.print(table)
+    if s.get("not_covered"):
+        out.print("  not covered by any recorded hash: " + ", ".join(s["not_covered"]))
+    if result.status and result.status != "published":
+        # The files may be sound, but nobody should take this set for a published one.
+        out.print(f"[bold yellow]status: {result.status.upper()}[/]: {result.status_reason}")
     if result.ok:
-        out.print("[bold green]OK[/]: no problems found")
+        out.print(f"[bold green]OK[/]: no problems found (status: {result.status})")
         return
     table = Table(title=f"{len(result.problems)} problem(s)")
     for col in ("code", "message", "path", "sample"):

@@ -25,6 +25,9 @@ def tstr(
         bool, typer.Option("--report-only", help="Rebuild the report from the arms finished under the report folder.")
     ] = False,
     flow: Annotated[bool, typer.Option("--flow", help="Run as the Prefect flow `tstr` (artifacts).")] = False,
+    allow_rejected: Annotated[
+        bool, typer.Option("--allow-rejected", help="Use a rejected or unfinished generated dataset anyway.")
+    ] = False,
 ) -> None:
     """Train on synthetic, test on real: a ResNet-18 per arm, recipe and seed, evaluated on real test images.
 
@@ -42,6 +45,8 @@ def tstr(
             if not cfg.tstr.arms:
                 console.print("[bold red]error:[/] tstr.arms needs a generated dataset; pass --synthetic")
                 raise typer.Exit(code=2)
+    if synthetic is not None and not report_only:
+        _warn_if_not_published(synthetic, allow_rejected, "tstr")  # before either path trains anything
     if flow and not report_only:
         from flows.tstr import tstr_flow
         from pipeline.config import config_to_dict
@@ -57,7 +62,9 @@ def tstr(
         if step == total or step % max(1, total // 10) == 0:
             console.print(f"  {arm}: step {step}/{total} loss {loss:.4f}", highlight=False)
 
-    result = guarded(lambda: run_tstr(synthetic, real or Path(), cfg.tstr, out_dir, progress, report_only))
+    result = guarded(
+        lambda: run_tstr(synthetic, real or Path(), cfg.tstr, out_dir, progress, report_only, allow_rejected)
+    )
     for row in result["summary"]:
         console.print(
             f"  {row['recipe']:<10} {row['arm']:<24} accuracy {row['accuracy_mean']:.3f} ± {row['accuracy_std']:.3f}"
@@ -97,13 +104,53 @@ def export_dataset(
         list[str] | None, typer.Option("--where", help="pandas query over manifest columns (repeatable).")
     ] = None,
     all_rows: Annotated[bool, typer.Option("--all", help="Include images that failed a per-image check.")] = False,
-    copy: Annotated[bool, typer.Option("--copy", help="Copy files instead of hard-linking them.")] = False,
+    link: Annotated[
+        bool,
+        typer.Option(
+            "--link/--copy",
+            help="Hard-link images instead of copying them (default: copy). Linked files ARE the dataset's files: "
+            "editing one in the export edits the source dataset.",
+        ),
+    ] = False,
+    allow_rejected: Annotated[
+        bool, typer.Option("--allow-rejected", help="Export a rejected or unfinished dataset anyway.")
+    ] = False,
 ) -> None:
-    """Export a generated dataset (optionally filtered) as an ImageFolder tree or a `datasets` folder."""
+    """Export a generated dataset (optionally filtered) as an ImageFolder tree or a `datasets` folder.
+
+    Every image's sha256 is checked against the manifest on the way: a changed image stops the export.
+    """
     from pipeline.downstream import export_hf, export_imagefolder
 
+    _warn_if_not_published(root, allow_rejected, "export-dataset")
+    if link:
+        console.print(
+            "[bold yellow]warning:[/] --link: the exported images are hard links to the dataset's own files; "
+            f"editing one in {out} edits {root} too",
+            highlight=False,
+        )
     fn = export_hf if format_ == "hf" else export_imagefolder
-    result = guarded(lambda: fn(root, out, filters=list(where or []) or None, require_pass=not all_rows, link=not copy))
-    console.print(
-        f"wrote {result['images']} images to {result['out']} ({result['link']} linked, {result['copy']} copied)"
+    result = guarded(
+        lambda: fn(
+            root,
+            out,
+            filters=list(where or []) or None,
+            require_pass=not all_rows,
+            link=link,
+            allow_rejected=allow_rejected,
+        )
     )
+    console.print(
+        f"wrote {result['images']} images to {result['out']} ({result['link']} linked, {result['copy']} copied; "
+        "every sha256 checked)",
+        highlight=False,
+    )
+
+
+def _warn_if_not_published(root: Path, allow_rejected: bool, use: str) -> None:
+    """Refuse (one line, exit 2) a rejected or unfinished generated dataset, or warn when it is allowed."""
+    from manifests.status import require_published
+
+    status = guarded(lambda: require_published(root, allow_rejected, use))
+    if not status.published:
+        console.print(f"[bold yellow]warning:[/] using a {status.state} dataset: {status.reason}", highlight=False)

@@ -6,6 +6,8 @@ when opened. The config travels as a JSON string and is compared with the one a 
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ import torch
 from pipeline.io_utils import atomic_path, sha256_file
 
 FORMAT = "fersynth.checkpoint.v1"
+# torch's refusal of a pickled object names it after "WeightsUnpickler error:" amid advice that does not apply here.
+_REFUSED_OBJECT = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\s+was not an allowed global|\.\s|\n|$)")
 
 
 class CheckpointError(ValueError):
@@ -33,13 +37,33 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle opcode, disallowed global...
-        raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({type(exc).__name__}: {exc})") from exc
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(_refusal_line(path, exc)) from exc
+    except Exception as exc:  # truncated zip, damaged archive...
+        raise CheckpointError(
+            f"{path}: corrupted or truncated checkpoint ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a fersynth checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r})"
         )
     return ckpt
+
+
+def _refusal_line(path: Path, exc: pickle.UnpicklingError) -> str:
+    """One line for a checkpoint holding Python objects: torch's advice to load it unsafely is left out on purpose."""
+    found = _REFUSED_OBJECT.search(str(exc))
+    what = found.group(1).strip() if found else _first_line(exc)
+    return (
+        f"{path}: refused: it holds Python objects, not only tensors and numbers ({what}); "
+        "fersynth loads checkpoints as data so that opening one never runs code: this is not a fersynth checkpoint"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of `exc`: torch's further sentences are advice for other situations."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return line.split(". ", 1)[0].rstrip(".")
 
 
 def checkpoint_sha256(path: Path) -> str:

@@ -4,18 +4,28 @@
 - `export_hf`: the same folders plus `metadata.parquet` (file_name, label, metadata columns), so
   `datasets.load_dataset("imagefolder", data_dir=OUT)` gives an `image` column, the int `label`
   (index into pipeline.expressions.EXPRESSIONS) and the metadata columns with no further arguments.
-  (datasets 5.2 ignores README feature declarations for imagefolder, so `label` stays int64; the
-  README shows the one-line cast to a ClassLabel.)
+  (datasets 5.2 ignores README feature declarations for imagefolder; `label` is a ClassLabel in that
+  order because metadata.parquet declares it under the schema's b"huggingface" key.)
 
-Images are hard-linked when OUT is on the same file system (no extra space, and the bytes, hence
-the manifest's sha256, cannot differ), else copied. OUT must be new or empty: an export never
-mixes with older files.
+Images are copied, each read once: its sha256 is computed on the way and compared with the manifest's,
+so an image changed since it was rendered stops the export, naming the file. `link=True` hard-links
+instead (no extra space), but then the exported files ARE the dataset's files: an edit in the export
+edits the source dataset (the CLI warns). A rejected or unfinished dataset is refused unless
+`allow_rejected`; one whose shards changed after it was finalized is always refused.
+
+The export is built in a hidden `.tmp-` folder beside OUT and renamed to OUT only once complete, so a
+failed or interrupted export leaves no half folder. OUT must be new or empty.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +33,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.layout import SUCCESS_MARKER, TEMP_PREFIX
 from manifests.reader import read_manifest
 from manifests.schema import ManifestError
+from manifests.status import changed_shards, require_published
 from pipeline.downstream.dataset import Filters, apply_filters
 from pipeline.expressions import EXPRESSIONS
-from pipeline.io_utils import atomic_write_text, inside_root
+from pipeline.io_utils import CHUNK, atomic_write_text, inside_root, sha256_file
 
 # Columns carried into the HF export's metadata (besides file_name and label).
 HF_COLUMNS = ("expression", "identity_id", "identity_source", "intensity", "sample_id", "sha256")
+# `datasets` reads a Parquet file's features from this schema key: `label` loads as a ClassLabel in the
+# manifest's order (label i = EXPRESSIONS[i]), the order of every other route.
+HF_LABEL_FEATURES = {
+    b"huggingface": json.dumps({"info": {"features": {"label": {"names": list(EXPRESSIONS), "_type": "ClassLabel"}}}})
+}
 
 
 def _select(root: Path, filters: Filters, require_pass: bool) -> pd.DataFrame:
@@ -43,64 +60,131 @@ def _select(root: Path, filters: Filters, require_pass: bool) -> pd.DataFrame:
     return df
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
+def check_source(root: Path, allow_rejected: bool) -> None:
+    """Refuse a rejected or unfinished dataset (unless allowed) and one whose shards changed after finalize."""
+    require_published(root, allow_rejected, "export-dataset")
+    changed = changed_shards(root)
+    if changed:
+        raise ManifestError(
+            f"{changed[0]}: changed after the dataset was finalized (sha256 differs from {SUCCESS_MARKER}); "
+            f"nothing exported; run `fersynth audit {root}`"
+        )
+
+
+@contextlib.contextmanager
+def staged_out(out: Path) -> Iterator[Path]:
+    """A hidden folder beside `out` to build the export in, renamed to `out` only when the block succeeds."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} is not empty; export into a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = out.parent / f"{TEMP_PREFIX}{out.name}.{uuid.uuid4().hex[:8]}"
+    building.mkdir()
+    try:
+        yield building
+        if out.exists():
+            out.rmdir()  # empty (checked above): a rename replaces no folder on some systems
+        os.replace(building, out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
 
 
-def _place(src: Path, dst: Path, link: bool) -> str:
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy `src` to `dst` and return the sha256 of the bytes written, reading the source once."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+    shutil.copystat(src, dst)
+    return h.hexdigest()
+
+
+def _place(src: Path, dst: Path, link: bool) -> tuple[str, str]:
+    """Put `src` at `dst` (a hard link if asked and possible, else a copy); returns (how, sha256 of dst)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
         try:
             os.link(src, dst)
-            return "link"
+            return "link", sha256_file(dst)
         except OSError:  # another file system, or links not allowed: fall back to a copy
             pass
-    shutil.copy2(src, dst)
-    return "copy"
+    return "copy", _copy_hashing(src, dst)
 
 
 def _copy_images(root: Path, df: pd.DataFrame, out: Path, link: bool) -> tuple[list[str], dict[str, int]]:
     names: list[str] = []
     how = {"link": 0, "copy": 0}
-    for file_name, expression, sample_id in zip(df["file_name"], df["expression"], df["sample_id"], strict=True):
+    rows = zip(df["file_name"], df["expression"], df["sample_id"], df["sha256"], strict=True)
+    for file_name, expression, sample_id, expected_sha in rows:
         src = inside_root(root, file_name)
         if not src.is_file():
-            raise ManifestError(f"{root}: image {file_name!r} listed in the manifest is missing")
+            raise ManifestError(
+                f"{src}: image listed in the manifest is missing (sample {sample_id}); nothing exported"
+            )
         # sample_id is unique in a manifest, so the flat per-class name cannot collide.
         rel = f"{expression}/{sample_id}{src.suffix.lower() or '.png'}"
-        how[_place(src, out / rel, link)] += 1
+        placed, sha = _place(src, out / rel, link)
+        if sha != expected_sha:
+            raise ManifestError(
+                f"{src}: sha256 differs from the manifest's (sample {sample_id}): the image changed after it was "
+                f"rendered; nothing exported; run `fersynth audit {root}`"
+            )
+        how[placed] += 1
         names.append(rel)
     return names, how
 
 
+def _export(
+    root: Path,
+    out: Path,
+    filters: Filters,
+    require_pass: bool,
+    link: bool,
+    allow_rejected: bool,
+    extra: Callable[[Path, pd.DataFrame, list[str]], None] | None = None,
+) -> dict[str, Any]:
+    check_source(root, allow_rejected)
+    df = _select(root, filters, require_pass)
+    with staged_out(out) as building:
+        names, how = _copy_images(root, df, building, link)
+        if extra is not None:
+            extra(building, df, names)
+    return {"out": str(out), "images": len(df), "per_class": _counts(df), **how}
+
+
 def export_imagefolder(
-    root: Path | str, out: Path | str, filters: Filters = None, require_pass: bool = True, link: bool = True
+    root: Path | str,
+    out: Path | str,
+    filters: Filters = None,
+    require_pass: bool = True,
+    link: bool = False,
+    allow_rejected: bool = False,
 ) -> dict[str, Any]:
     """Write OUT/<expression>/<sample_id>.png for the selected rows; returns counts."""
-    root, out = Path(root), Path(out)
-    df = _select(root, filters, require_pass)
-    _prepare_out(out)
-    _, how = _copy_images(root, df, out, link)
-    return {"out": str(out), "images": len(df), "per_class": _counts(df), **how}
+    return _export(Path(root), Path(out), filters, require_pass, link, allow_rejected)
 
 
 def export_hf(
-    root: Path | str, out: Path | str, filters: Filters = None, require_pass: bool = True, link: bool = True
+    root: Path | str,
+    out: Path | str,
+    filters: Filters = None,
+    require_pass: bool = True,
+    link: bool = False,
+    allow_rejected: bool = False,
 ) -> dict[str, Any]:
     """An ImageFolder tree plus metadata.parquet and a README with features, loadable by `datasets`."""
-    root, out = Path(root), Path(out)
-    df = _select(root, filters, require_pass)
-    _prepare_out(out)
-    names, how = _copy_images(root, df, out, link)
-    meta = pd.DataFrame({"file_name": names, "label": df["expression_index"].astype("int64").to_numpy()})
-    for col in HF_COLUMNS:
-        meta[col] = df[col].to_numpy()
-    table = pa.Table.from_pandas(meta, preserve_index=False)
-    pq.write_table(table, out / "metadata.parquet")
-    atomic_write_text(out / "README.md", _hf_readme(meta, root))
-    return {"out": str(out), "images": len(df), "per_class": _counts(df), **how}
+    root = Path(root)
+
+    def hf_files(building: Path, df: pd.DataFrame, names: list[str]) -> None:
+        meta = pd.DataFrame({"file_name": names, "label": df["expression_index"].astype("int64").to_numpy()})
+        for col in HF_COLUMNS:
+            meta[col] = df[col].to_numpy()
+        table = pa.Table.from_pandas(meta, preserve_index=False)
+        pq.write_table(table.replace_schema_metadata(HF_LABEL_FEATURES), building / "metadata.parquet")
+        atomic_write_text(building / "README.md", _hf_readme(meta, root))
+
+    return _export(root, Path(out), filters, require_pass, link, allow_rejected, hf_files)
 
 
 def _counts(df: pd.DataFrame) -> dict[str, int]:

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from manifests.audit import unaccounted_files
+from manifests.audit import audit_dataset, unaccounted_files
 from manifests.card import CARD_MD, package_versions
 from manifests.labels import dataset_kind, read_labels
 from manifests.layout import GRID_FILE, REJECTED_MARKER, REPORT_DIR, SUCCESS_MARKER, TEMP_PREFIX
@@ -312,8 +312,15 @@ def _stage(cfg: Config, plan: SweepPlan, out: Path, name: str, overwrite: bool) 
     recover_publish(staging, final)
     if final.exists():
         if plan_key_of(final) == plan.key and (final / "_SUCCESS").is_file() and _judged_alike(final, cfg):
-            return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=True)
-        if not overwrite:
+            damage = published_damage(final)
+            if damage is None:
+                return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=True)
+            if not overwrite:
+                raise FileExistsError(
+                    f"{final}: the published dataset is damaged ({damage}); pass --overwrite to render it again "
+                    f"(it is replaced only once the new one passes its gates); `fersynth audit {final}` lists every problem"
+                )
+        elif not overwrite:
             raise FileExistsError(
                 f"{final} already holds another dataset (or this one judged with other thresholds, or files that are not "
                 "a dataset); choose another name/--out "
@@ -335,6 +342,15 @@ def _stage(cfg: Config, plan: SweepPlan, out: Path, name: str, overwrite: bool) 
         update_plan_meta(staging, plan.meta)
     sweep_unplanned(staging, plan)
     return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=False)
+
+
+def published_damage(final: Path) -> str | None:
+    """What is wrong with a published dataset (the first of its audit problems, in one line), or None when sound."""
+    result = audit_dataset(final)
+    if result.ok:
+        return None
+    first = result.problems[0]
+    return f"{len(result.problems)} problem(s), first {first.code}: {first.message}"
 
 
 def sweep_unplanned(staging: Path, plan: SweepPlan) -> list[str]:
@@ -486,7 +502,7 @@ def sample_grid(root: Path, df: pd.DataFrame, plan: SweepPlan, n_ids: int, path:
 def finish(
     cfg_or_none: Config | None, staging: Path, run_id: str, progress: ProgressFn | None = None
 ) -> dict[str, Any]:
-    """Dataset-level step: FID/KID, gates, finalize (card, _SUCCESS), quality report, sample grid.
+    """Dataset-level step: FID/KID, gates, quality report, sample grid, then the status files and finalize.
 
     Returns a small JSON-safe dict (passed, failed_message, gates, metrics, paths).
     """
@@ -517,7 +533,6 @@ def finish(
     status = "published" if report.passed else "rejected"
     gates = report.to_dict()["gates"]
     meta = _dataset_meta(cfg, plan, len(df), run_id, status, gates, metrics)
-    finalize(staging, meta, n_shards=plan.n_shards)
     kind = dataset_kind(read_labels(Path(cfg.data.root))[0])
     ident_thr = cfg.quality.identity_threshold_for(resolve_identity_backend(cfg.quality.identity_backend, kind))
     sub = _subset(len(df), cfg.generate.report_max_images, cfg.generate.seed + 2)
@@ -534,7 +549,7 @@ def finish(
         usefulness=metrics,
     )
     grid = sample_grid(staging, df, plan, cfg.generate.grid_identities, staging / REPORT_DIR / GRID_FILE)
-    return {
+    verdict = {
         "passed": report.passed,
         "status": status,
         "failed_message": report.failed_message(),
@@ -543,6 +558,33 @@ def finish(
         "report": str(paths["report"]),
         "grid": str(grid),
         "n_images": len(df),
+    }
+    # The report is written before finalize, so _SUCCESS records its hashes too.
+    write_status(staging, verdict, lambda: finalize(staging, meta, n_shards=plan.n_shards))
+    return verdict
+
+
+def write_status(staging: Path, verdict: dict[str, Any], finalize_now: Callable[[], Any]) -> None:
+    """Finalize with the status files in an order a kill cannot make look finished and good.
+
+    finalize removes _SUCCESS first and writes it last. A rejection writes REJECTED before that, so the
+    set reads rejected from then on; a pass removes an old REJECTED only after the new _SUCCESS, so until
+    then it still reads rejected (or unfinished): a kill leaves the old status or the new, never a good-looking set.
+    """
+    marker = staging / REJECTED_MARKER
+    if not verdict["passed"]:
+        atomic_write_json(marker, rejection_record(verdict))
+    finalize_now()
+    if verdict["passed"]:
+        marker.unlink(missing_ok=True)
+
+
+def rejection_record(verdict: dict[str, Any]) -> dict[str, Any]:
+    """What REJECTED holds: the failed gates in one message, each gate, and where the report is."""
+    return {
+        "message": f"rejected: {verdict['failed_message']}",
+        "failed_gates": [g for g in verdict["gates"] if g.get("enforced", True) and not g["passed"]],
+        "report": verdict.get("report"),
     }
 
 
@@ -617,14 +659,7 @@ def publish(staging: Path, final: Path, verdict: dict[str, Any], overwrite: bool
     staging, final = Path(staging), Path(final)
     marker = staging / REJECTED_MARKER
     if not verdict["passed"]:
-        atomic_write_json(
-            marker,
-            {
-                "message": f"rejected: {verdict['failed_message']}",
-                "failed_gates": [g for g in verdict["gates"] if g.get("enforced", True) and not g["passed"]],
-                "report": verdict.get("report"),
-            },
-        )
+        atomic_write_json(marker, rejection_record(verdict))  # finish wrote it already; the same bytes again
         return staging
     marker.unlink(missing_ok=True)
     sweep_strays(staging)
@@ -750,7 +785,7 @@ def _render_judge_publish(
     for i in range(plan.n_shards):
         r = render_shard(prep.staging, i, run_id, plan=plan, progress=tick)
         rendered += r["status"] == "rendered"
-        skipped += r["status"] == "skipped"
+        skipped += r["status"] in ("skipped", "rescored")  # rescored: judged again, nothing re-rendered
     verdict = finish(None, prep.staging, run_id, progress)
     where = publish(prep.staging, prep.final, verdict, overwrite)
     return GenerateResult(

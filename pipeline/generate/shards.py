@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import threading
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torch import nn
 
 from manifests.labels import dataset_kind
@@ -380,14 +382,56 @@ def _part_checks_key(path: Path) -> str | None:
         return None
 
 
+RESCORE = "per-image check settings changed since the shard was written"
+
+
 def why_render(root: Path, plan: SweepPlan, index: int) -> str | None:
-    """Why shard `index` must be (re-)rendered, or None when its part is complete and current."""
+    """Why shard `index` must be (re-)rendered or re-scored (RESCORE), or None when its part is complete and current."""
     problem = shard_problem(root, index, plan.n_shards, plan.shard_ids(index))
     if problem is None and _part_checks_key(shard_path(root, index, plan.n_shards)) != checks_key(plan):
-        # Same images, other per-image thresholds: the flags must be recomputed. Rendering is
-        # deterministic, so re-rendering rewrites identical files with fresh flags.
-        problem = "per-image check settings changed since the shard was written"
+        problem = RESCORE  # same images, other per-image settings: only the flags must be recomputed
     return problem
+
+
+def stored_renders(root: Path, part: Path, items: list[PlanItem]) -> tuple[np.ndarray, list[str]] | None:
+    """The shard's PNGs as uint8 NHWC in `items` order and their sha256, or None when any file differs from its row."""
+    table = pq.read_table(part, columns=["sample_id", "sha256"]).to_pydict()
+    recorded = dict(zip(table["sample_id"], table["sha256"], strict=True))
+    images, hashes = [], []
+    for it in items:
+        data = (root / it.file_name).read_bytes()
+        if sha256_bytes(data) != recorded.get(it.sample_id):
+            return None  # changed since it was rendered: render it again instead
+        with Image.open(io.BytesIO(data)) as im:
+            images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        hashes.append(recorded[it.sample_id])
+    return np.stack(images), hashes
+
+
+def _rescore_rows(
+    root: Path,
+    plan: SweepPlan,
+    index: int,
+    items: list[PlanItem],
+    run_id: str,
+    progress: Progress | None,
+    device: torch.device | None,
+) -> pd.DataFrame | None:
+    """The shard's rows with fresh per-image checks of its stored PNGs (lossless, so the same pixels); None if any changed."""
+    stored = stored_renders(root, shard_path(root, index, plan.n_shards), items)
+    if stored is None:
+        return None
+    imgs, hashes = stored
+    ctx = get_context(plan, device)
+    bs = ctx.cfg.generate.batch_size
+    frames = []
+    for start in range(0, len(items), bs):
+        batch = items[start : start + bs]
+        checks = check_batch(ctx, plan, batch, imgs[start : start + bs])
+        frames.append(_manifest_rows(ctx, batch, hashes[start : start + bs], checks, index, run_id))
+        if progress:
+            progress(len(batch))
+    return pd.concat(frames, ignore_index=True)
 
 
 def shard_meta(plan: SweepPlan, run_id: str) -> dict[str, Any]:
@@ -428,6 +472,11 @@ def render_shard(
             progress(len(items))
         return {"shard": index, "status": "skipped", "n": len(items), "reason": ""}
     part = shard_path(root, index, plan.n_shards)
+    if problem == RESCORE:
+        rows = _rescore_rows(root, plan, index, items, run_id, progress, device)
+        if rows is not None:  # the images stay as they are: only the flags in the part are new
+            write_shard(root, index, plan.n_shards, rows, shard_meta(plan, run_id))
+            return {"shard": index, "status": "rescored", "n": len(items), "reason": problem}
     # A part that exists but is not complete (truncated, corrupt, another plan's) must go first:
     # readers would otherwise see it while the shard is re-rendered.
     part.unlink(missing_ok=True)
