@@ -6,23 +6,36 @@
 run writes a new folder and a published dataset is never overwritten (the subflow also runs with
 overwrite=False, and an existing folder of that name stops the run before any work).
 
-Two ways to run it (docs/scheduling.md):
-- `fersynth serve --config C.yaml`: `prefect.serve(...)` in this process (no work pool needed);
-- prefect.yaml + `prefect deploy`: a work-pool deployment picked up by `prefect worker start`.
+Two ways to run it (docs/scheduling.md), under different deployment names so that neither takes
+over the other's deployment (and with it the other's pull steps and schedule):
+- `fersynth serve --config C.yaml`: a Prefect runner in this process (no work pool needed),
+  deployment `generate-scheduled/<schedule.deployment_name>`;
+- prefect.yaml + `prefect deploy`: a work-pool deployment picked up by `prefect worker start`,
+  deployment `generate-scheduled/fersynth-generate-pool`.
+
+A failed run ends with its one-line reason as the state message (the failed gates, the missing
+file), not Prefect's "1/1 states failed.".
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow
 from prefect.schedules import Cron
+from prefect.states import Failed
 
 from pipeline.config import Config, ConfigError, config_to_dict, load_config
 
 FLOW_NAME = "generate-scheduled"
+PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
+# Prefect's own prefixes of an exception's state message; the reason is what follows them.
+_STATE_PREFIXES = ("Flow run encountered an exception: ", "Task run encountered an exception ")
 
 
 def version_name(prefix: str, when: datetime, run_id: str | None) -> str:
@@ -57,9 +70,24 @@ def scheduled_generate_flow(
         # Names carry the run id, so this only happens when a run is retried by hand; never replace it.
         raise FileExistsError(f"{target} already exists; a scheduled run never overwrites a dataset")
     print(f"dataset version {name} -> {target}")
-    # return_state: a rejected dataset ends the subflow Failed; returning that state fails this run
-    # with the same message instead of raising from inside the parent.
-    return run_generate_flow(cfg, sched.checkpoint, sched.out, name=name, overwrite=False, return_state=True)
+    # return_state: a rejected dataset ends the subflow Failed; this run then fails with the subflow's
+    # one-line reason (returning the state itself would give Prefect's "1/1 states failed.").
+    state = run_generate_flow(cfg, sched.checkpoint, sched.out, name=name, overwrite=False, return_state=True)
+    if not hasattr(state, "is_completed"):  # a plain value (tests stand in a fake subflow)
+        return state
+    if not state.is_completed():
+        reason = failure_reason(state)
+        print(f"dataset version {name} failed: {reason}")
+        return Failed(message=reason)
+    return state.result()
+
+
+def failure_reason(state: Any) -> str:
+    """One line saying why a run failed: the failed gates or the exception's own text."""
+    msg = state.message or f"run ended {state.type.value.lower()}"
+    for prefix in _STATE_PREFIXES:
+        msg = msg.removeprefix(prefix)
+    return " ".join(msg.split())
 
 
 def schedule_of(cfg: Config) -> Cron:
@@ -84,12 +112,82 @@ def build_deployment(cfg: Config, *, work_pool: str | None = None) -> Any:
     )
 
 
-def serve_generate(cfg: Config, *, limit: int | None = None) -> None:
-    """Serve the scheduled deployment from this process until interrupted (Prefect's own `serve`)."""
-    from prefect import serve
+def work_pool_deployment_names(prefect_yaml: Path = PREFECT_YAML) -> set[str]:
+    """The deployment names prefect.yaml gives its work-pool deployments."""
+    if not prefect_yaml.is_file():
+        return set()
+    spec = yaml.safe_load(prefect_yaml.read_text(encoding="utf-8")) or {}
+    return {d["name"] for d in spec.get("deployments") or [] if d.get("name")}
 
-    if cfg.schedule.checkpoint is None:
+
+def check_serve(cfg: Config) -> None:
+    """Everything `serve_generate` refuses, checked before anything is registered (one-line errors)."""
+    sched = cfg.schedule
+    schedule_of(cfg)
+    if sched.checkpoint is None:
         raise ConfigError("schedule.checkpoint is not set: the checkpoint scheduled runs render from")
-    # pause_on_shutdown=False: stopping the server must not leave the schedule paused for a later
-    # `prefect deploy` / worker to find.
-    serve(build_deployment(cfg), pause_on_shutdown=False, limit=limit)
+    if not Path(sched.checkpoint).is_file():
+        raise FileNotFoundError(f"schedule.checkpoint {sched.checkpoint}: no such file")
+    if sched.deployment_name in work_pool_deployment_names():
+        raise ConfigError(
+            f"schedule.deployment_name {sched.deployment_name!r} is the work-pool deployment of {PREFECT_YAML.name}; "
+            "`fersynth serve` needs a name of its own (e.g. --set schedule.deployment_name=fersynth-generate)"
+        )
+
+
+def _check_not_a_work_pool_deployment(name: str) -> None:
+    """Refuse to take over a deployment of that name that a work pool runs (made by `prefect deploy`)."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+        except ObjectNotFound:
+            return
+    if existing.work_pool_name:
+        raise ConfigError(
+            f"schedule.deployment_name {name!r}: deployment {FLOW_NAME}/{name} already exists on work pool "
+            f"{existing.work_pool_name!r}; `fersynth serve` would take it over; pick another schedule.deployment_name"
+        )
+
+
+def serve_generate(cfg: Config, *, limit: int | None = None) -> None:
+    """Serve the scheduled deployment from this process until SIGINT or SIGTERM (a Prefect runner)."""
+    check_serve(cfg)
+    _check_not_a_work_pool_deployment(cfg.schedule.deployment_name)
+    asyncio.run(_serve(build_deployment(cfg), limit))
+
+
+async def _serve(deployment: Any, limit: int | None) -> None:
+    """Prefect's `serve`, with a shutdown that awaits the runner's stop on SIGINT and SIGTERM.
+
+    (Prefect's own SIGTERM handler calls the runner's stop from inside the event loop, which only
+    makes a coroutine that is never awaited.)
+    """
+    from prefect.runner import Runner
+
+    # pause_on_shutdown=False: stopping must not leave the schedule paused for a later start to find.
+    runner = Runner(pause_on_shutdown=False, limit=limit)
+    await runner.aadd_deployment(deployment)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main = asyncio.create_task(runner.start())
+    await asyncio.sleep(0)  # runner.start() installs its own SIGTERM handler first; ours replaces it
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"serving {FLOW_NAME}/{deployment.name}; SIGINT (Ctrl-C) or SIGTERM stops it", flush=True)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not main.done():
+            print("stopping: no new runs are started", flush=True)
+            if runner.started:
+                await runner.astop()
+            await main
+        else:
+            main.result()
+    finally:
+        stopper.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -13,6 +13,9 @@ packages (overrides the versions detected here).
 from __future__ import annotations
 
 import json
+import os
+import re
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,11 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from manifests.layout import IMAGEFOLDER_METADATA, REPORT_DIR, list_shards
+from manifests.layout import CARD_JSON, CARD_MD, CROISSANT, IMAGEFOLDER_METADATA, REPORT_DIR, list_shards
 from manifests.schema import MANIFEST_DIR, MANIFEST_FIELDS, MANIFEST_SCHEMA_VERSION
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text, sha256_file
 
-CARD_JSON = "dataset_card.json"
-CARD_MD = "README.md"
-CROISSANT = "croissant.json"
 CARD_VERSION = 1
 LINEAGE_PACKAGES = ("fersynth", "torch", "torchvision", "pyarrow", "pandas", "numpy", "prefect", "facenet-pytorch")
 DEFAULT_LICENSE = "other"
@@ -134,6 +134,8 @@ def build_card(df: pd.DataFrame, dataset_meta: dict[str, Any]) -> dict[str, Any]
         "thresholds": dataset_meta.get("thresholds", {}),
         "lineage": build_lineage(df, dataset_meta),
         "files": {"manifest": f"{MANIFEST_DIR}/part-*.parquet", "imagefolder_metadata": IMAGEFOLDER_METADATA},
+        # The one label order of every route (manifest, ManifestDataset, both exports): label i is names[i].
+        "labels": {"column": "expression_index", "names": list(EXPRESSIONS)},
     }
 
 
@@ -144,7 +146,7 @@ def write_card(root: Path, df: pd.DataFrame, dataset_meta: dict[str, Any]) -> tu
     json_path, md_path = root / CARD_JSON, root / CARD_MD
     atomic_write_json(json_path, card)
     atomic_write_text(md_path, render_markdown(card, dataset_meta))
-    atomic_write_json(root / CROISSANT, croissant(root, card, dataset_meta))
+    atomic_write_json(root / CROISSANT, croissant(root, card, dataset_meta, df["file_name"].tolist()))
     return json_path, md_path
 
 
@@ -218,6 +220,13 @@ def render_markdown(card: dict[str, Any], dataset_meta: dict[str, Any]) -> str:
         "```python\nimport pandas as pd\ndf = pd.read_parquet('manifest')  # manifest, one row per image\n"
         "import datasets\nds = datasets.load_dataset('imagefolder', data_dir='.')  # images + metadata.parquet\n```\n"
         "DuckDB: `SELECT * FROM read_parquet('manifest/*.parquet')`. Audit: `fersynth audit .`",
+        "## Labels",
+        "Every route numbers the expressions the same way: `expression_index` in the manifest, the label of "
+        "`ManifestDataset`, `label` in both exports (`fersynth export-dataset`), and the `expression_index` "
+        "field of croissant.json:\n\n"
+        + _table(
+            ["label", "expression"], [[i, e] for i, e in enumerate(card.get("labels", {}).get("names", EXPRESSIONS))]
+        ),
         "## Images per expression and identity source",
         _table(["expression", *sources, "total"], count_rows),
         "## Per-image checks",
@@ -261,9 +270,83 @@ def _croissant_type(t: pa.DataType) -> str:
     return _CROISSANT_TYPES.get(t, "sc:Text")
 
 
-def croissant(root: Path, card: dict[str, Any], dataset_meta: dict[str, Any]) -> dict[str, Any]:
-    """Croissant 1.1 JSON-LD: a FileObject (sha256) per manifest shard, the images as a FileSet
-    (their hashes are in the manifest), one RecordSet over the shards, and RAI/PROV notes."""
+# The standard Croissant 1.1 @context (mlcroissant warns on any other), plus the RAI and PROV prefixes.
+CROISSANT_CONTEXT: dict[str, Any] = {
+    "@language": "en",
+    "@vocab": "https://schema.org/",
+    "arrayShape": "cr:arrayShape",
+    "citeAs": "cr:citeAs",
+    "column": "cr:column",
+    "conformsTo": "dct:conformsTo",
+    "containedIn": "cr:containedIn",
+    "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/",
+    "prov": "http://www.w3.org/ns/prov#",
+    "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/",
+    "description": {"@container": "@language"},
+    "equivalentProperty": "cr:equivalentProperty",
+    "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract",
+    "field": "cr:field",
+    "fileProperty": "cr:fileProperty",
+    "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet",
+    "format": "cr:format",
+    "includes": "cr:includes",
+    "isArray": "cr:isArray",
+    "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath",
+    "key": "cr:key",
+    "md5": "cr:md5",
+    "name": {"@container": "@language"},
+    "parentField": "cr:parentField",
+    "path": "cr:path",
+    "recordSet": "cr:recordSet",
+    "references": "cr:references",
+    "regex": "cr:regex",
+    "repeated": "cr:repeated",
+    "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate",
+    "sc": "https://schema.org/",
+    "separator": "cr:separator",
+    "source": "cr:source",
+    "subField": "cr:subField",
+    "transform": "cr:transform",
+}
+
+
+def _image_globs(file_names: list[str]) -> list[str]:
+    """Globs matching the renders only: one per top folder of `file_name` (never the report's PNGs)."""
+    tops = sorted({n.split("/", 1)[0] for n in file_names if "/" in n})
+    loose = sorted({n for n in file_names if "/" not in n})
+    return [f"{t}/**/*.png" for t in tops] + loose
+
+
+def _relative_paths(value: Any, root: Path) -> Any:
+    """`value` with every absolute path string made relative to the dataset folder (posix)."""
+    if isinstance(value, dict):
+        return {k: _relative_paths(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return Path(os.path.relpath(value, Path(root).resolve())).as_posix()
+    return value
+
+
+def _semver(name: str) -> str:
+    """Croissant wants MAJOR.MINOR.PATCH; a dataset version is its folder name, kept as build metadata."""
+    build = re.sub(r"[^0-9A-Za-z-]+", "-", name).strip("-")
+    return f"1.0.0+{build}" if build else "1.0.0"
+
+
+def croissant(
+    root: Path, card: dict[str, Any], dataset_meta: dict[str, Any], file_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Croissant 1.1 JSON-LD: a FileObject (sha256) per manifest shard, the renders as a FileSet
+    (their hashes are in the manifest), one RecordSet joining each render (an `image` field) to its
+    manifest row, and RAI/PROV notes whose paths are relative to the dataset folder."""
     shards = [p for _, _, p in list_shards(root)]
     distribution: list[dict[str, Any]] = [
         {
@@ -279,7 +362,8 @@ def croissant(root: Path, card: dict[str, Any], dataset_meta: dict[str, Any]) ->
     distribution += [
         {"@type": "cr:FileSet", "@id": "manifest-shards", "name": "manifest-shards",
          "encodingFormat": "application/x-parquet", "includes": f"{MANIFEST_DIR}/part-*.parquet"},
-        {"@type": "cr:FileSet", "@id": "images", "name": "images", "encodingFormat": "image/png", "includes": "**/*.png"},
+        {"@type": "cr:FileSet", "@id": "images", "name": "images", "encodingFormat": "image/png",
+         "includes": _image_globs(file_names or [])},
     ]  # fmt: skip
     fields = [
         {
@@ -292,38 +376,48 @@ def croissant(root: Path, card: dict[str, Any], dataset_meta: dict[str, Any]) ->
         }
         for f in MANIFEST_FIELDS
     ]
+    for f in fields:
+        if f["name"] == "file_name":
+            # The join of each render to its manifest row: the render's path in the dataset (a string, hence
+            # the identity regex) references the manifest's file_name column.
+            f["source"] = {"fileSet": {"@id": "images"}, "extract": {"fileProperty": "fullpath"},
+                           "transform": {"regex": "^(.*)$"}}  # fmt: skip
+            f["references"] = {"fileSet": {"@id": "manifest-shards"}, "extract": {"column": "file_name"}}
+    fields.append(
+        {
+            "@type": "cr:Field",
+            "@id": "manifest/image",
+            "name": "image",
+            "description": "the render itself",
+            "dataType": "sc:ImageObject",
+            "source": {"fileSet": {"@id": "images"}, "extract": {"fileProperty": "content"}},
+        }
+    )
     lineage = card["lineage"]
+    name = card["name"]
+    today = datetime.now(UTC).date().isoformat()
     return {
-        "@context": {
-            "@language": "en",
-            "@vocab": "https://schema.org/",
-            "sc": "https://schema.org/",
-            "cr": "http://mlcommons.org/croissant/",
-            "rai": "http://mlcommons.org/croissant/RAI/",
-            "dct": "http://purl.org/dc/terms/",
-            "prov": "http://www.w3.org/ns/prov#",
-            "conformsTo": "dct:conformsTo",
-            "recordSet": "cr:recordSet",
-            "field": "cr:field",
-            "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
-            "source": "cr:source",
-            "fileSet": "cr:fileSet",
-            "extract": "cr:extract",
-            "column": "cr:column",
-            "includes": "cr:includes",
-        },
+        "@context": CROISSANT_CONTEXT,
         "@type": "sc:Dataset",
         "conformsTo": "http://mlcommons.org/croissant/1.1",
-        "name": card["name"],
+        "name": name,
         "description": dataset_meta.get("description", "Synthetic facial-expression images rendered by fersynth."),
         "license": card["license"],
+        "version": _semver(str(name)),
+        "datePublished": today,
+        "citeAs": (
+            f"@misc{{{re.sub(r'[^0-9A-Za-z]+', '_', str(name))}, title = {{{name}: synthetic facial expressions "
+            f"rendered by fersynth}}, note = {{fersynth {lineage['code_version']}}}, year = {{{today[:4]}}}}}"
+        ),
         "distribution": distribution,
         "recordSet": [{"@type": "cr:RecordSet", "@id": "manifest", "name": "manifest", "field": fields}],
         "rai:dataCollection": "Synthetic: rendered by a GAN from identity and expression codes; no new photos taken.",
         "rai:dataAnnotationProtocol": "Labels are the rendering targets; per-image checks score them automatically.",
         "prov:wasGeneratedBy": {
             "@type": "prov:Activity",
-            "prov:used": {"checkpoint": lineage["checkpoint"], "training_data": lineage["training_data"]},
+            "prov:used": _relative_paths(
+                {"checkpoint": lineage["checkpoint"], "training_data": lineage["training_data"]}, root
+            ),
             "sc:softwareVersion": lineage["code_version"],
         },
     }

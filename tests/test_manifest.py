@@ -297,4 +297,5 @@ def test_card_contents(dataset: Path) -> None:
     objects = [d for d in croissant["distribution"] if d["@type"] == "cr:FileObject"]
     assert [o["sha256"] for o in objects] == [sha256_file(shard_path(dataset, i, N_SHARDS)) for i in range(N_SHARDS)]
     fields = croissant["recordSet"][0]["field"]
-    assert [f["name"] for f in fields] == COLUMNS
+    # Every manifest column, then the render itself (read from the images FileSet).
+    assert [f["name"] for f in fields] == [*COLUMNS, "image"]

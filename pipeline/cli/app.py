@@ -26,6 +26,9 @@ data_app = typer.Typer(help="Make, import and inspect labelled face datasets.", 
 app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
+if not console.is_terminal:
+    # A log file, cron or nohup: lines are never wrapped at 80 columns (tables take their natural width).
+    console = Console(stderr=True, soft_wrap=True, width=10_000)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (defaults if omitted).")]
 SetOpt = Annotated[

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.app import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail, guarded, load, os_error_line
-from pipeline.cli.progress import PhaseProgress
+from pipeline.cli.progress import PhaseProgress, log_line, plain_output
 
 DEMO_CHECKPOINT = Path("checkpoints/cpu-64.pt")
 # A few hundred images in a few minutes on 2 CPU cores: 7 expressions x 2 intensities x the train
@@ -40,10 +40,12 @@ def _summary(result: Any) -> None:
         v = g.get("value")
         verdict = ("pass" if g["passed"] else "FAIL") if g.get("enforced", True) else "info"
         t = g["threshold"]
-        table.add_row(
-            g["name"], "not computed" if v is None else f"{v:.4g}", g["op"], "n/a" if t is None else f"{t:.4g}", verdict
-        )
-    console.print(table)
+        row = (g["name"], "not computed" if v is None else f"{v:.4g}", g["op"], "n/a" if t is None else f"{t:.4g}")
+        if plain_output():  # a log: one timestamped line per gate
+            log_line(f"gate {row[0]}: {row[1]} {row[2]} {row[3]}: {verdict}")
+        table.add_row(*row, verdict)
+    if not plain_output():
+        console.print(table)
     if not ok:
         console.print(f"[red]failed:[/] {result.failed_message}", soft_wrap=True, highlight=False)
     where = [
