@@ -14,9 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.expressions import EXPRESSIONS
+
 ROWS = [
     ("training step", "step"),
     ("swap expression accuracy (independent judge)", "expr_acc"),
+    ("same, outside judge (ShuffleNet V2, sharp photos)", "expr_acc_outside"),
+    ("outside judge, worst class", "expr_acc_outside_worst"),
     ("same, plain generator", "expr_acc_raw"),
     ("SSIM to truth, composite / plain generator", ("ssim_truth", "ssim_truth_raw")),
     ("changed region: SSIM composite / plain", ("ssim_changed", "ssim_changed_raw")),
@@ -24,7 +28,10 @@ ROWS = [
     ("changed region: SSIM of the unchanged source", "ssim_changed_copy_source"),
     ("unchanged region: SSIM composite / plain", ("ssim_unchanged", "ssim_unchanged_raw")),
     ("leak spread over source expressions, mean / max", ("leak_mean", "leak_max")),
-    ("novel identities: expression accuracy", "expr_acc_novel"),
+    (
+        "novel identities: expression accuracy (independent / outside judge)",
+        ("expr_acc_novel", "expr_acc_outside_novel"),
+    ),
     ("novel identities: same-face / other-face cosine", ("id_same_novel", "id_other_novel")),
     ("novel identities: identity top-1 (real photos)", ("id_top1_novel", "id_top1_photos")),
 ]
@@ -36,6 +43,11 @@ def figures(path: Path) -> dict[str, float]:
     spread = list(((raw.get("leak_table") or {}).get("spread_per_target") or {}).values())
     if spread:
         out["leak_mean"], out["leak_max"] = sum(spread) / len(spread), max(spread)
+    per_class = [
+        raw["metrics"][f"expr_acc_outside_{e}"] for e in EXPRESSIONS if f"expr_acc_outside_{e}" in raw["metrics"]
+    ]
+    if per_class:
+        out["expr_acc_outside_worst"] = min(per_class)
     return out
 
 

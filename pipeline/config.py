@@ -164,6 +164,12 @@ class LossWeights(_Section):
         description="extra weight of the swap-truth L1 on the pixels the swap must change (truth differs from "
         "source): 10 makes a changed pixel count 11 times an unchanged one",
     )
+    code_swap_truth: float = Field(
+        0.0,
+        ge=0,
+        description="swap-truth L1 (+ SSIM) of swaps drawn from the codes alone, no photo (what a novel identity "
+        "gets), on half the rows with a truth; for generators that read the photo (model.photo_skips)",
+    )
     exp_code: float = Field(
         1.0, ge=0, description="cross-entropy of the expression probe on source and target codes (model.exp_code_probe)"
     )

@@ -532,7 +532,9 @@ def test_photo_skips_recipe_trains_without_zero_weight_terms_and_evaluates(tiny_
     from pipeline.evaluate import evaluate_checkpoint
 
     zero = ("train.loss.adv=0", "train.loss.swap_cls=0", "train.loss.cycle=0", "train.loss.identity=0")
-    cfg = tiny_cfg(tiny_data, tmp_path / "run", *PHOTO_SKIPS, "train.loss.changed_weight=10", *zero)
+    cfg = tiny_cfg(
+        tiny_data, tmp_path / "run", *PHOTO_SKIPS, "train.loss.changed_weight=10", "train.loss.code_swap_truth=5", *zero
+    )
     trainer = Trainer(cfg)
     trainer.run_judges()
     assert trainer.nets.generator.reads_photo

@@ -76,7 +76,7 @@ class DecouplingObjective:
         rec = n.generator(w_id, w_exp, res, alpha)
         swap, rgb, mask = n.generator(w_id, w_exp_sw, res, alpha, source=batch.x, with_parts=True)
         r = Renders(w_id, w_exp, w_exp_sw, rec, swap, rgb, mask)
-        if batch.truth is not None and self.w.swap_truth > 0 and _reads_photo(n.generator):
+        if batch.truth is not None and self.w.code_swap_truth > 0 and _reads_photo(n.generator):
             # Half the rows with a truth keep the code-only path drawing expressions, not just reconstructions.
             rows = torch.nonzero(batch.valid).squeeze(1)
             r.codes_rows = rows[: max(1, len(rows) // 2)]
@@ -149,8 +149,9 @@ class DecouplingObjective:
             loss = loss + w.exp_code * terms["exp_code"]
         if r.swap_codes is not None:
             truth = batch.truth[: len(r.codes_rows)]  # truths are the valid rows in order
-            terms["swap_truth_codes"] = L.weighted_l1(r.swap_codes, truth, weight[: len(r.codes_rows)])
-            loss = loss + w.swap_truth * terms["swap_truth_codes"]
+            weight = 1.0 + w.changed_weight * changed_region(truth, batch.x[r.codes_rows])
+            terms["swap_truth_codes"] = L.weighted_l1(r.swap_codes, truth, weight)
+            loss = loss + w.code_swap_truth * terms["swap_truth_codes"]
             if use_ssim:
                 terms["swap_ssim_codes"] = L.ssim_loss(r.swap_codes, truth)
                 loss = loss + w.ssim * terms["swap_ssim_codes"]
