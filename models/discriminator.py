@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.layers import (
+    DownBlock,
     EqualConv2d,
     EqualLinear,
     MinibatchStdDev,
@@ -22,20 +23,6 @@ from models.layers import (
     progressive_channels,
     progressive_resolutions,
 )
-
-
-class _DownBlock(nn.Module):
-    """conv3x3 -> LReLU -> conv3x3 -> LReLU -> avgpool 2x2."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = EqualConv2d(in_channels, in_channels, 3, padding=1)
-        self.conv2 = EqualConv2d(in_channels, out_channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.leaky_relu(self.conv1(x), 0.2)
-        x = F.leaky_relu(self.conv2(x), 0.2)
-        return F.avg_pool2d(x, 2)
 
 
 class Discriminator(nn.Module):
@@ -63,7 +50,7 @@ class Discriminator(nn.Module):
         self.channels = chans
         self.from_rgb = nn.ModuleList(EqualConv2d(3, c, 1) for c in chans)
         # blocks[i] takes resolutions[i + 1] features down to resolutions[i].
-        self.blocks = nn.ModuleList(_DownBlock(chans[i + 1], chans[i]) for i in range(len(chans) - 1))
+        self.blocks = nn.ModuleList(DownBlock(chans[i + 1], chans[i]) for i in range(len(chans) - 1))
         c0 = chans[0]
         self.mbstd = MinibatchStdDev(mbstd_group_size)
         self.final_conv = EqualConv2d(c0 + 1, c0, 3, padding=1)

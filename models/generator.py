@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from models.layers import (
     AdaIN,
+    DownBlock,
     EqualConv2d,
     EqualLinear,
     check_alpha,
@@ -93,19 +94,6 @@ class _UpBlock(nn.Module):
         return self.conv2(self.conv1(_with_skip(x, skip, self.skip_channels), w), w)
 
 
-class _DownBlock(nn.Module):
-    """Two conv3x3 + LeakyReLU, then 2x average pooling (the photo path's step down)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv1 = EqualConv2d(in_channels, in_channels, 3, padding=1)
-        self.conv2 = EqualConv2d(in_channels, out_channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.leaky_relu(self.conv2(F.leaky_relu(self.conv1(x), 0.2)), 0.2)
-        return F.avg_pool2d(x, 2)
-
-
 class PhotoPath(nn.Module):
     """Source photo + target expression code -> features at every resolution below the output's.
 
@@ -120,7 +108,7 @@ class PhotoPath(nn.Module):
         super().__init__()
         self.from_rgb = nn.ModuleList(EqualConv2d(3 + exp_dim, c, 1) for c in chans)
         # down[i] takes resolutions[i + 1] features to resolutions[i].
-        self.down = nn.ModuleList(_DownBlock(chans[i + 1], chans[i]) for i in range(len(chans) - 1))
+        self.down = nn.ModuleList(DownBlock(chans[i + 1], chans[i]) for i in range(len(chans) - 1))
 
     def _read(self, photo: Tensor, w_exp: Tensor, level: int) -> Tensor:
         code = w_exp[:, :, None, None].to(photo.dtype).expand(-1, -1, *photo.shape[-2:])

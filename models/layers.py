@@ -190,3 +190,17 @@ def progressive_channels(resolution: int, channels: int, min_channels: int) -> i
     """``channels`` up to 16x16, then halved per doubling, never below ``min_channels``."""
     halvings = max(0, int(math.log2(resolution)) - 4)
     return max(min_channels, channels >> halvings)
+
+
+class DownBlock(nn.Module):
+    """conv3x3 -> LReLU -> conv3x3 -> LReLU -> avgpool 2x2 (the discriminator's and the photo path's step down)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = EqualConv2d(in_channels, in_channels, 3, padding=1)
+        self.conv2 = EqualConv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.leaky_relu(self.conv1(x), 0.2)
+        x = F.leaky_relu(self.conv2(x), 0.2)
+        return F.avg_pool2d(x, 2)
