@@ -15,6 +15,8 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.locks import LockHeld
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The temporary server's telemetry heartbeat races its own SQLite writes and logs a "database is locked" traceback.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     name="fersynth",
