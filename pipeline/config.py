@@ -164,6 +164,12 @@ class LossWeights(_Section):
         description="extra weight of the swap-truth L1 on the pixels the swap must change (truth differs from "
         "source): 10 makes a changed pixel count 11 times an unchanged one",
     )
+    raw_truth: float = Field(
+        1.0,
+        ge=0,
+        description="share of the swap-truth terms also given to the plain RGB of a swap drawn over its photo "
+        "(model.edit_mask); 0 holds only the composite to the truth, so the RGB is spent where the mask opens",
+    )
     code_swap_truth: float = Field(
         0.0,
         ge=0,
@@ -197,6 +203,13 @@ class TrainConfig(_Section):
         False,
         description="draw each swap's target (donor) image uniformly over expression classes (sources stay "
         "uniform over images); the donors are encoded beside the sources (one more encoder pass per step)",
+    )
+    recon_share: float = Field(
+        1.0,
+        gt=0,
+        le=1.0,
+        description="share of each batch also reconstructed from its codes alone (the recon, latent and "
+        "adversarial terms of reconstructions); less leaves more of a step to the swaps",
     )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)

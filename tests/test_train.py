@@ -589,3 +589,34 @@ def test_expression_probe_holds_the_code_to_the_label(tiny_data: Path, tmp_path:
     assert last < first
     plain = Trainer(tiny_cfg(tiny_data, tmp_path / "plain"))
     assert plain.nets.encoder.exp_probe is None
+
+
+def test_recon_share_and_raw_truth_spend_the_step_on_the_swaps(tiny_data: Path, tmp_path: Path) -> None:
+    zero = ("train.loss.adv=0", "train.loss.swap_cls=0", "train.loss.cycle=0", "train.loss.identity=0")
+    extra = (*PHOTO_SKIPS, *zero, "train.loss.swap_truth=10", "train.loss.ssim=1", "train.judge_steps=2")
+    half = Trainer(tiny_cfg(tiny_data, tmp_path / "half", *extra, "train.recon_share=0.5", "train.loss.raw_truth=0"))
+    half.run_judges()
+    obj, w = half.objective, half.cfg.train.loss
+    batch = half.sample_batch(8, 16, 1.0)
+    r = obj.render(batch, 16, 1.0)
+    assert len(r.rec) == 4 and len(r.swap) == 8  # half the rows reconstructed, every row swapped
+    loss, g = obj.generator_phase(batch, r, 16, 1.0)
+    assert "swap_truth_raw" not in g and "swap_ssim_raw" not in g  # only the composite meets the truth
+    expected = (
+        w.recon * g["recon"]
+        + w.latent * g["latent"]
+        + w.ssim * (g["recon_ssim"] + g["swap_ssim"])
+        + w.swap_truth * g["swap_truth"]
+        + w.mask * g["mask"]
+    )
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    torch.testing.assert_close(g["recon"], F.l1_loss(r.rec, batch.x[:4]))
+    # A share of the truth terms on the plain RGB enters the total at that share.
+    some = Trainer(tiny_cfg(tiny_data, tmp_path / "some", *extra, "train.loss.raw_truth=0.25"))
+    some.run_judges()
+    r = some.objective.render(batch, 16, 1.0)
+    assert len(r.rec) == 8
+    loss, g = some.objective.generator_phase(batch, r, 16, 1.0)
+    raw = 0.25 * (w.swap_truth * g["swap_truth_raw"] + w.ssim * g["swap_ssim_raw"])
+    rest = w.recon * g["recon"] + w.latent * g["latent"] + w.ssim * (g["recon_ssim"] + g["swap_ssim"])
+    assert float(loss) == pytest.approx(float(rest + w.swap_truth * g["swap_truth"] + w.mask * g["mask"] + raw), rel=1e-5)

@@ -42,7 +42,7 @@ class Renders:
     w_id: torch.Tensor
     w_exp: torch.Tensor
     w_exp_sw: torch.Tensor
-    rec: torch.Tensor  # reconstructions: plain RGB (what a novel identity, with no photo, gets)
+    rec: torch.Tensor  # reconstructions of the first len(rec) rows: plain RGB (what a novel identity gets)
     swap: torch.Tensor  # swaps, composited over their source when the generator has an edit mask
     swap_rgb: torch.Tensor
     swap_mask: torch.Tensor | None
@@ -61,6 +61,7 @@ class DecouplingObjective:
         self.nets = nets
         self.w = cfg.train.loss
         self.full = cfg.model.max_resolution
+        self.recon_share = cfg.train.recon_share
 
     def render(self, batch: Batch, res: int, alpha: float) -> Renders:
         n = self.nets
@@ -73,7 +74,8 @@ class DecouplingObjective:
         else:
             w_id, w_exp = n.encoder(batch.x_full)
             w_exp_sw = w_exp[batch.perm.to(w_exp.device)]
-        rec = n.generator(w_id, w_exp, res, alpha)
+        k = max(1, round(len(w_id) * self.recon_share))
+        rec = n.generator(w_id[:k], w_exp[:k], res, alpha)
         swap, rgb, mask = n.generator(w_id, w_exp_sw, res, alpha, source=batch.x, with_parts=True)
         r = Renders(w_id, w_exp, w_exp_sw, rec, swap, rgb, mask)
         if batch.truth is not None and self.w.code_swap_truth > 0 and _reads_photo(n.generator):
@@ -102,12 +104,13 @@ class DecouplingObjective:
         """Total loss of generator, encoder and feedback, and its terms (plus `swap_acc`, a readout)."""
         n, w = self.nets, self.w
         terms: Terms = {}
-        loss = w.recon * _put(terms, "recon", F.l1_loss(r.rec, batch.x))
+        k = len(r.rec)
+        loss = w.recon * _put(terms, "recon", F.l1_loss(r.rec, batch.x[:k]))
         if w.adv > 0:
             n.discriminator.requires_grad_(False)
             d_fake, cls_fake = n.discriminator(torch.cat([r.rec, r.swap]), res, alpha)
             terms["g_adv"] = L.g_nonsaturating(d_fake)
-            terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([batch.y, batch.y_sw]))
+            terms["g_cls"] = F.cross_entropy(cls_fake, torch.cat([batch.y[:k], batch.y_sw]))
             loss = loss + w.adv * (terms["g_adv"] + terms["g_cls"])
         up_sw = to_full(r.swap, self.full)
         # A zero-weight term costs nothing: the frozen judge still reads the swaps for the progress line.
@@ -121,7 +124,7 @@ class DecouplingObjective:
             fb_sw = n.feedback(r.swap)
         if w.latent > 0:
             fb_rec = n.feedback(r.rec)
-            latent = L.latent_recovery(fb_sw, r.w_id, r.w_exp_sw) + L.latent_recovery(fb_rec, r.w_id, r.w_exp)
+            latent = L.latent_recovery(fb_sw, r.w_id, r.w_exp_sw) + L.latent_recovery(fb_rec, r.w_id[:k], r.w_exp[:k])
             loss = loss + w.latent * _put(terms, "latent", latent)
         if w.cycle > 0:
             # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
@@ -129,18 +132,20 @@ class DecouplingObjective:
             loss = loss + w.cycle * _put(terms, "cycle", cycle)
         use_ssim = w.ssim > 0 and res >= L.SSIM_MIN_RESOLUTION
         if use_ssim:
-            terms["recon_ssim"] = L.ssim_loss(r.rec, batch.x)
+            terms["recon_ssim"] = L.ssim_loss(r.rec, batch.x[:k])
             loss = loss + w.ssim * terms["recon_ssim"]
         if batch.truth is not None and w.swap_truth > 0:
-            # With an edit mask the plain RGB is held to the truth too: novel identities have no photo.
-            swaps = {"": r.swap} if r.swap_mask is None else {"": r.swap, "_raw": r.swap_rgb}
+            # With an edit mask the plain RGB may be held to the truth too (train.loss.raw_truth).
+            swaps = {"": (r.swap, 1.0)}
+            if r.swap_mask is not None and w.raw_truth > 0:
+                swaps["_raw"] = (r.swap_rgb, w.raw_truth)
             weight = 1.0 + w.changed_weight * changed_region(batch.truth, batch.x[batch.valid])
-            for suffix, render in swaps.items():
+            for suffix, (render, share) in swaps.items():
                 terms[f"swap_truth{suffix}"] = L.weighted_l1(render[batch.valid], batch.truth, weight)
-                loss = loss + w.swap_truth * terms[f"swap_truth{suffix}"]
+                loss = loss + share * w.swap_truth * terms[f"swap_truth{suffix}"]
                 if use_ssim:
                     terms[f"swap_ssim{suffix}"] = L.ssim_loss(render[batch.valid], batch.truth)
-                    loss = loss + w.ssim * terms[f"swap_ssim{suffix}"]
+                    loss = loss + share * w.ssim * terms[f"swap_ssim{suffix}"]
         encoder = getattr(n.encoder, "module", n.encoder)  # the plain module under DistributedDataParallel
         if encoder.exp_probe is not None and w.exp_code > 0:
             # The label read off both codes: the source's own and the target the swap is given.
