@@ -1,8 +1,9 @@
 """Audit a generated dataset from its files alone: schema, files and hashes, paths, card, status, lineage.
 
 Every file a reader or tool uses is checked: the shards and images (hashes in the manifest and _SUCCESS),
-metadata.parquet column by column against the shards, the card against the rows and against the
-dataset JSON finalize stored in manifest/_common_metadata, every other dataset file by the sha256
+metadata.parquet column by column against the shards (and its `label`, the class Hugging Face ImageFolder
+reads, against each row's expression in the label order), the card against the rows, its label order and
+the dataset JSON finalize stored in manifest/_common_metadata, every other dataset file by the sha256
 `finalize` recorded in _SUCCESS, the status files against the card's status, and stray files or folders.
 Not covered: _SUCCESS itself (the record everything else is checked against) and the REJECTED file's
 text (only its presence is checked against the card); `AuditResult.stats["not_covered"]` names them.
@@ -36,10 +37,13 @@ from manifests.layout import (
 from manifests.schema import (
     COLUMNS,
     FIELD_BY_NAME,
+    LABEL_COLUMN,
     MANIFEST_SCHEMA,
     ManifestError,
     check_file_name,
     columns_of_version,
+    hf_label_names,
+    label_order,
     parse_dataset_metadata,
     row_issues,
 )
@@ -297,16 +301,28 @@ def _check_imagefolder_copy(root: Path, df: pd.DataFrame, add: Any) -> None:
         add(Problem("metadata_mismatch", f"cannot read: {exc}", str(path)))
         return
     try:
-        expected = columns_of_version(parse_dataset_metadata(table.schema, str(path))["schema_version"])
+        meta = parse_dataset_metadata(table.schema, str(path))
     except ManifestError as exc:
         add(Problem("metadata_mismatch", str(exc), str(path)))
         return
+    expected = [*columns_of_version(meta["schema_version"]), LABEL_COLUMN]
+    if table.schema.names == expected[:-1]:
+        add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} has no {LABEL_COLUMN!r} column (finalized by an "
+                    "older fersynth), so load_dataset('imagefolder') gives no class; `fersynth export-dataset "
+                    "--format hf` writes a copy that has it", str(path)))  # fmt: skip
+        return
     if table.schema.names != expected:  # a reader sees every column of this file: none may differ
         add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} columns {table.schema.names} are not the "
-                    f"manifest's {expected}", str(path)))  # fmt: skip
+                    f"manifest's and {LABEL_COLUMN!r}: {expected}", str(path)))  # fmt: skip
         return
+    order = label_order(meta)
+    declared = hf_label_names(table.schema)
+    if declared != order:  # Hugging Face datasets would then number or name the classes otherwise
+        said = "no ClassLabel" if declared is None else f"a ClassLabel named {declared}"
+        add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} gives {LABEL_COLUMN!r} {said}, not one named in "
+                    f"the label order {order}", str(path)))  # fmt: skip
     try:
-        copy = _as_current_schema(table).to_pandas()
+        copy = _as_current_schema(table.drop_columns([LABEL_COLUMN])).to_pandas()
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
         add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} columns do not have the manifest's types: {exc}",
                     str(path)))  # fmt: skip
@@ -319,6 +335,19 @@ def _check_imagefolder_copy(root: Path, df: pd.DataFrame, add: Any) -> None:
     for column, n_rows, sample in differing_columns(copy, df):
         add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} column {column!r} differs from the manifest in "
                     f"{n_rows} row(s)", str(path), sample))  # fmt: skip
+    n_rows, sample = _wrong_labels(table.column(LABEL_COLUMN).to_pylist(), copy["sample_id"], df, order)
+    if n_rows:
+        add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} column {LABEL_COLUMN!r} is not the index of the "
+                    f"row's expression in the label order {order} in {n_rows} row(s)", str(path), sample))  # fmt: skip
+
+
+def _wrong_labels(labels: list[Any], sample_ids: pd.Series, df: pd.DataFrame, order: list[str]) -> tuple[int, str]:
+    """(rows whose label is not their manifest expression's index in `order`, first such sample_id)."""
+    index = {e: i for i, e in enumerate(order)}
+    want = sample_ids.map(dict(zip(df["sample_id"], df["expression"], strict=True))).map(index)
+    got = pd.Series(labels, index=sample_ids.index, dtype="object")
+    wrong = ~(want.notna() & got.notna() & (want == got))
+    return int(wrong.sum()), str(sample_ids[wrong].iloc[0]) if wrong.any() else ""
 
 
 def differing_columns(copy: pd.DataFrame, df: pd.DataFrame) -> list[tuple[str, int, str]]:
@@ -357,6 +386,10 @@ def _check_card_against_common_metadata(root: Path, card: dict[str, Any], add: A
         for key, stated, recorded in _diff(_or_empty(card.get(name), empty), ours, f"{name}."):
             add(Problem("card_mismatch", f"card {key} = {stated!r} but {MANIFEST_DIR}/{COMMON_METADATA} records "
                         f"{recorded!r}", str(root / CARD_JSON)))  # fmt: skip
+    labels = card.get("labels")  # absent from cards older than the label table
+    if isinstance(labels, dict) and labels.get("names") != label_order(stored):
+        add(Problem("card_mismatch", f"card labels.names = {labels.get('names')!r} but the dataset's label order is "
+                    f"{label_order(stored)!r}", str(root / CARD_JSON)))  # fmt: skip
 
 
 def _or_empty(value: Any, empty: Any) -> Any:

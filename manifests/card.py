@@ -25,7 +25,7 @@ import pyarrow as pa
 import yaml
 
 from manifests.layout import CARD_JSON, CARD_MD, CROISSANT, IMAGEFOLDER_METADATA, REPORT_DIR, list_shards
-from manifests.schema import MANIFEST_DIR, MANIFEST_FIELDS, MANIFEST_SCHEMA_VERSION
+from manifests.schema import MANIFEST_DIR, MANIFEST_FIELDS, MANIFEST_SCHEMA_VERSION, label_order
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json, atomic_write_text, sha256_file
 
@@ -134,8 +134,9 @@ def build_card(df: pd.DataFrame, dataset_meta: dict[str, Any]) -> dict[str, Any]
         "thresholds": dataset_meta.get("thresholds", {}),
         "lineage": build_lineage(df, dataset_meta),
         "files": {"manifest": f"{MANIFEST_DIR}/part-*.parquet", "imagefolder_metadata": IMAGEFOLDER_METADATA},
-        # The one label order of every route (manifest, ManifestDataset, both exports): label i is names[i].
-        "labels": {"column": "expression_index", "names": list(EXPRESSIONS)},
+        # The one label order of every route (manifest, metadata.parquet's `label`, ManifestDataset, both
+        # exports): label i is names[i].
+        "labels": {"column": "expression_index", "names": label_order(dataset_meta)},
     }
 
 
@@ -218,12 +219,16 @@ def render_markdown(card: dict[str, Any], dataset_meta: dict[str, Any]) -> str:
         f"**{stats['n_images']}** images of **{stats['n_identities']}** identities. Status: **{status}**.",
         "## Loading",
         "```python\nimport pandas as pd\ndf = pd.read_parquet('manifest')  # manifest, one row per image\n"
-        "import datasets\nds = datasets.load_dataset('imagefolder', data_dir='.')  # images + metadata.parquet\n```\n"
+        "import datasets\n"
+        "ds = datasets.load_dataset('imagefolder', data_dir='.', split='train')  # images + metadata.parquet\n"
+        "ds.features['label'].names  # a ClassLabel in the order below\n```\n"
         "DuckDB: `SELECT * FROM read_parquet('manifest/*.parquet')`. Audit: `fersynth audit .`",
         "## Labels",
-        "Every route numbers the expressions the same way: `expression_index` in the manifest, the label of "
-        "`ManifestDataset`, `label` in both exports (`fersynth export-dataset`), and the `expression_index` "
-        "field of croissant.json:\n\n"
+        "Every route numbers the expressions the same way: `expression_index` in the manifest, `label` in "
+        "`metadata.parquet` (a `ClassLabel` with these names under `load_dataset('imagefolder')`), the label of "
+        "`ManifestDataset`, the `<label>_<expression>` class folders of both exports (`fersynth export-dataset`; "
+        "torchvision's `ImageFolder` and Keras number them in this order) and the `hf` export's `label`, and "
+        "the `expression_index` field of croissant.json (its `expressions` record set names them):\n\n"
         + _table(
             ["label", "expression"], [[i, e] for i, e in enumerate(card.get("labels", {}).get("names", EXPRESSIONS))]
         ),
@@ -341,6 +346,28 @@ def _semver(name: str) -> str:
     return f"1.0.0+{build}" if build else "1.0.0"
 
 
+LABELS_RECORD_SET = "expressions"
+
+
+def _labels_record_set(names: list[str]) -> dict[str, Any]:
+    """The label order as a Croissant enumeration: label i is names[i] on every route."""
+    rs = LABELS_RECORD_SET
+    return {
+        "@type": "cr:RecordSet",
+        "@id": rs,
+        "name": rs,
+        "description": "the label order: `expression_index` in the manifest, `label` in metadata.parquet, "
+        "ManifestDataset and both exports",
+        "dataType": "sc:Enumeration",
+        "key": {"@id": f"{rs}/label"},
+        "field": [
+            {"@type": "cr:Field", "@id": f"{rs}/label", "name": "label", "dataType": "sc:Integer"},
+            {"@type": "cr:Field", "@id": f"{rs}/name", "name": "name", "dataType": "sc:Text"},
+        ],
+        "data": [{f"{rs}/label": i, f"{rs}/name": e} for i, e in enumerate(names)],
+    }
+
+
 def croissant(
     root: Path, card: dict[str, Any], dataset_meta: dict[str, Any], file_names: list[str] | None = None
 ) -> dict[str, Any]:
@@ -383,6 +410,14 @@ def croissant(
             f["source"] = {"fileSet": {"@id": "images"}, "extract": {"fileProperty": "fullpath"},
                            "transform": {"regex": "^(.*)$"}}  # fmt: skip
             f["references"] = {"fileSet": {"@id": "manifest-shards"}, "extract": {"column": "file_name"}}
+    names = card.get("labels", {}).get("names", list(EXPRESSIONS))
+    for f in fields:
+        if f["name"] == "expression_index":
+            # The label order, stated once: each index is a key of the `expressions` record set.
+            f["description"] += (
+                f"; the label, named by the `{LABELS_RECORD_SET}` record set (metadata.parquet repeats it as `label`)"
+            )
+            f["references"] = {"field": {"@id": f"{LABELS_RECORD_SET}/label"}}
     fields.append(
         {
             "@type": "cr:Field",
@@ -410,7 +445,10 @@ def croissant(
             f"rendered by fersynth}}, note = {{fersynth {lineage['code_version']}}}, year = {{{today[:4]}}}}}"
         ),
         "distribution": distribution,
-        "recordSet": [{"@type": "cr:RecordSet", "@id": "manifest", "name": "manifest", "field": fields}],
+        "recordSet": [
+            {"@type": "cr:RecordSet", "@id": "manifest", "name": "manifest", "field": fields},
+            _labels_record_set(names),
+        ],
         "rai:dataCollection": "Synthetic: rendered by a GAN from identity and expression codes; no new photos taken.",
         "rai:dataAnnotationProtocol": "Labels are the rendering targets; per-image checks score them automatically.",
         "prov:wasGeneratedBy": {

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.expressions import EXPRESSIONS
 
@@ -104,6 +105,53 @@ _UNIT_INTERVAL = ("intensity", "expression_p_target")
 
 class ManifestError(ValueError):
     """A manifest that breaks the contract; the message names the file/column/value at fault."""
+
+
+# metadata.parquet (the Hugging Face ImageFolder view) and the `hf` export carry one column more than the
+# manifest: `label`, the expression index under the name ImageFolder, torchvision and Keras use. ImageFolder
+# would otherwise number classes by sorted folder name, and gives no label at all beside a metadata file.
+# Nullable int64: the Arrow type of a `datasets.ClassLabel`, which `datasets` only applies to an equal field.
+LABEL_COLUMN = "label"
+LABEL_FIELD = _f(LABEL_COLUMN, pa.int64(), True, "expression_index again: to Hugging Face datasets a ClassLabel")
+# `datasets` reads a Parquet file's features from this schema key: `label` loads as a ClassLabel named in
+# the label order (datasets 5.2 ignores README feature declarations for imagefolder).
+HF_FEATURES_KEY = b"huggingface"
+
+
+def label_order(meta: dict[str, Any] | None = None) -> list[str]:
+    """The dataset's label order (label i is names[i]): the expressions its JSON records, else today's."""
+    return list((meta or {}).get("expressions") or EXPRESSIONS)
+
+
+def hf_label_metadata(names: Sequence[str]) -> dict[bytes, bytes]:
+    """Arrow schema metadata under which `datasets` reads `label` as a ClassLabel with `names`, in order."""
+    features = {LABEL_COLUMN: {"names": list(names), "_type": "ClassLabel"}}
+    return {HF_FEATURES_KEY: json.dumps({"info": {"features": features}}).encode()}
+
+
+def hf_label_names(schema: pa.Schema) -> list[str] | None:
+    """The ClassLabel names `datasets` will give `label` from this schema, or None when it gives a plain int."""
+    try:
+        features = json.loads((schema.metadata or {})[HF_FEATURES_KEY])["info"]["features"]
+        declared = features[LABEL_COLUMN]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not isinstance(declared, dict) or declared.get("_type") != "ClassLabel":
+        return None
+    if LABEL_COLUMN not in schema.names or not schema.field(LABEL_COLUMN).equals(LABEL_FIELD):
+        return None  # `datasets` keeps a declared feature only on a field of its exact Arrow type
+    return list(declared.get("names") or [])
+
+
+def with_label(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """`table` plus `label`, the index of each row's expression in `names`, declared as a ClassLabel of them."""
+    expression = table.column("expression")
+    labels = pc.index_in(expression, value_set=pa.array(list(names), pa.string()))
+    if labels.null_count:
+        bad = sorted(set(pc.filter(expression, pc.is_null(labels)).to_pylist()))
+        raise ManifestError(f"expression(s) {bad} are not in the label order {list(names)}")
+    out = table.append_column(LABEL_FIELD, labels.cast(pa.int64()))
+    return out.replace_schema_metadata({**(table.schema.metadata or {}), **hf_label_metadata(names)})
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Layout of a generated dataset (DIR):
       images/<expression>/<sample_id>.png       the renders (any layout works: `file_name` names them)
       manifest/part-00000-of-00012.parquet      the manifest, one shard per render task (canonical copy)
       manifest/_common_metadata                 schema + final dataset JSON, no rows (Spark/Dask convention)
-      metadata.parquet                          all shards concatenated: the HF ImageFolder view
+      metadata.parquet                          all shards concatenated plus `label`: the HF ImageFolder view
       dataset_card.json, README.md, croissant.json   the dataset card (manifests.card)
       _SUCCESS                                  written last by `finalize`: shard hashes, row count and the
                                                 sha256 of every other dataset file (layout.HASHED_FILES)
@@ -20,8 +20,11 @@ Why this layout, reader by reader:
   which infers imagefolder from the PNGs) pairs every image with its row of `metadata.parquet`
   through `file_name`, which ImageFolder resolves relative to the metadata file, hence relative to
   DIR. ImageFolder only takes a metadata file named exactly `metadata.parquet` and ignores other
-  Parquet files. `load_dataset("parquet", data_files="DIR/manifest/*.parquet")` gives the manifest
-  without decoding images.
+  Parquet files. Beside a metadata file it infers no label from folders, so metadata.parquet adds
+  `label` (= expression_index) to the manifest's columns, declared under its b"huggingface" schema key
+  as a ClassLabel named in the dataset's label order (manifests.schema.with_label).
+  `load_dataset("parquet", data_files="DIR/manifest/*.parquet")` gives the manifest without decoding
+  images.
 - The shards are NOT under `data/`: `datasets` first tries the pattern
   `data/{split}-NNNNN-of-NNNNN*.*`, so `data/part-00000-of-00002.parquet` turns into a split named
   "part" holding no images, and ImageFolder then finds nothing (tested with datasets 5.2). For the
@@ -62,9 +65,11 @@ from manifests.schema import (
     MANIFEST_SCHEMA,
     ManifestError,
     dataset_metadata,
+    label_order,
     parse_dataset_metadata,
     row_issues,
     to_table,
+    with_label,
 )
 from pipeline.io_utils import atomic_path, atomic_write_json, inside_root, sha256_file
 
@@ -214,14 +219,16 @@ def finalize(root: Path, dataset_meta: dict[str, Any], *, n_shards: int | None =
         raise ManifestError(f"{root}: {issues[0].message} (sample {issues[0].sample_id!r}); {len(issues)} issue(s)")
 
     final_meta = dataset_metadata(dataset_meta, n_shards=n, n_rows=table.num_rows)
+    final = parse_dataset_metadata(pa.schema([], metadata=final_meta), str(root))
     # A crashed writer leaves `.tmp-*` files; harmless to readers, but a finished dataset is tidy.
     for stale in (root / MANIFEST_DIR).glob(".tmp-*"):
         stale.unlink(missing_ok=True)
     with atomic_path(root / MANIFEST_DIR / COMMON_METADATA) as tmp:
         pq.write_metadata(MANIFEST_SCHEMA.with_metadata(final_meta), tmp)
-    _write_table(table.replace_schema_metadata(final_meta), root / IMAGEFOLDER_METADATA)
+    # The ImageFolder view adds `label`, so `load_dataset("imagefolder")` gives a ClassLabel in the manifest's order.
+    _write_table(with_label(table.replace_schema_metadata(final_meta), label_order(final)), root / IMAGEFOLDER_METADATA)
     if card:
-        write_card(root, table.to_pandas(), parse_dataset_metadata(pa.schema([], metadata=final_meta), str(root)))
+        write_card(root, table.to_pandas(), final)
     marker = root / SUCCESS_MARKER
     atomic_write_json(
         marker,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from test_manifest import N_SHARDS, build_dataset, final_meta
@@ -16,9 +17,10 @@ from typer.testing import CliRunner
 
 from manifests.audit import audit_dataset
 from manifests.card import CARD_JSON
-from manifests.schema import DATASET_METADATA_KEY
+from manifests.schema import DATASET_METADATA_KEY, hf_label_metadata
 from manifests.writer import finalize, shard_path
 from pipeline.cli import app
+from pipeline.expressions import EXPRESSIONS
 
 
 @pytest.fixture
@@ -153,6 +155,47 @@ def test_relabelled_metadata_names_the_column_and_a_sample(full_dataset: Path) -
     _relabel_imagefolder_copy(full_dataset)
     (problem,) = [p for p in audit_dataset(full_dataset).problems if p.code == "metadata_mismatch"]
     assert "column 'expression'" in problem.message and problem.sample
+
+
+def _edit_imagefolder_copy(root: Path, edit: Callable[[pa.Table], pa.Table]) -> None:
+    path = root / "metadata.parquet"
+    pq.write_table(edit(pq.read_table(path)), path)
+
+
+def _shift_labels(table: pa.Table) -> pa.Table:
+    i = table.schema.get_field_index("label")
+    return table.set_column(i, table.schema.field(i), pc.add(table.column(i), 1))
+
+
+# metadata.parquet's `label` is what `load_dataset("imagefolder")` gives as the class: (tampering, code, words).
+LABEL_TAMPERING: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "labels shifted": (lambda r: _edit_imagefolder_copy(r, _shift_labels), "metadata_mismatch", "column 'label'"),
+    "ClassLabel names reordered": (
+        lambda r: _edit_imagefolder_copy(
+            r, lambda t: t.replace_schema_metadata({**t.schema.metadata, **hf_label_metadata(EXPRESSIONS[::-1])})
+        ),
+        "metadata_mismatch",
+        "a ClassLabel named ['disgust'",
+    ),
+    "no label column (an older fersynth)": (
+        lambda r: _edit_imagefolder_copy(r, lambda t: t.drop_columns(["label"])),
+        "metadata_mismatch",
+        "no 'label' column",
+    ),
+    "card label order edited": (
+        lambda r: _edit_card(r, lambda c: c["labels"].update(names=sorted(EXPRESSIONS))),
+        "card_mismatch",
+        "labels.names",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_TAMPERING))
+def test_audit_checks_the_label_order(full_dataset: Path, case: str) -> None:
+    tamper, code, words = LABEL_TAMPERING[case]
+    tamper(full_dataset)
+    (problem,) = [p for p in audit_dataset(full_dataset).problems if p.code == code]
+    assert words in problem.message, problem
 
 
 def test_audit_reports_a_rejected_set_as_rejected(full_dataset: Path) -> None:

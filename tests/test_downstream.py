@@ -17,6 +17,7 @@ from manifests.labels import read_labels
 from manifests.schema import DATASET_METADATA_KEY, MANIFEST_SCHEMA_VERSION, ManifestError, make_sample_id
 from manifests.status import DatasetStatusError
 from manifests.writer import finalize, shard_path, write_shard
+from pipeline.adapters.labelmap import map_name
 from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.downstream import LabelledDataset, ManifestDataset, export_hf, export_imagefolder
@@ -173,7 +174,10 @@ def test_export_imagefolder(data: tuple[Path, Path], tmp_path: Path) -> None:
     _, syn = data
     result = export_imagefolder(syn, tmp_path / "if", filters={"expression": ["happy", "anger"]})
     files = sorted((tmp_path / "if").rglob("*.png"))
-    assert len(files) == result["images"] > 0 and {f.parent.name for f in files} == {"happy", "anger"}
+    # Class folders `<label>_<expression>`: sorted by name, they follow the label order (torchvision, Keras).
+    assert len(files) == result["images"] > 0 and {f.parent.name for f in files} == {"1_happy", "5_anger"}
+    assert list(result["per_class"]) == ["happy", "anger"]  # counts in the label order too
+    assert {map_name(f.parent.name) for f in files} == {"happy", "anger"}  # `data import folder` reads them back
     assert result["copy"] == len(files) and result["link"] == 0  # copies unless --link is asked for
     with pytest.raises(FileExistsError, match="not empty"):
         export_imagefolder(syn, tmp_path / "if")
@@ -294,5 +298,6 @@ def test_export_hf_loads_with_datasets(data: tuple[Path, Path], tmp_path: Path) 
     row = loaded[0]
     assert row["image"].size == (16, 16) and EXPRESSIONS[row["label"]] == row["expression"]
     assert {"identity_id", "intensity", "sample_id", "sha256"} <= set(loaded.column_names)
-    named = loaded.cast_column("label", datasets.ClassLabel(names=list(EXPRESSIONS)))  # as the README shows
-    assert named.features["label"].int2str(row["label"]) == row["expression"]
+    assert loaded.features["label"].names == list(EXPRESSIONS)  # a ClassLabel, all seven, no cast needed
+    assert loaded.features["label"].int2str(row["label"]) == row["expression"]
+    assert "no cast needed" in (out / "README.md").read_text()

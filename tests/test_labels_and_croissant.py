@@ -68,22 +68,20 @@ def test_manifest_dataset_card_and_hf_export_share_one_label_order(published: Pa
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the imagefolder export's class folders named in manifest order (changes test_downstream's "
-    "expected folder names) and a `label` column in the dataset's metadata.parquet (changes the audit's column check)",
-)
 def test_folder_routes_number_classes_in_manifest_order(published: Path, tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     from torchvision.datasets import ImageFolder
 
     from pipeline.downstream import export_imagefolder
 
+    truth = {sid: EXPRESSIONS.index(e) for sid, e in read_manifest(published)[["sample_id", "expression"]].values}
     export_imagefolder(published, tmp_path / "if")
     folder = ImageFolder(str(tmp_path / "if"))
     assert all(EXPRESSIONS.index(name.split("_")[-1]) == i for name, i in folder.class_to_idx.items())
+    assert folder.samples and all(lab == truth[Path(p).stem] for p, lab in folder.samples)
     own = datasets.load_dataset("imagefolder", data_dir=str(published), split="train", cache_dir=str(tmp_path / "c"))
     assert own.features["label"].names == list(EXPRESSIONS)
+    assert {r["sample_id"]: r["label"] for r in own.select_columns(["sample_id", "label"])} == truth
 
 
 def test_croissant_validates_and_gives_each_render_with_its_row(published: Path) -> None:

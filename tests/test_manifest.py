@@ -168,6 +168,10 @@ def test_hugging_face_datasets_reads_it(dataset: Path) -> None:
     assert row["image"].size == (16, 12)
     inferred = datasets.load_dataset(str(dataset), split="train")  # builder inferred from the PNGs
     assert sorted(inferred["sample_id"]) == sorted(images["sample_id"])
+    manifest_labels = read_manifest(dataset, ["sample_id", "expression_index"]).values.tolist()
+    for loaded in (images, inferred):  # metadata.parquet's `label`: a ClassLabel in the manifest's order
+        assert loaded.features["label"].names == list(EXPRESSIONS)
+        assert sorted(zip(loaded["sample_id"], loaded["label"], strict=True)) == sorted(map(tuple, manifest_labels))
     manifest = datasets.load_dataset("parquet", data_files=f"{dataset}/{MANIFEST_DIR}/*.parquet", split="train")
     assert sorted(manifest["sample_id"]) == sorted(images["sample_id"])
 
@@ -299,3 +303,9 @@ def test_card_contents(dataset: Path) -> None:
     fields = croissant["recordSet"][0]["field"]
     # Every manifest column, then the render itself (read from the images FileSet).
     assert [f["name"] for f in fields] == [*COLUMNS, "image"]
+    # The label order once, as an enumeration the manifest's expression_index refers to.
+    (labels,) = [r for r in croissant["recordSet"] if r["@id"] == "expressions"]
+    assert [(d["expressions/label"], d["expressions/name"]) for d in labels["data"]] == list(enumerate(EXPRESSIONS))
+    assert (
+        next(f for f in fields if f["name"] == "expression_index")["references"]["field"]["@id"] == "expressions/label"
+    )

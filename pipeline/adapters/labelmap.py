@@ -8,10 +8,11 @@ are counted in the import summary; unknown ones are an error unless the user ask
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Final
 
-from pipeline.expressions import EXPRESSIONS
+from pipeline.expressions import EXPRESSION_INDEX, EXPRESSIONS
 
 # Sentinel for "a known label with no class here": counted, never an error.
 DROP: Final = "__drop__"
@@ -53,6 +54,7 @@ _SYNONYMS: dict[str, str] = {
     "non-face": DROP,
 }
 assert set(_SYNONYMS.values()) == {*EXPRESSIONS, DROP}
+_EXPORT_FOLDER = re.compile(r"(\d+)_([a-z]+)")
 
 # Integer label schemes of the named datasets: code -> label name as the dataset documents it.
 FER2013_CODES: dict[int, str] = {
@@ -109,7 +111,12 @@ KDEF_CODES: dict[str, str] = {
 
 def map_name(raw: str) -> str | None:
     """Canonical expression for a label name, DROP for a known label without a class, None if unknown."""
-    return _SYNONYMS.get(raw.strip().lower().replace(" ", "-"))
+    key = raw.strip().lower().replace(" ", "-")
+    # A fersynth export's class folder, `<label>_<expression>` (e.g. 1_happy), imports back as its expression.
+    m = _EXPORT_FOLDER.fullmatch(key)
+    if m and EXPRESSION_INDEX.get(m.group(2)) == int(m.group(1)):
+        return m.group(2)
+    return _SYNONYMS.get(key)
 
 
 def map_code(raw: str | int, codes: Mapping[int, str]) -> tuple[str, str | None]:

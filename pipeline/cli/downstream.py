@@ -98,7 +98,8 @@ def export_dataset(
     root: Annotated[Path, typer.Argument(help="A generated dataset folder.")],
     out: Annotated[Path, typer.Argument(help="New (or empty) folder to write.")],
     format_: Annotated[
-        Literal["imagefolder", "hf"], typer.Option("--format", help="imagefolder: OUT/<expression>/; hf: + metadata")
+        Literal["imagefolder", "hf"],
+        typer.Option("--format", help="imagefolder: OUT/<label>_<expression>/; hf: + metadata"),
     ] = "imagefolder",
     where: Annotated[
         list[str] | None, typer.Option("--where", help="pandas query over manifest columns (repeatable).")

@@ -1,11 +1,14 @@
 """Export a generated dataset (or a filtered part of it) to layouts other tools read directly.
 
-- `export_imagefolder`: OUT/<expression>/<sample_id>.png, the torchvision ImageFolder / Keras layout.
+- `export_imagefolder`: OUT/<label>_<expression>/<sample_id>.png (e.g. `1_happy/`), the torchvision
+  ImageFolder / Keras layout. Both number classes by sorted folder name, so the index prefix makes
+  their class i the project's label i (pipeline.expressions.EXPRESSIONS) whenever every expression is
+  exported; a filtered export keeps the prefix, but those tools then number only the classes present.
 - `export_hf`: the same folders plus `metadata.parquet` (file_name, label, metadata columns), so
-  `datasets.load_dataset("imagefolder", data_dir=OUT)` gives an `image` column, the int `label`
-  (index into pipeline.expressions.EXPRESSIONS) and the metadata columns with no further arguments.
-  (datasets 5.2 ignores README feature declarations for imagefolder; `label` is a ClassLabel in that
-  order because metadata.parquet declares it under the schema's b"huggingface" key.)
+  `datasets.load_dataset("imagefolder", data_dir=OUT)` gives an `image` column, `label` as a
+  ClassLabel in the project's order (all seven names, whatever the filter kept) and the metadata
+  columns with no further arguments. (datasets 5.2 ignores README feature declarations for
+  imagefolder; metadata.parquet declares `label` under the schema's b"huggingface" key.)
 
 Images are copied, each read once: its sha256 is computed on the way and compared with the manifest's,
 so an image changed since it was rendered stops the export, naming the file. `link=True` hard-links
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -33,21 +35,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.layout import SUCCESS_MARKER, TEMP_PREFIX
+from manifests.layout import IMAGEFOLDER_METADATA, SUCCESS_MARKER, TEMP_PREFIX
 from manifests.reader import read_manifest
-from manifests.schema import ManifestError
+from manifests.schema import LABEL_COLUMN, ManifestError, hf_label_metadata
 from manifests.status import changed_shards, require_published
 from pipeline.downstream.dataset import Filters, apply_filters
-from pipeline.expressions import EXPRESSIONS
+from pipeline.expressions import EXPRESSION_INDEX, EXPRESSIONS
 from pipeline.io_utils import CHUNK, atomic_write_text, inside_root, sha256_file
 
 # Columns carried into the HF export's metadata (besides file_name and label).
 HF_COLUMNS = ("expression", "identity_id", "identity_source", "intensity", "sample_id", "sha256")
-# `datasets` reads a Parquet file's features from this schema key: `label` loads as a ClassLabel in the
-# manifest's order (label i = EXPRESSIONS[i]), the order of every other route.
-HF_LABEL_FEATURES = {
-    b"huggingface": json.dumps({"info": {"features": {"label": {"names": list(EXPRESSIONS), "_type": "ClassLabel"}}}})
-}
+# Digits of the class-folder prefix: zero-padded so that sorted folder names follow the label order.
+_PREFIX_DIGITS = len(str(len(EXPRESSIONS) - 1))
+
+
+def class_folder(expression: str) -> str:
+    """`<label>_<expression>`: the folder name whose sorted position is the expression's label."""
+    return f"{EXPRESSION_INDEX[expression]:0{_PREFIX_DIGITS}d}_{expression}"
 
 
 def _select(root: Path, filters: Filters, require_pass: bool) -> pd.DataFrame:
@@ -123,7 +127,7 @@ def _copy_images(root: Path, df: pd.DataFrame, out: Path, link: bool) -> tuple[l
                 f"{src}: image listed in the manifest is missing (sample {sample_id}); nothing exported"
             )
         # sample_id is unique in a manifest, so the flat per-class name cannot collide.
-        rel = f"{expression}/{sample_id}{src.suffix.lower() or '.png'}"
+        rel = f"{class_folder(expression)}/{sample_id}{src.suffix.lower() or '.png'}"
         placed, sha = _place(src, out / rel, link)
         if sha != expected_sha:
             raise ManifestError(
@@ -161,7 +165,7 @@ def export_imagefolder(
     link: bool = False,
     allow_rejected: bool = False,
 ) -> dict[str, Any]:
-    """Write OUT/<expression>/<sample_id>.png for the selected rows; returns counts."""
+    """Write OUT/<label>_<expression>/<sample_id>.png for the selected rows; returns counts."""
     return _export(Path(root), Path(out), filters, require_pass, link, allow_rejected)
 
 
@@ -177,27 +181,29 @@ def export_hf(
     root = Path(root)
 
     def hf_files(building: Path, df: pd.DataFrame, names: list[str]) -> None:
-        meta = pd.DataFrame({"file_name": names, "label": df["expression_index"].astype("int64").to_numpy()})
+        meta = pd.DataFrame({"file_name": names, LABEL_COLUMN: df["expression_index"].astype("int64").to_numpy()})
         for col in HF_COLUMNS:
             meta[col] = df[col].to_numpy()
         table = pa.Table.from_pandas(meta, preserve_index=False)
-        pq.write_table(table.replace_schema_metadata(HF_LABEL_FEATURES), building / "metadata.parquet")
+        pq.write_table(table.replace_schema_metadata(hf_label_metadata(EXPRESSIONS)), building / IMAGEFOLDER_METADATA)
         atomic_write_text(building / "README.md", _hf_readme(meta, root))
 
     return _export(root, Path(out), filters, require_pass, link, allow_rejected, hf_files)
 
 
 def _counts(df: pd.DataFrame) -> dict[str, int]:
-    return {e: int(n) for e, n in df["expression"].value_counts().sort_index().items()}
+    """Images per expression, in the label order."""
+    counts = df["expression"].value_counts()
+    return {e: int(counts[e]) for e in EXPRESSIONS if e in counts}
 
 
 def _hf_readme(meta: pd.DataFrame, root: Path) -> str:
     names = ", ".join(f"{i}={n}" for i, n in enumerate(EXPRESSIONS))
     return (
-        f"# {root.name} (fersynth export)\n\n{len(meta)} images, one folder per expression; `metadata.parquet` pairs\n"
-        "each `file_name` with its labels.\n\n"
+        f"# {root.name} (fersynth export)\n\n{len(meta)} images, one folder per expression (`<label>_<expression>`); "
+        "`metadata.parquet`\npairs each `file_name` with its labels.\n\n"
         "```python\nimport datasets\n"
         'ds = datasets.load_dataset("imagefolder", data_dir="<this folder>", split="train")\n'
-        f'ds = ds.cast_column("label", datasets.ClassLabel(names={list(EXPRESSIONS)!r}))\n```\n\n'
-        f"`label` is the expression index: {names}.\n"
+        'ds.features["label"]  # ClassLabel: no cast needed\n```\n\n'
+        f"`label` is the expression index, the order of every fersynth route: {names}.\n"
     )
