@@ -460,8 +460,9 @@ def test_rejected_dataset_is_re_judged_without_re_rendering(
     second = generate_dataset(None, tiny, tmp_path, overrides=[*fast, *LENIENT_GATES], name="ds")
     assert second.published and second.shards_rendered == 0
     assert not (second.dataset_dir / REJECTED_MARKER).exists()
-    # A per-image threshold change on a published dataset: re-rendered and re-scored in staging
-    # (same images, new flags); here it fails, so the published one stays as it was.
+    images = {p.relative_to(second.dataset_dir): p.stat() for p in (second.dataset_dir / "images").rglob("*.png")}
+    # A per-image threshold change on a published dataset: its renders re-scored in staging, not
+    # re-rendered (same files, new flags); here it fails, so the published one stays as it was.
     with pytest.raises(FileExistsError, match="another dataset"):
         generate_dataset(
             None, tiny, tmp_path, overrides=[*fast, *LENIENT_GATES, "quality.expression_threshold=0.95"], name="ds"
@@ -474,7 +475,10 @@ def test_rejected_dataset_is_re_judged_without_re_rendering(
         name="ds",
         overwrite=True,
     )
-    assert third.status == "rejected" and third.shards_rendered == 5
+    assert third.status == "rejected" and third.shards_rendered == 0
+    for rel, st in images.items():  # the staged renders are the published files, untouched
+        staged = (third.dataset_dir / rel).stat()
+        assert (staged.st_ino, staged.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), rel
     assert "class_balance" in third.failed_message  # no render reaches p_target 0.95 now
     assert not read_manifest(third.dataset_dir)["expression_pass"].any()
     pd.testing.assert_frame_equal(
@@ -482,6 +486,19 @@ def test_rejected_dataset_is_re_judged_without_re_rendering(
         manifest_of(third.dataset_dir)[["sample_id", "sha256"]],
     )
     assert audit_dataset(second.dataset_dir).ok
+    # A change that passes replaces the published set, again without rendering an image.
+    fourth = generate_dataset(
+        None,
+        tiny,
+        tmp_path,
+        overrides=[*fast, *LENIENT_GATES, "quality.expression_threshold=0.85"],
+        name="ds",
+        overwrite=True,
+    )
+    assert fourth.published and fourth.shards_rendered == 0
+    assert read_manifest(fourth.dataset_dir)["expression_pass"].all()
+    assert all((fourth.dataset_dir / rel).stat().st_mtime_ns == st.st_mtime_ns for rel, st in images.items())
+    assert audit_dataset(fourth.dataset_dir).ok
 
 
 def test_judged_alike_ignores_how_thresholds_were_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from PIL import Image
 from manifests.audit import audit_dataset, unaccounted_files
 from manifests.card import CARD_MD, package_versions
 from manifests.labels import dataset_kind, read_labels
-from manifests.layout import GRID_FILE, REJECTED_MARKER, REPORT_DIR, SUCCESS_MARKER, TEMP_PREFIX
+from manifests.layout import GRID_FILE, REJECTED_MARKER, REPORT_DIR, SUCCESS_MARKER, TEMP_PREFIX, shard_path
 from manifests.writer import finalize, read_shards_table
 from pipeline.cache import read_rgb_batch
 from pipeline.calibration import apply_calibration
@@ -326,6 +326,8 @@ def _stage(cfg: Config, plan: SweepPlan, out: Path, name: str, overwrite: bool) 
                 "a dataset); choose another name/--out "
                 "or pass --overwrite (it is replaced only once the new dataset passes its gates)"
             )
+    if overwrite and final.exists() and plan_key_of(final) == plan.key:
+        _stage_published_renders(final, staging, plan)
     if staging.exists():
         old = plan_key_of(staging)
         if old != plan.key and any(staging.iterdir()):
@@ -342,6 +344,35 @@ def _stage(cfg: Config, plan: SweepPlan, out: Path, name: str, overwrite: bool) 
         update_plan_meta(staging, plan.meta)
     sweep_unplanned(staging, plan)
     return Prepared(name, staging, final, plan.key, len(plan.items), plan.n_shards, published=False)
+
+
+def _stage_published_renders(final: Path, staging: Path, plan: SweepPlan) -> None:
+    """Stage a published set's images and manifest parts (same plan, so the same pixels) for an
+    `--overwrite` that changes only how renders are judged: its shards are then re-scored, not
+    re-rendered. Images are hard links where the file system allows (atomic writes replace, never
+    edit, a file, so the published copy cannot change through them); a part or image that differs
+    from its record is caught by the shard checks and rendered again."""
+    if staging.exists() and plan_key_of(staging) == plan.key:
+        return  # a staged run of this plan is already there: it resumes as it is
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for index in range(plan.n_shards):
+        part = shard_path(final, index, plan.n_shards)
+        if part.is_file():
+            _link_or_copy(part, shard_path(staging, index, plan.n_shards))
+    for it in plan.items:
+        if (final / it.file_name).is_file():
+            _link_or_copy(final / it.file_name, staging / it.file_name)
+    save_plan(plan, staging)  # last: a seed cut short has no plan.json and is discarded by the next --overwrite
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
 
 
 def published_damage(final: Path) -> str | None:
