@@ -247,7 +247,3 @@ def finalize(root: Path, dataset_meta: dict[str, Any], *, n_shards: int | None =
 def recorded_file_hashes(root: Path) -> dict[str, str]:
     """sha256 of every dataset file present (layout.HASHED_FILES), for the audit to tell later edits."""
     return {rel: sha256_file(root / rel) for rel in HASHED_FILES if (root / rel).is_file()}
-
-
-def is_finalized(root: Path) -> bool:
-    return (Path(root) / SUCCESS_MARKER).is_file()

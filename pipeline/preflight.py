@@ -25,11 +25,6 @@ def readable_file(path: Path, label: str) -> Path:
     return _readable(Path(path), label, Path.is_file, "is a folder, not a file", os.R_OK)
 
 
-def readable_folder(path: Path, label: str) -> Path:
-    """`path` is an existing folder this user can list."""
-    return _readable(Path(path), label, Path.is_dir, "is a regular file, not a folder", os.R_OK | os.X_OK)
-
-
 def _readable(path: Path, label: str, right_kind, wrong_kind: str, access: int) -> Path:
     if not path.exists():
         raise PreflightError(f"{label} {path}: does not exist")

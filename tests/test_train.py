@@ -619,7 +619,9 @@ def test_recon_share_and_raw_truth_spend_the_step_on_the_swaps(tiny_data: Path, 
     loss, g = some.objective.generator_phase(batch, r, 16, 1.0)
     raw = 0.25 * (w.swap_truth * g["swap_truth_raw"] + w.ssim * g["swap_ssim_raw"])
     rest = w.recon * g["recon"] + w.latent * g["latent"] + w.ssim * (g["recon_ssim"] + g["swap_ssim"])
-    assert float(loss) == pytest.approx(float(rest + w.swap_truth * g["swap_truth"] + w.mask * g["mask"] + raw), rel=1e-5)
+    assert float(loss) == pytest.approx(
+        float(rest + w.swap_truth * g["swap_truth"] + w.mask * g["mask"] + raw), rel=1e-5
+    )
 
 
 def test_target_code_is_the_mean_code_of_several_donors_of_one_expression_and_intensity(

@@ -20,7 +20,6 @@ from torch.utils.data import Dataset
 
 from manifests.labels import read_labels
 from manifests.reader import filter_manifest, read_manifest
-from manifests.schema import ManifestError
 from pipeline.io_utils import inside_root
 
 # Filters: a dict of column conditions (see manifests.reader.filter_manifest), one pandas query
@@ -195,8 +194,3 @@ class LabelledDataset(_FrameImageDataset):
 
     def _source(self, row: pd.Series) -> str:
         return str(row["source"])
-
-
-def check_not_empty(ds: Dataset, what: str) -> None:
-    if len(ds) == 0:  # type: ignore[arg-type]
-        raise ManifestError(f"{what}: no images left after filtering")

@@ -30,7 +30,7 @@ import torch
 
 from manifests.layout import CODES_FILE, PLAN_FILE
 from manifests.schema import make_sample_id
-from pipeline.config import GenerateConfig, config_to_dict
+from pipeline.config import GenerateConfig
 from pipeline.expressions import EXPRESSION_INDEX, check_expression_names
 from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
 from pipeline.train.data import session_of, to_model_range
@@ -385,17 +385,3 @@ def load_plan(root: Path) -> SweepPlan:
     items = [PlanItem(**{k: cols[k][i] for k in PlanItem.__dataclass_fields__ if k in cols}) for i in range(n)]
     identities = [PlannedIdentity(**d) for d in raw["identities"]]
     return SweepPlan(raw["key"], raw["render_key"], identities, items, raw["shard_size"], codes, raw.get("meta", {}))
-
-
-def plan_summary(plan: SweepPlan, gen: GenerateConfig) -> dict[str, Any]:
-    by_source: dict[str, int] = {}
-    for ident in plan.identities:
-        by_source[ident.source] = by_source.get(ident.source, 0) + 1
-    return {
-        "n_images": len(plan.items),
-        "n_identities": len(plan.identities),
-        "identities_by_source": by_source,
-        "n_shards": plan.n_shards,
-        "class_counts": plan.class_counts(),
-        "generate": config_to_dict(gen),
-    }

@@ -343,21 +343,3 @@ def per_group_fid_kid(
     return pd.DataFrame(
         rows, columns=["label", "n_real", "n_fake", "fid", "kid_mean", "kid_std", "fid_reliable", "note"]
     )
-
-
-def per_expression_fid_kid(
-    real: torch.Tensor | np.ndarray,
-    real_labels: Sequence[Any] | np.ndarray,
-    fake: torch.Tensor | np.ndarray,
-    fake_labels: Sequence[Any] | np.ndarray,
-    feature: nn.Module,
-    kid_subset_size: int | None = None,
-    kid_subsets: int = 100,
-    min_fid_images: int = 2048,
-    batch_size: int = 32,
-    device: Device | torch.device = "auto",
-) -> pd.DataFrame:
-    """Per-expression FID/KID from images (features extracted once for all groups)."""
-    fr = extract_features(feature, real, batch_size, device)
-    ff = extract_features(feature, fake, batch_size, device)
-    return per_group_fid_kid(fr, real_labels, ff, fake_labels, kid_subset_size, kid_subsets, min_fid_images)
