@@ -211,14 +211,6 @@ class TrainConfig(_Section):
         description="share of each batch also reconstructed from its codes alone (the recon, latent and "
         "adversarial terms of reconstructions); less leaves more of a step to the swaps",
     )
-    target_donors: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="images of the target's expression and intensity (other people) whose expression codes are "
-        "averaged into a swap's target code (train.balanced_targets): what is left of each donor's face in its "
-        "code averages out, as in the class-mean codes a dataset is rendered with",
-    )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm per optimiser step (None: no clipping)")
@@ -263,8 +255,6 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _stages_increase(self) -> TrainConfig:
-        if self.target_donors > 1 and not self.balanced_targets:
-            raise ValueError("target_donors > 1 needs balanced_targets: true (donors are rows of their own)")
         res = [s.resolution for s in self.stages]
         if not res:
             raise ValueError("stages: at least one stage is needed")

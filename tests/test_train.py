@@ -622,28 +622,3 @@ def test_recon_share_and_raw_truth_spend_the_step_on_the_swaps(tiny_data: Path, 
     assert float(loss) == pytest.approx(
         float(rest + w.swap_truth * g["swap_truth"] + w.mask * g["mask"] + raw), rel=1e-5
     )
-
-
-def test_target_code_is_the_mean_code_of_several_donors_of_one_expression_and_intensity(
-    tiny_data: Path, tmp_path: Path
-) -> None:
-    sets = ("train.balanced_targets=true", "train.target_donors=3", "train.judge_steps=2")
-    trainer = Trainer(tiny_cfg(tiny_data, tmp_path / "run", *sets))
-    trainer.run_judges()
-    trainer.gen.manual_seed(3)
-    idx_state = trainer.gen.get_state()
-    batch = trainer.sample_batch(6, 16, 1.0)
-    assert len(batch.donor_full) == 18
-    trainer.gen.set_state(idx_state)
-    torch.randint(0, trainer.data.n, (6,), generator=trainer.gen)  # the sources, as sample_batch draws them
-    rows = trainer.more_donors(trainer.sample_targets(6)).view(3, 6)
-    data = trainer.data
-    for j in range(1, 3):  # every donor of a swap shows the first one's expression and intensity
-        assert torch.equal(data.labels[rows[j]], data.labels[rows[0]])
-        assert torch.equal(data.intensity_code[rows[j]], data.intensity_code[rows[0]])
-    assert len(set(rows.flatten().tolist())) > 6  # ... in other images
-    r = trainer.objective.render(batch, 16, 1.0)
-    _, w_exp = trainer.nets.encoder(torch.cat([batch.x_full, batch.donor_full]))  # one pass, as render encodes
-    torch.testing.assert_close(r.w_exp_sw, w_exp[6:].view(3, 6, -1).mean(0), rtol=1e-4, atol=1e-5)
-    with pytest.raises(ConfigError, match="balanced_targets"):
-        tiny_cfg(tiny_data, tmp_path / "x", "train.target_donors=2")

@@ -424,7 +424,7 @@ class Trainer:
             y=data.labels[idx].to(dev),
             y_sw=data.labels[donor].to(dev),
             perm=perm,
-            donor_full=data.batch(self.more_donors(donor), full, 1.0, dev) if perm is None else None,
+            donor_full=data.batch(donor, full, 1.0, dev) if perm is None else None,
         )
         # Truths: each source's person and session with the target's expression (procedural data).
         if data.truth_key and any(getattr(self.cfg.train.loss, k) > 0 for k in TRUTH_TERMS):
@@ -443,24 +443,6 @@ class Trainer:
         leaves the sources, and so reconstruction and identity, as the data has them.
         """
         return torch.multinomial(self._row_weights, b, replacement=True, generator=self.gen)
-
-    def more_donors(self, donor: torch.Tensor) -> torch.Tensor:
-        """``donor`` then, `train.target_donors` - 1 times, another row of each donor's expression and
-        intensity (drawn uniformly, any person): the rows whose codes are averaged into the targets."""
-        rows = [donor]
-        for _ in range(self.cfg.train.target_donors - 1):
-            pick = []
-            for r in donor.tolist():
-                group = self._rows_alike[(int(self.data.labels[r]), int(self.data.intensity_code[r]))]
-                pick.append(group[int(torch.randint(len(group), (1,), generator=self.gen))])
-            rows.append(torch.stack(pick))
-        return torch.cat(rows)
-
-    @functools.cached_property
-    def _rows_alike(self) -> dict[tuple[int, int], torch.Tensor]:
-        """(expression, intensity code) -> the rows holding it."""
-        key = self.data.labels * 1000 + self.data.intensity_code
-        return {(int(k) // 1000, int(k) % 1000): torch.nonzero(key == k).squeeze(1) for k in key.unique()}
 
     @functools.cached_property
     def _row_weights(self) -> torch.Tensor:

@@ -30,8 +30,7 @@ class Batch:
     y: torch.Tensor  # source expression labels
     y_sw: torch.Tensor  # swap target expression labels
     perm: torch.Tensor | None  # targets are the sources permuted within the batch ...
-    donor_full: torch.Tensor | None  # ... or images of their own (train.balanced_targets), at full size:
-    # k images per swap (train.target_donors), donor j of swap i at row j * len(x) + i, codes averaged
+    donor_full: torch.Tensor | None  # ... or images of their own (train.balanced_targets), at full size
     truth: torch.Tensor | None = None  # true swaps at the stage's resolution, for the rows in `valid`
     valid: torch.Tensor | None = None
 
@@ -71,8 +70,7 @@ class DecouplingObjective:
         if batch.perm is None:
             w_id, w_exp_all = n.encoder(torch.cat([batch.x_full, batch.donor_full]))
             b = len(batch.x_full)
-            w_id, w_exp = w_id[:b], w_exp_all[:b]
-            w_exp_sw = w_exp_all[b:].view(-1, b, w_exp.shape[1]).mean(0)
+            w_id, w_exp, w_exp_sw = w_id[:b], w_exp_all[:b], w_exp_all[b:]
         else:
             w_id, w_exp = n.encoder(batch.x_full)
             w_exp_sw = w_exp[batch.perm.to(w_exp.device)]
