@@ -39,6 +39,7 @@ from pipeline.quality.ssim import ssim_batch
 from pipeline.swaps import render_over_photo
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import to_uint8
+from pipeline.train.losses import weighted_l1
 
 N_CLS = 7
 RES = 64
@@ -106,11 +107,6 @@ class GeneratorEditor(nn.Module):
         return self.generator(w_exp.new_zeros(len(w_exp), 1), w_exp, RES, 1.0, source=photo)
 
 
-def weighted_l1(render: Tensor, truth: Tensor, source: Tensor, changed_weight: float = 10.0) -> Tensor:
-    w = 1.0 + changed_weight * changed_region(truth, source)
-    return ((render - truth).abs() * w).mean() / w.mean()
-
-
 def sample_swaps(data: TrainData, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """(source rows, donor rows, truth rows) of `n` random swaps that have a truth."""
     src = torch.randint(data.n, (n,), generator=gen)
@@ -140,7 +136,7 @@ def train_editor(
         x, t = data.batch(src, RES, 1.0, cpu), data.batch(truth, RES, 1.0, cpu)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = editor.render(x, data.labels[donor], data.intensity_code[donor].float() / 100)
-        loss = weighted_l1(out.float(), t, x)
+        loss = weighted_l1(out.float(), t, 1.0 + 10.0 * changed_region(t, x))  # as train.loss.changed_weight: 10
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
