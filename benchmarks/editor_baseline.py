@@ -94,13 +94,13 @@ class GeneratorEditor(nn.Module):
     rest of the training system (encoder codes, adversary, feedback, schedule) lets it learn.
     """
 
-    def __init__(self, n_cls: int = N_CLS, exp_dim: int = 16, channels: int = 128) -> None:
+    def __init__(self, n_cls: int = N_CLS, exp_dim: int = 16, channels: int = 128, lean: bool = False) -> None:
         super().__init__()
         from models.generator import Generator
 
         self.n_cls = n_cls
         self.code = nn.Linear(n_cls, exp_dim)
-        self.generator = Generator(1, exp_dim, RES, channels, 32, edit_mask=True, photo_skips=True)
+        self.generator = Generator(1, exp_dim, RES, channels, 32, edit_mask=True, photo_skips=True, lean=lean)
 
     def render(self, photo: Tensor, cls: Tensor, intensity: Tensor) -> Tensor:
         w_exp = self.code(F.one_hot(cls, self.n_cls).float() * intensity[:, None])
@@ -127,7 +127,7 @@ def train_editor(
 ) -> Editor | GeneratorEditor:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    editor = Editor() if arch == "unet" else GeneratorEditor()
+    editor = Editor() if arch == "unet" else GeneratorEditor(lean=arch == "lean")
     opt = torch.optim.Adam(editor.parameters(), lr=lr, betas=(0.9, 0.99))
     cpu = torch.device("cpu")
     start, step = time.monotonic(), 0
@@ -212,7 +212,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/procedural-64"))
     ap.add_argument("--minutes", type=float, default=12.0)
     ap.add_argument("--checkpoint", type=Path, help="score this checkpoint's swaps instead of training the editor")
-    ap.add_argument("--arch", choices=("unet", "generator"), default="unet", help="the editor's U-Net or our generator")
+    ap.add_argument(
+        "--arch",
+        choices=("unet", "generator", "lean"),
+        default="unet",
+        help="the editor's U-Net, our generator, or it lean",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument(
         "--bf16", action="store_true", help="train under bfloat16 autocast, as train.precision=auto does here"

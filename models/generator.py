@@ -81,17 +81,28 @@ class _InputBlock(nn.Module):
 
 
 class _UpBlock(nn.Module):
-    """Nearest 2x upsample, the photo path's features at the new size (if any), two styled conv3x3."""
+    """Nearest 2x upsample, the photo path's features at the new size (if any), one or two styled conv3x3."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, skip_channels: int = 0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, skip_channels: int = 0, convs: int = 2) -> None:
         super().__init__()
         self.skip_channels = skip_channels
         self.conv1 = _StyledConv(in_channels + skip_channels, out_channels, w_dim)
-        self.conv2 = _StyledConv(out_channels, out_channels, w_dim)
+        self.conv2 = _StyledConv(out_channels, out_channels, w_dim) if convs == 2 else None
 
     def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv2(self.conv1(_with_skip(x, skip, self.skip_channels), w), w)
+        x = self.conv1(_with_skip(F.interpolate(x, scale_factor=2, mode="nearest"), skip, self.skip_channels), w)
+        return x if self.conv2 is None else self.conv2(x, w)
+
+
+class _StridedDown(nn.Module):
+    """One stride-2 conv3x3 -> LReLU: a step down at a quarter of `DownBlock`'s cost (the editor's U-Net)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = EqualConv2d(in_channels, out_channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(self.conv(x), 0.2)
 
 
 class PhotoPath(nn.Module):
@@ -104,11 +115,12 @@ class PhotoPath(nn.Module):
     and the newest skip is scaled by alpha, so at alpha = 0 the generator is the previous stage's.
     """
 
-    def __init__(self, chans: list[int], exp_dim: int) -> None:
+    def __init__(self, chans: list[int], exp_dim: int, strided: bool = False) -> None:
         super().__init__()
         self.from_rgb = nn.ModuleList(EqualConv2d(3 + exp_dim, c, 1) for c in chans)
         # down[i] takes resolutions[i + 1] features to resolutions[i].
-        self.down = nn.ModuleList(DownBlock(chans[i + 1], chans[i]) for i in range(len(chans) - 1))
+        step = _StridedDown if strided else DownBlock
+        self.down = nn.ModuleList(step(chans[i + 1], chans[i]) for i in range(len(chans) - 1))
 
     def _read(self, photo: Tensor, w_exp: Tensor, level: int) -> Tensor:
         code = w_exp[:, :, None, None].to(photo.dtype).expand(-1, -1, *photo.shape[-2:])
@@ -173,6 +185,7 @@ class Generator(nn.Module):
         min_channels: floor for the halving.
         edit_mask: also emit a mask per resolution, so a render can be composited over its source.
         photo_skips: read the source photo through a down path (`PhotoPath`) into every resolution.
+        lean: one styled conv per doubling and a strided photo path, about the editor U-Net's cost per step.
     """
 
     def __init__(
@@ -184,6 +197,7 @@ class Generator(nn.Module):
         min_channels: int = 32,
         edit_mask: bool = False,
         photo_skips: bool = False,
+        lean: bool = False,
     ) -> None:
         super().__init__()
         self.id_dim = id_dim
@@ -194,10 +208,12 @@ class Generator(nn.Module):
         chans = [progressive_channels(r, channels, min_channels) for r in self._resolutions]
         self.channels = chans
         skip = chans if photo_skips else [0] * len(chans)
-        self.photo_path = PhotoPath(chans, exp_dim) if photo_skips else None
+        self.photo_path = PhotoPath(chans, exp_dim, strided=lean) if photo_skips else None
         self.input = _InputBlock(chans[0], w_dim, skip[0])
         # blocks[i] takes resolutions[i] features to resolutions[i + 1].
-        self.blocks = nn.ModuleList(_UpBlock(chans[i], chans[i + 1], w_dim, skip[i + 1]) for i in range(len(chans) - 1))
+        self.blocks = nn.ModuleList(
+            _UpBlock(chans[i], chans[i + 1], w_dim, skip[i + 1], 1 if lean else 2) for i in range(len(chans) - 1)
+        )
         # Images come out of a linear 1x1 conv (gain 1, ProGAN's toRGB).
         self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
         # Mask logits start at 0 (an even blend) and, like toRGB, come out of a linear 1x1 conv.

@@ -104,6 +104,11 @@ class ModelConfig(_Section):
         description="the generator reads the source photo, with the target expression code tiled over it, "
         "through a down path whose features join every resolution (a U-Net); novel identities get none",
     )
+    lean_generator: bool = Field(
+        False,
+        description="one styled conv per doubling and a strided photo path: about the cost of issue 29's "
+        "editor U-Net per step, so the minutes buy several times the swaps",
+    )
     exp_code_probe: bool = Field(
         False,
         description="a linear probe reads the expression label off the expression code; train.loss.exp_code "

@@ -225,13 +225,25 @@ def test_edit_mask_composites_the_render_over_its_source() -> None:
     torch.testing.assert_close(plain(w_id, w_exp, 16, source=source), plain(w_id, w_exp, 16))
 
 
-def _photo_gen() -> Generator:
-    return Generator(ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8, edit_mask=True, photo_skips=True)
+def _photo_gen(lean: bool = False) -> Generator:
+    return Generator(
+        ID_DIM, EXP_DIM, max_resolution=16, channels=16, min_channels=8, edit_mask=True, photo_skips=True, lean=lean
+    )
+
+
+def test_lean_generator_has_one_conv_per_doubling_and_a_strided_photo_path() -> None:
+    full, lean = _photo_gen(), _photo_gen(lean=True)
+    assert all(b.conv2 is None for b in lean.blocks) and all(b.conv2 is not None for b in full.blocks)
+    assert sum(p.numel() for p in lean.parameters()) < sum(p.numel() for p in full.parameters())
+    w_id, w_exp = _codes(2)
+    photo = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert lean(w_id, w_exp, 16, source=photo).shape == (2, 3, 16, 16)
 
 
 @torch.no_grad()
-def test_photo_skips_carry_the_photo_and_the_target_code_into_the_render() -> None:
-    g = _photo_gen()
+@pytest.mark.parametrize("lean", [False, True])
+def test_photo_skips_carry_the_photo_and_the_target_code_into_the_render(lean: bool) -> None:
+    g = _photo_gen(lean)
     assert g.reads_photo
     w_id, w_exp = _codes(2)
     photo = torch.rand(2, 3, 16, 16) * 2 - 1
@@ -250,8 +262,9 @@ def test_photo_skips_carry_the_photo_and_the_target_code_into_the_render() -> No
 
 
 @torch.no_grad()
-def test_photo_skips_fade_in_from_the_previous_stage() -> None:
-    g = _photo_gen()
+@pytest.mark.parametrize("lean", [False, True])
+def test_photo_skips_fade_in_from_the_previous_stage(lean: bool) -> None:
+    g = _photo_gen(lean)
     w_id, w_exp = _codes(2)
     photo = torch.rand(2, 3, 16, 16) * 2 - 1
     for r in (8, 16):
@@ -262,8 +275,9 @@ def test_photo_skips_fade_in_from_the_previous_stage() -> None:
             torch.testing.assert_close(F.interpolate(a, scale_factor=2, mode="nearest"), b)
 
 
-def test_photo_path_gradients_reach_every_used_parameter() -> None:
-    g = _photo_gen()
+@pytest.mark.parametrize("lean", [False, True])
+def test_photo_path_gradients_reach_every_used_parameter(lean: bool) -> None:
+    g = _photo_gen(lean)
     w_id, w_exp = _codes(2)
     photo = torch.rand(2, 3, 16, 16) * 2 - 1
     g(w_id, w_exp, 16, source=photo).square().mean().backward()

@@ -81,6 +81,7 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         m.gen_min_channels,
         edit_mask=m.edit_mask,
         photo_skips=m.photo_skips,
+        lean=m.lean_generator,
     )
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)
