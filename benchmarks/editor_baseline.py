@@ -184,8 +184,10 @@ def score_swaps(render: Render, data: TrainData, root: Path, max_sources: int | 
     return result
 
 
-def checkpoint_renderer(checkpoint: Path, train: TrainData | None = None) -> Render:
-    """Swaps of a finished checkpoint; an unfinished one (no target codes yet) gets codes fitted on `train`."""
+def checkpoint_renderer(checkpoint: Path, train: TrainData | None = None, raw: bool = False) -> Render:
+    """Swaps of a finished checkpoint; an unfinished one (no target codes yet) gets codes fitted on `train`.
+
+    `raw`: draw with the trained generator instead of its EMA copy (the one renders use)."""
     ckpt = load_checkpoint(checkpoint)
     if ckpt.get("codes"):
         cfg, nets, ckpt = load_trained(checkpoint, device=torch.device("cpu"))
@@ -197,6 +199,8 @@ def checkpoint_renderer(checkpoint: Path, train: TrainData | None = None) -> Ren
             m.load_state_dict(ckpt["nets"][k])
             m.eval().requires_grad_(False)
         codes = fit_target_codes(nets.encoder, train, N_CLS, torch.device("cpu"))
+    if raw:
+        nets.generator_ema.load_state_dict(ckpt["nets"]["generator"])
 
     def render(x: Tensor, cls: Tensor, inten: Tensor) -> Tensor:
         w_id, w_exp = nets.encoder(x)
@@ -222,13 +226,14 @@ def main() -> None:
     ap.add_argument(
         "--bf16", action="store_true", help="train under bfloat16 autocast, as train.precision=auto does here"
     )
+    ap.add_argument("--raw-generator", action="store_true", help="with --checkpoint: the generator, not its EMA")
     ap.add_argument("--split", default="val")
     ap.add_argument("--max-sources", type=int)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_split(args.data, RES, args.split)
     if args.checkpoint:
-        render = checkpoint_renderer(args.checkpoint, load_split(args.data, RES, "train"))
+        render = checkpoint_renderer(args.checkpoint, load_split(args.data, RES, "train"), args.raw_generator)
     else:
         editor = train_editor(load_split(args.data, RES, "train"), args.minutes, args.arch, lr=args.lr, bf16=args.bf16)
         render = editor.render
