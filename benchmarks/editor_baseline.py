@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.generator import Generator
 from pipeline.core.checkpoint import load_checkpoint
 from pipeline.core.codes import expression_target, fit_target_codes
 from pipeline.core.legacy import checkpoint_config
@@ -46,6 +47,11 @@ RES = 64
 
 # Draws a swap: (source photos in [-1, 1], target class, target intensity in [0, 1]) -> render.
 Render = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def target_maps(cls: Tensor, intensity: Tensor, n_cls: int = N_CLS) -> Tensor:
+    """The label as the editor is handed it: one-hot x intensity, (N, n_cls)."""
+    return F.one_hot(cls, n_cls).float() * intensity[:, None]
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -82,8 +88,7 @@ class Editor(nn.Module):
         return torch.tanh(out[:, :3]), out[:, 3:]
 
     def render(self, photo: Tensor, cls: Tensor, intensity: Tensor) -> Tensor:
-        target = F.one_hot(cls, self.n_cls).float() * intensity[:, None]
-        colour, logit = self(photo, target)
+        colour, logit = self(photo, target_maps(cls, intensity, self.n_cls))
         return torch.lerp(photo, colour.float(), torch.sigmoid(logit.float()))
 
 
@@ -96,14 +101,12 @@ class GeneratorEditor(nn.Module):
 
     def __init__(self, n_cls: int = N_CLS, exp_dim: int = 16, channels: int = 128, lean: bool = False) -> None:
         super().__init__()
-        from models.generator import Generator
-
         self.n_cls = n_cls
         self.code = nn.Linear(n_cls, exp_dim)
         self.generator = Generator(1, exp_dim, RES, channels, 32, edit_mask=True, photo_skips=True, lean=lean)
 
     def render(self, photo: Tensor, cls: Tensor, intensity: Tensor) -> Tensor:
-        w_exp = self.code(F.one_hot(cls, self.n_cls).float() * intensity[:, None])
+        w_exp = self.code(target_maps(cls, intensity, self.n_cls))
         return self.generator(w_exp.new_zeros(len(w_exp), 1), w_exp, RES, 1.0, source=photo)
 
 

@@ -83,11 +83,13 @@ class _InputBlock(nn.Module):
 class _UpBlock(nn.Module):
     """Nearest 2x upsample, the photo path's features at the new size (if any), one or two styled conv3x3."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, skip_channels: int = 0, convs: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, w_dim: int, skip_channels: int = 0, second_conv: bool = True
+    ) -> None:
         super().__init__()
         self.skip_channels = skip_channels
         self.conv1 = _StyledConv(in_channels + skip_channels, out_channels, w_dim)
-        self.conv2 = _StyledConv(out_channels, out_channels, w_dim) if convs == 2 else None
+        self.conv2 = _StyledConv(out_channels, out_channels, w_dim) if second_conv else None
 
     def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
         x = self.conv1(_with_skip(F.interpolate(x, scale_factor=2, mode="nearest"), skip, self.skip_channels), w)
@@ -212,7 +214,7 @@ class Generator(nn.Module):
         self.input = _InputBlock(chans[0], w_dim, skip[0])
         # blocks[i] takes resolutions[i] features to resolutions[i + 1].
         self.blocks = nn.ModuleList(
-            _UpBlock(chans[i], chans[i + 1], w_dim, skip[i + 1], 1 if lean else 2) for i in range(len(chans) - 1)
+            _UpBlock(chans[i], chans[i + 1], w_dim, skip[i + 1], second_conv=not lean) for i in range(len(chans) - 1)
         )
         # Images come out of a linear 1x1 conv (gain 1, ProGAN's toRGB).
         self.to_rgb = nn.ModuleList(EqualConv2d(c, 3, 1, gain=1.0) for c in chans)
