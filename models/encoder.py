@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from models.layers import EqualLinear, PixelNorm, check_images, resize_square
+from models.layers import EqualLinear, PixelNorm, check_images, pixel_norm, resize_square
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,6 +85,7 @@ class Encoder(nn.Module):
         mapping_hidden, mapping_lr_mul: width and learning-rate multiplier of the mapping MLP.
         exp_classes: > 0 adds a linear probe from the expression code to that many expression labels
             (`expression_logits`), so training can hold the code to the label from the first step.
+        code_norm: each code comes out on its sphere (norm sqrt(dim)), so no loss can grow it without bound.
     """
 
     def __init__(
@@ -98,8 +99,10 @@ class Encoder(nn.Module):
         mapping_hidden: int = 512,
         mapping_lr_mul: float = 0.1,
         exp_classes: int = 0,
+        code_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.code_norm = code_norm
         self.backbone_name = backbone
         self.input_size = input_size
         self.id_dim = id_dim
@@ -156,7 +159,11 @@ class Encoder(nn.Module):
         return self.backbone(self._prepare(x))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mapping(self.backbone(self._prepare(x)))
+        w_id, w_exp = self.mapping(self.backbone(self._prepare(x)))
+        if self.code_norm:
+            # A probe's cross-entropy otherwise falls by growing the codes, and the feedback's MSE with them.
+            w_id, w_exp = pixel_norm(w_id), pixel_norm(w_exp)
+        return w_id, w_exp
 
     def expression_logits(self, w_exp: Tensor) -> Tensor:
         """The probe's expression logits of expression codes (only with ``exp_classes`` > 0)."""

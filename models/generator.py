@@ -36,6 +36,7 @@ from models.layers import (
     EqualLinear,
     check_alpha,
     check_resolution,
+    pixel_norm,
     progressive_channels,
     progressive_resolutions,
 )
@@ -188,6 +189,7 @@ class Generator(nn.Module):
         edit_mask: also emit a mask per resolution, so a render can be composited over its source.
         photo_skips: read the source photo through a down path (`PhotoPath`) into every resolution.
         lean: one styled conv per doubling and a strided photo path, about the editor U-Net's cost per step.
+        code_norm: put each code on its sphere (norm sqrt(dim), StyleGAN's PixelNorm) before it steers.
     """
 
     def __init__(
@@ -200,8 +202,10 @@ class Generator(nn.Module):
         edit_mask: bool = False,
         photo_skips: bool = False,
         lean: bool = False,
+        code_norm: bool = False,
     ) -> None:
         super().__init__()
+        self.code_norm = code_norm
         self.id_dim = id_dim
         self.exp_dim = exp_dim
         self.max_resolution = max_resolution
@@ -285,6 +289,9 @@ class Generator(nn.Module):
             raise ValueError(f"w_id must be (N, {self.id_dim}), got shape {tuple(w_id.shape)}")
         if w_exp.dim() != 2 or w_exp.shape[1] != self.exp_dim or w_exp.shape[0] != w_id.shape[0]:
             raise ValueError(f"w_exp must be ({w_id.shape[0]}, {self.exp_dim}), got shape {tuple(w_exp.shape)}")
+        if self.code_norm:
+            # An encoder's raw codes swing every AdaIN scale per photo; unbounded, they shut the edit mask.
+            w_id, w_exp = pixel_norm(w_id), pixel_norm(w_exp)
         w = torch.cat([w_id, w_exp], dim=1)
         skips: list[Tensor | None] = [None] * (stage + 1)
         if self.photo_path is not None and photo is not None:

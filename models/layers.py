@@ -95,7 +95,12 @@ class PixelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        return pixel_norm(x, self.eps)
+
+
+def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Every vector (over dim 1) scaled to unit RMS, i.e. onto the sphere of radius sqrt(dim)."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
 
 
 class MinibatchStdDev(nn.Module):

@@ -109,6 +109,12 @@ class ModelConfig(_Section):
         description="one styled conv per doubling and a strided photo path: about the cost of issue 29's "
         "editor U-Net per step, so the minutes buy several times the swaps",
     )
+    code_norm: bool = Field(
+        False,
+        description="codes on their sphere (PixelNorm): the encoder emits them so and the generator reads any "
+        "code so; raw codes swing every AdaIN scale per photo until the edit mask shuts and never reopens, "
+        "and a probe or the feedback's MSE can grow them without bound (docs/experiments/photo_path.md)",
+    )
     exp_code_probe: bool = Field(
         False,
         description="a linear probe reads the expression label off the expression code; train.loss.exp_code "

@@ -241,6 +241,20 @@ def test_lean_generator_has_one_conv_per_doubling_and_a_strided_photo_path() -> 
 
 
 @torch.no_grad()
+def test_code_norm_reads_only_each_codes_direction() -> None:
+    g = _photo_gen(lean=True)
+    g.code_norm = True
+    w_id, w_exp = _codes(2)
+    photo = torch.rand(2, 3, 16, 16) * 2 - 1
+    render = g(w_id, w_exp, 16, source=photo)
+    # A code's length does not reach the AdaIN scales or the photo path: only where it points.
+    torch.testing.assert_close(g(w_id * 5.0, w_exp * 0.2, 16, source=photo), render)
+    assert (g(w_id, -w_exp, 16, source=photo) - render).abs().mean() > 1e-4
+    g.code_norm = False
+    assert (g(w_id * 5.0, w_exp * 0.2, 16, source=photo) - render).abs().mean() > 1e-3
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("lean", [False, True])
 def test_photo_skips_carry_the_photo_and_the_target_code_into_the_render(lean: bool) -> None:
     g = _photo_gen(lean)
@@ -349,6 +363,19 @@ def test_encoder_codes_are_the_mapping_of_its_features(backbone: str) -> None:
         plain = enc.mapping(enc.features(x))
     assert w_id.shape == (2, ID_DIM) and w_exp.shape == (2, EXP_DIM)
     assert torch.equal(w_id, plain[0]) and torch.equal(w_exp, plain[1])
+
+
+@torch.no_grad()
+def test_encoder_code_norm_puts_both_codes_on_their_sphere() -> None:
+    enc = Encoder("small", ID_DIM, EXP_DIM, mapping_layers=1, input_size=32, mapping_hidden=32, code_norm=True)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    w_id, w_exp = enc.eval()(x)
+    plain_id, plain_exp = enc.mapping(enc.features(x))
+    torch.testing.assert_close(w_id.square().mean(1), torch.ones(3))
+    torch.testing.assert_close(w_exp.square().mean(1), torch.ones(3))
+    # The same directions as the mapping's raw codes, only their lengths fixed.
+    torch.testing.assert_close(F.cosine_similarity(w_id, plain_id), torch.ones(3))
+    torch.testing.assert_close(F.cosine_similarity(w_exp, plain_exp), torch.ones(3))
 
 
 def test_encoder_resnet50_forward_and_state_loading() -> None:

@@ -72,6 +72,7 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         backbone_state=backbone_state,
         mapping_lr_mul=m.mapping_lr_mul,
         exp_classes=m.num_classes if m.exp_code_probe else 0,
+        code_norm=m.code_norm,
     )
     generator = Generator(
         m.id_dim,
@@ -82,6 +83,7 @@ def build_networks(cfg: Config, num_identities: int, backbone_state: dict | None
         edit_mask=m.edit_mask,
         photo_skips=m.photo_skips,
         lean=m.lean_generator,
+        code_norm=m.code_norm,
     )
     generator_ema = copy.deepcopy(generator).eval().requires_grad_(False)
     discriminator = Discriminator(res, m.disc_channels, m.gen_min_channels, m.num_classes)

@@ -131,7 +131,7 @@ class DecouplingObjective:
             cycle = F.l1_loss(n.generator(fb_sw[0], r.w_exp, res, alpha, source=r.swap), batch.x)
             loss = loss + w.cycle * _put(terms, "cycle", cycle)
         use_ssim = w.ssim > 0 and res >= L.SSIM_MIN_RESOLUTION
-        if use_ssim:
+        if use_ssim and w.recon > 0:
             terms["recon_ssim"] = L.ssim_loss(r.rec, batch.x[:k])
             loss = loss + w.ssim * terms["recon_ssim"]
         if batch.truth is not None and w.swap_truth > 0:
