@@ -622,3 +622,11 @@ def test_recon_share_and_raw_truth_spend_the_step_on_the_swaps(tiny_data: Path, 
     assert float(loss) == pytest.approx(
         float(rest + w.swap_truth * g["swap_truth"] + w.mask * g["mask"] + raw), rel=1e-5
     )
+    # Without the reconstruction term its SSIM goes too: the step is spent on the swaps alone.
+    none = Trainer(tiny_cfg(tiny_data, tmp_path / "none", *extra, "train.loss.recon=0", "train.loss.raw_truth=0"))
+    none.run_judges()
+    r = none.objective.render(batch, 16, 1.0)
+    loss, g = none.objective.generator_phase(batch, r, 16, 1.0)
+    assert "recon_ssim" not in g
+    expected = w.latent * g["latent"] + w.ssim * g["swap_ssim"] + w.swap_truth * g["swap_truth"] + w.mask * g["mask"]
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
