@@ -50,21 +50,24 @@ class Bisect:
     def __init__(self, code: str, identity: str, pieces: set[str], encoder_lr: float) -> None:
         torch.manual_seed(0)
         self.code, self.identity, self.pieces = code, identity, pieces
-        self.gen = Generator(ID_DIM, EXP_DIM, RES, 128, 32, edit_mask=True, photo_skips=True, lean=True)
-        self.gen.code_norm = "gen-sphere" in pieces
+        self.uses_encoder = "encoder" in (code, identity)
+        self.gen = Generator(
+            ID_DIM, EXP_DIM, RES, 128, 32, edit_mask=True, photo_skips=True, lean=True, code_norm="gen-sphere" in pieces
+        )
         self.label = nn.Linear(N_CLS, EXP_DIM)
-        self.enc = Encoder("small", ID_DIM, EXP_DIM, 3, RES, mapping_lr_mul=1.0, exp_classes=N_CLS)
-        self.enc.code_norm = "enc-sphere" in pieces
+        self.enc = Encoder(
+            "small", ID_DIM, EXP_DIM, 3, RES, mapping_lr_mul=1.0, exp_classes=N_CLS, code_norm="enc-sphere" in pieces
+        )
+        # Built even when unused, so every variant starts from the same weights (the same draws of the seed).
         self.feedback = FeedbackNetwork(ID_DIM, EXP_DIM, RES, 32)
         self.disc = Discriminator(RES, 64, 32, N_CLS)
         groups = [{"params": self.gen.parameters(), "lr": 0.005}, {"params": self.label.parameters(), "lr": 0.005}]
-        if "encoder" in (code, identity):
+        if self.uses_encoder:
             groups.append({"params": self.enc.parameters(), "lr": encoder_lr})
         if "latent" in pieces:
             groups.append({"params": self.feedback.parameters(), "lr": 0.005})
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=0.002, betas=(0.0, 0.99))
-        self.uses_encoder = "encoder" in (code, identity)
 
     def step(self, data: TrainData, rng: torch.Generator) -> tuple[float, float]:
         p = self.pieces
@@ -91,12 +94,12 @@ class Bisect:
             if "code-only" in p:
                 loss = loss + weighted_l1(self.gen(wid[:h], w_exp[:h], RES, 1.0).float(), t[:h], weight[:h])
             if "recon" in p:
-                own = data.labels[src[:h]], data.intensity_code[src[:h]].float() / 100
                 if self.code == "encoder":
-                    wid_own, exp_own = self.enc(x[:h])
+                    id_own, exp_own = self.enc(x[:h])  # the sources' own codes, as the recipe reads them
+                    wid_own = id_own if self.identity == "encoder" else wid[:h]
                 else:
-                    wid_own, exp_own = wid[:h], self.label(target_maps(*own))
-                wid_own = wid_own if self.identity == "encoder" else wid[:h]
+                    own_label = target_maps(data.labels[src[:h]], data.intensity_code[src[:h]].float() / 100)
+                    wid_own, exp_own = wid[:h], self.label(own_label)
                 loss = loss + F.l1_loss(self.gen(wid_own, exp_own, RES, 1.0).float(), x[:h])
         if "latent" in p:
             loss = loss + 0.1 * latent_recovery(self.feedback(out.float()), wid.float(), w_exp.float())
