@@ -15,7 +15,8 @@ SSIM, code-only swap and reconstruction 10 each; latent and adversary 1).
 Pieces: probe (the expression probe's cross-entropy on both codes), gen-sphere / enc-sphere
 (`model.code_norm` in the generator / the encoder), ssim (1 - SSIM of the swap), code-only (half the
 swaps also drawn without the photo, held to the truth), recon (half the sources drawn back from their
-own codes, no photo), latent (the feedback network recovers the codes from the swap), adv (a
+own codes, no photo), latent (the feedback network recovers the codes from the swap), latent-codes (it
+recovers them from the code-only swaps only; needs code-only), adv (a
 discriminator with an auxiliary classifier), detach-id (no gradient from the generator into w_id).
 """
 
@@ -39,7 +40,8 @@ from pipeline.quality.regions import changed_region
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.losses import d_logistic, g_nonsaturating, latent_recovery, ssim_loss, weighted_l1
 
-PIECES = ("probe", "gen-sphere", "enc-sphere", "ssim", "code-only", "recon", "latent", "adv", "detach-id")
+PIECES = ("probe", "gen-sphere", "enc-sphere", "ssim", "code-only", "recon", "latent", "latent-codes", "adv")
+PIECES += ("detach-id",)
 ID_DIM, EXP_DIM = 64, 16
 CPU = torch.device("cpu")
 
@@ -64,7 +66,7 @@ class Bisect:
         groups = [{"params": self.gen.parameters(), "lr": 0.005}, {"params": self.label.parameters(), "lr": 0.005}]
         if self.uses_encoder:
             groups.append({"params": self.enc.parameters(), "lr": encoder_lr})
-        if "latent" in pieces:
+        if {"latent", "latent-codes"} & pieces:
             groups.append({"params": self.feedback.parameters(), "lr": 0.005})
         self.opt = torch.optim.Adam(groups, betas=(0.9, 0.99))
         self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=0.002, betas=(0.0, 0.99))
@@ -92,7 +94,8 @@ class Bisect:
         h = len(x) // 2
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if "code-only" in p:
-                loss = loss + weighted_l1(self.gen(wid[:h], w_exp[:h], RES, 1.0).float(), t[:h], weight[:h])
+                codes_only = self.gen(wid[:h], w_exp[:h], RES, 1.0).float()
+                loss = loss + weighted_l1(codes_only, t[:h], weight[:h])
             if "recon" in p:
                 if self.code == "encoder":
                     id_own, exp_own = self.enc(x[:h])  # the sources' own codes, as the recipe reads them
@@ -103,6 +106,8 @@ class Bisect:
                 loss = loss + F.l1_loss(self.gen(wid_own, exp_own, RES, 1.0).float(), x[:h])
         if "latent" in p:
             loss = loss + 0.1 * latent_recovery(self.feedback(out.float()), wid.float(), w_exp.float())
+        if "latent-codes" in p:
+            loss = loss + 0.1 * latent_recovery(self.feedback(codes_only), wid[:h].float(), w_exp[:h].float())
         if "adv" in p:
             self.disc.requires_grad_(False)
             d_fake, c_fake = self.disc(out.float(), RES)

@@ -222,6 +222,12 @@ class TrainConfig(_Section):
         description="share of each batch also reconstructed from its codes alone (the recon, latent and "
         "adversarial terms of reconstructions); less leaves more of a step to the swaps",
     )
+    # Recovering codes through a swap drawn over its photo pulls it back to the photo (issue 29's bisection).
+    feedback_reads: Literal["all", "codes"] = Field(
+        "all",
+        description="renders the feedback network recovers the codes from: all (the paper), or codes: only those "
+        "drawn from the codes alone (reconstructions, code-only swaps; model.photo_skips), not the photo's swaps",
+    )
     disc_lr: float | None = Field(None, gt=0, le=1.0, description="Adam lr of the discriminator (None: lr)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(10.0, gt=0, description="max gradient norm per optimiser step (None: no clipping)")

@@ -4,6 +4,8 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_defaults_load_and_override_applies() -> None:
     cfg = load_config(overrides=["train.batch_size=16", "procedural.intensities=[0.25, 1.0]"])
@@ -43,3 +45,9 @@ def test_yaml_file_and_errors(tmp_path: Path) -> None:
 def test_stage_past_model_resolution_is_refused() -> None:
     with pytest.raises(ConfigError, match="max_resolution"):
         load_config(overrides=["model.max_resolution=32"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.train.stages[-1].resolution == cfg.model.max_resolution

@@ -551,7 +551,12 @@ def test_photo_skips_recipe_trains_without_zero_weight_terms_and_evaluates(tiny_
         assert 0.0 <= metrics[key] <= 1.0, key
 
 
-def test_photo_skips_train_on_photo_data_without_swap_truth(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "design", [(), ("model.lean_generator=true", "model.code_norm=true", "train.feedback_reads=codes")], ids=["C", "I"]
+)
+def test_photo_skips_train_on_photo_data_without_swap_truth(
+    tiny_data: Path, tmp_path: Path, design: tuple[str, ...]
+) -> None:
     import pandas as pd
 
     from manifests.labels import read_labels, write_labels
@@ -561,7 +566,7 @@ def test_photo_skips_train_on_photo_data_without_swap_truth(tiny_data: Path, tmp
     frame, meta = read_labels(root)
     write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
     with pytest.warns(UserWarning, match=r"train\.loss\.swap_truth cannot apply"):
-        trainer = Trainer(tiny_cfg(root, tmp_path / "run", *PHOTO_SKIPS))
+        trainer = Trainer(tiny_cfg(root, tmp_path / "run", *PHOTO_SKIPS, *design))
     trainer.run_judges()
     trainer.stage_idx = 2
     m = trainer.train_step(16, 1.0)
@@ -630,3 +635,26 @@ def test_recon_share_and_raw_truth_spend_the_step_on_the_swaps(tiny_data: Path, 
     assert "recon_ssim" not in g
     expected = w.latent * g["latent"] + w.ssim * g["swap_ssim"] + w.swap_truth * g["swap_truth"] + w.mask * g["mask"]
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_feedback_reading_codes_only_leaves_the_photo_swaps_to_their_truth(tiny_data: Path, tmp_path: Path) -> None:
+    zero = ("train.loss.adv=0", "train.loss.swap_cls=0", "train.loss.cycle=0", "train.loss.identity=0")
+    extra = (*PHOTO_SKIPS, *zero, "train.loss.swap_truth=10", "train.loss.code_swap_truth=10", "train.judge_steps=2")
+    latents = {}
+    for reads in ("all", "codes"):
+        trainer = Trainer(tiny_cfg(tiny_data, tmp_path / reads, *extra, f"train.feedback_reads={reads}"))
+        trainer.run_judges()
+        obj = trainer.objective
+        batch = trainer.sample_batch(8, 16, 1.0)
+        r = obj.render(batch, 16, 1.0)
+        assert r.swap_codes is not None
+        _, terms = obj.generator_phase(batch, r, 16, 1.0)
+        fb_sw = trainer.nets.feedback(r.swap) if reads == "all" else None
+        latent = obj.latent_recovery(r, fb_sw)
+        torch.testing.assert_close(latent, terms["latent"])
+        latents[reads] = torch.autograd.grad(latent, [r.swap, r.swap_codes], allow_unused=True)
+    on_swap, on_codes = latents["all"]
+    assert on_swap is not None and on_swap.abs().sum() > 0 and on_codes is None  # the paper: every swap
+    on_swap, on_codes = latents["codes"]
+    # Reading only what the codes alone drew, its gradient never reaches the swaps over the photo.
+    assert on_swap is None and on_codes is not None and on_codes.abs().sum() > 0

@@ -62,6 +62,7 @@ class DecouplingObjective:
         self.w = cfg.train.loss
         self.full = cfg.model.max_resolution
         self.recon_share = cfg.train.recon_share
+        self.feedback_reads = cfg.train.feedback_reads
 
     def render(self, batch: Batch, res: int, alpha: float) -> Renders:
         n = self.nets
@@ -120,12 +121,11 @@ class DecouplingObjective:
             loss = loss + w.swap_cls * _put(terms, "swap_cls", F.cross_entropy(swap_logits, batch.y_sw))
         if w.identity > 0:
             loss = loss + w.identity * _put(terms, "identity", L.identity_loss(n.embedder, up_sw, batch.x_full))
-        if w.latent > 0 or w.cycle > 0:
+        reads_swaps = self.feedback_reads == "all" or not _reads_photo(n.generator)
+        if w.cycle > 0 or (w.latent > 0 and reads_swaps):
             fb_sw = n.feedback(r.swap)
         if w.latent > 0:
-            fb_rec = n.feedback(r.rec)
-            latent = L.latent_recovery(fb_sw, r.w_id, r.w_exp_sw) + L.latent_recovery(fb_rec, r.w_id[:k], r.w_exp[:k])
-            loss = loss + w.latent * _put(terms, "latent", latent)
+            loss = loss + w.latent * _put(terms, "latent", self.latent_recovery(r, fb_sw if reads_swaps else None))
         if w.cycle > 0:
             # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
             cycle = F.l1_loss(n.generator(fb_sw[0], r.w_exp, res, alpha, source=r.swap), batch.x)
@@ -166,6 +166,19 @@ class DecouplingObjective:
             loss = loss + w.mask * terms["mask"]
         terms["swap_acc"] = (swap_logits.argmax(1) == batch.y_sw).float().mean()
         return loss, terms
+
+    def latent_recovery(self, r: Renders, fb_sw: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The feedback network gives back the codes of the reconstructions and of the swaps: of every
+        swap (`fb_sw`, its reading of them: the paper), or, with `train.feedback_reads: codes` (fb_sw
+        None), only of the swaps drawn from the codes alone."""
+        fb, k = self.nets.feedback, len(r.rec)
+        total = L.latent_recovery(fb(r.rec), r.w_id[:k], r.w_exp[:k])
+        if fb_sw is not None:
+            return total + L.latent_recovery(fb_sw, r.w_id, r.w_exp_sw)
+        if r.swap_codes is not None:
+            rows = r.codes_rows
+            total = total + L.latent_recovery(fb(r.swap_codes), r.w_id[rows], r.w_exp_sw[rows])
+        return total
 
 
 def _reads_photo(generator: torch.nn.Module) -> bool:
