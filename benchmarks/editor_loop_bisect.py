@@ -15,9 +15,9 @@ SSIM, code-only swap and reconstruction 10 each; latent and adversary 1).
 Pieces: probe (the expression probe's cross-entropy on both codes), gen-sphere / enc-sphere
 (`model.code_norm` in the generator / the encoder), ssim (1 - SSIM of the swap), code-only (half the
 swaps also drawn without the photo, held to the truth), recon (half the sources drawn back from their
-own codes, no photo), latent (the feedback network recovers the codes from the swap), latent-codes (it
-recovers them from the code-only swaps only; needs code-only), adv (a
-discriminator with an auxiliary classifier), detach-id (no gradient from the generator into w_id).
+own codes, no photo), latent (the feedback network recovers the codes from the swap), latent-codes
+(it recovers them from the code-only swaps only; needs code-only), adv (a discriminator with an
+auxiliary classifier), detach-id (no gradient from the generator into w_id).
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from pipeline.quality.regions import changed_region
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.losses import d_logistic, g_nonsaturating, latent_recovery, ssim_loss, weighted_l1
 
-PIECES = ("probe", "gen-sphere", "enc-sphere", "ssim", "code-only", "recon", "latent", "latent-codes", "adv")
-PIECES += ("detach-id",)
+PIECES = "probe gen-sphere enc-sphere ssim code-only recon latent latent-codes adv detach-id".split()  # noqa: SIM905
 ID_DIM, EXP_DIM = 64, 16
 CPU = torch.device("cpu")
 
@@ -153,6 +152,8 @@ def main() -> None:
     ap.add_argument("--pieces", nargs="*", choices=PIECES, default=[])
     ap.add_argument("--encoder-lr", type=float, default=0.002)
     args = ap.parse_args()
+    if "latent-codes" in args.pieces and "code-only" not in args.pieces:
+        ap.error("--pieces latent-codes reads the code-only swaps: add code-only")
     train = load_split(args.data, RES, "train")
     loop = Bisect(args.code, args.identity, set(args.pieces), args.encoder_lr)
     rng = torch.Generator().manual_seed(0)

@@ -113,7 +113,7 @@ class ModelConfig(_Section):
         False,
         description="codes on their sphere (PixelNorm): the encoder emits them so and the generator reads any "
         "code so; raw codes swing every AdaIN scale per photo until the edit mask shuts and never reopens, "
-        "and a probe or the feedback's MSE can grow them without bound (docs/experiments/photo_path.md)",
+        "and a probe or the feedback's MSE can grow them without bound (docs/experiments/codes_on_sphere.md)",
     )
     exp_code_probe: bool = Field(
         False,

@@ -62,7 +62,8 @@ class DecouplingObjective:
         self.w = cfg.train.loss
         self.full = cfg.model.max_resolution
         self.recon_share = cfg.train.recon_share
-        self.feedback_reads = cfg.train.feedback_reads
+        # The feedback network reads the swaps too unless told to read only what the codes alone drew.
+        self.feedback_reads_swaps = cfg.train.feedback_reads == "all" or not _reads_photo(nets.generator)
 
     def render(self, batch: Batch, res: int, alpha: float) -> Renders:
         n = self.nets
@@ -121,11 +122,11 @@ class DecouplingObjective:
             loss = loss + w.swap_cls * _put(terms, "swap_cls", F.cross_entropy(swap_logits, batch.y_sw))
         if w.identity > 0:
             loss = loss + w.identity * _put(terms, "identity", L.identity_loss(n.embedder, up_sw, batch.x_full))
-        reads_swaps = self.feedback_reads == "all" or not _reads_photo(n.generator)
-        if w.cycle > 0 or (w.latent > 0 and reads_swaps):
+        if w.cycle > 0 or (w.latent > 0 and self.feedback_reads_swaps):
             fb_sw = n.feedback(r.swap)
         if w.latent > 0:
-            loss = loss + w.latent * _put(terms, "latent", self.latent_recovery(r, fb_sw if reads_swaps else None))
+            latent = self.latent_recovery(r, fb_sw if self.feedback_reads_swaps else None)
+            loss = loss + w.latent * _put(terms, "latent", latent)
         if w.cycle > 0:
             # Cycle: the identity recovered from the swap, with the source expression, gives the source back.
             cycle = F.l1_loss(n.generator(fb_sw[0], r.w_exp, res, alpha, source=r.swap), batch.x)
