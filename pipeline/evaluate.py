@@ -34,7 +34,7 @@ from pipeline.quality.leakage import leak_heatmap, leak_spread, leak_table
 from pipeline.quality.outside_judge import load_outside_judge
 from pipeline.quality.regions import changed_region, region_keys, region_scores
 from pipeline.quality.ssim import psnr_batch, ssim_batch
-from pipeline.swaps import draws_over_photo, render_over_photo
+from pipeline.swaps import draws_over_photo, render_from_codes, render_over_photo
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import compose_grid, save_png, to_uint8
 
@@ -326,7 +326,7 @@ def _summarise(s: _Setup, scores: BatchScores, judges_on_real: dict[str, float])
 # The three kinds of face the novel-identity figures compare, and their metric-name suffixes.
 FACE_KINDS = (
     ("real photos", "photos"),
-    ("real identities' codes, plain generator", "codes"),
+    ("real identities' codes, no photo", "codes"),
     ("novel identities", "novel"),
 )
 
@@ -381,8 +381,14 @@ def _novel_identity_scores(
             **{f"id_{k}": v for k, v in out.items()},
         }
 
+    neutral = codes["exp_neutral"].to(device)
+
     def render(ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda j: s.nets.generator_ema(ids[j // n_cls], s.targets[j % n_cls], full, 1.0).clamp(-1, 1)
+        def draw(j: torch.Tensor) -> torch.Tensor:
+            g, composite = s.nets.generator_ema, s.cfg.generate.composite
+            return render_from_codes(g, composite, ids[j // n_cls], s.targets[j % n_cls], neutral, full).clamp(-1, 1)
+
+        return draw
 
     kinds = {
         "photos": judge(

@@ -6,7 +6,10 @@ the figures of the images a dataset holds:
   differs from the render for the photo's own expression code (`Generator.edit`);
 - ``mask``: the generator's learned edit mask, for checkpoints that have one; a checkpoint without
   one gives the plain RGB.
-Novel identities have no photo and always get the plain RGB.
+Novel identities have no photo. A generator that reads the photo (``model.photo_skips``) draws one
+neutral from its codes alone, then every expression over that render as over a photo
+(`render_from_codes`): its code-only path need only draw a face, and its photo path, which learned
+far more from the swap truths, draws the expression. Other generators draw them from the codes alone.
 """
 
 from __future__ import annotations
@@ -47,3 +50,22 @@ def render_over_photo(
         return generator.edit(w_id, w_exp, w_exp_source, source, resolution)
     render, rgb, logit = generator(w_id, w_exp, resolution, 1.0, source=source, with_parts=True)
     return render, rgb, None if logit is None else torch.sigmoid(logit)
+
+
+def render_from_codes(
+    generator: Generator,
+    composite: str,
+    w_id: torch.Tensor,
+    w_exp: torch.Tensor,
+    w_neutral: torch.Tensor,
+    resolution: int,
+) -> torch.Tensor:
+    """Renders of identities with no photo (novel identities) for target codes ``w_exp``.
+
+    ``w_neutral`` is the neutral target code (D,): a generator that reads the photo draws each identity
+    with it first and redraws that render for ``w_exp``; any other draws ``w_exp`` from the codes alone."""
+    if not generator.reads_photo:
+        return generator(w_id, w_exp, resolution, 1.0)
+    neutral = w_neutral.to(w_exp.dtype).expand_as(w_exp)
+    base = generator(w_id, neutral, resolution, 1.0).clamp(-1, 1)
+    return render_over_photo(generator, composite, w_id, w_exp, neutral, base, resolution)[0]

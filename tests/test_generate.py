@@ -277,6 +277,44 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
     shards_mod._CONTEXTS.clear()
 
 
+def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_over_that_render(
+    tiny: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from pipeline.train.loop import Trainer
+
+    sets = [f"train.out_dir={tmp_path / 'run'}", "model.edit_mask=true", "model.photo_skips=true"]
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={cfg_for(tiny).data.root}", *sets])
+    ckpt = Trainer(cfg).train()
+    gen_cfg = cfg_for(ckpt, "generate.identity_sources=[novel]", "generate.n_novel=1", "generate.composite=mask")
+    plan = make_plan(gen_cfg, ckpt, load_checkpoint(ckpt))
+    plan.meta["name"] = "x"
+    ctx = shards_mod.get_context(plan)
+    items = plan.items[:7]
+    w_id, _ = shards_mod.sample_codes(ctx, plan, items)
+    head = ctx.generator.to_mask[-1]
+    saved = head.bias.detach().clone(), head.weight.detach().clone()
+    try:
+        with torch.no_grad():  # a mask that keeps every pixel: each render is the identity's neutral render
+            head.weight.zero_()
+            head.bias.fill_(-50.0)
+            kept = shards_mod.render_items(ctx, plan, items)
+            neutral = ctx.generator(w_id, ctx.codes["exp_neutral"].expand(len(items), -1), ctx.resolution, 1.0)
+    finally:
+        with torch.no_grad():
+            head.bias.copy_(saved[0])
+            head.weight.copy_(saved[1])
+    assert len({it.expression for it in items}) > 1 and len({it.identity_id for it in items}) == 1
+    assert np.abs(kept.astype(int) - to_uint8(neutral.clamp(-1, 1)).astype(int)).max() <= 1
+    # With its mask open the expression is redrawn over that face, not drawn from the codes alone.
+    drawn = shards_mod.render_items(ctx, plan, items)
+    with torch.no_grad():
+        alone = to_uint8(ctx.generator(w_id, shards_mod.sample_codes(ctx, plan, items)[1], ctx.resolution, 1.0))
+    assert np.abs(drawn.astype(int) - alone.astype(int)).mean() > 1
+    shards_mod._CONTEXTS.clear()
+
+
 def test_difference_composite_draws_real_identities_over_their_photo_with_its_own_expression(tiny: Path) -> None:
     import torch
 

@@ -46,7 +46,7 @@ from pipeline.quality.expression import expression_scores
 from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
 from pipeline.quality.gates import per_image_flags
 from pipeline.quality.ssim import ssim_batch
-from pipeline.swaps import draws_over_photo, needs_photo_code, render_over_photo
+from pipeline.swaps import draws_over_photo, needs_photo_code, render_from_codes, render_over_photo
 from pipeline.train.data import session_of, to_model_range
 from pipeline.train.grids import to_uint8
 
@@ -236,16 +236,21 @@ def render_items(ctx: RenderContext, plan: SweepPlan, items: list[PlanItem]) -> 
     """uint8 NHWC renders of `items` (what goes into the PNGs)."""
     w_id, w_exp = sample_codes(ctx, plan, items)
     rows = [_drawn_over(ctx, it) for it in items]
-    if not any(r is not None for r in rows):  # only novel identities (or no photos): codes alone
-        return to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0).clamp(-1, 1))
-    has_base = torch.tensor([r is not None for r in rows], device=ctx.device)[:, None, None, None]
-    base = to_model_range(ctx.images[torch.tensor([r if r is not None else 0 for r in rows])], ctx.device)
-    w_exp_base = None
-    if needs_photo_code(ctx.cfg.generate.composite):  # rows without a photo take any code: plain RGB below
-        w_exp_base = torch.stack([_photo_expression(ctx, it, r, w_exp[0]) for it, r in zip(items, rows, strict=True)])
-    composite = ctx.cfg.generate.composite
-    render, rgb, _ = render_over_photo(ctx.generator, composite, w_id, w_exp, w_exp_base, base, ctx.resolution)
-    return to_uint8(torch.where(has_base, render, rgb).clamp(-1, 1))
+    photo = [i for i, r in enumerate(rows) if r is not None]
+    alone = [i for i, r in enumerate(rows) if r is None]  # novel identities (or no photos)
+    composite, res = ctx.cfg.generate.composite, ctx.resolution
+    out = torch.empty(len(items), 3, res, res, device=ctx.device)
+    if alone:
+        out[alone] = render_from_codes(
+            ctx.generator, composite, w_id[alone], w_exp[alone], ctx.codes["exp_neutral"], res
+        )
+    if photo:
+        base = to_model_range(ctx.images[torch.tensor([rows[i] for i in photo])], ctx.device)
+        w_exp_base = None
+        if needs_photo_code(composite):
+            w_exp_base = torch.stack([_photo_expression(ctx, items[i], rows[i]) for i in photo])
+        out[photo] = render_over_photo(ctx.generator, composite, w_id[photo], w_exp[photo], w_exp_base, base, res)[0]
+    return to_uint8(out.clamp(-1, 1))
 
 
 def _drawn_over(ctx: RenderContext, it: PlanItem) -> int | None:
@@ -255,10 +260,8 @@ def _drawn_over(ctx: RenderContext, it: PlanItem) -> int | None:
     return ctx.base_rows.get(it.identity_id)
 
 
-def _photo_expression(ctx: RenderContext, it: PlanItem, row: int | None, fallback: torch.Tensor) -> torch.Tensor:
+def _photo_expression(ctx: RenderContext, it: PlanItem, row: int) -> torch.Tensor:
     """The expression code of the photo an item is drawn over (the difference composite reads it)."""
-    if row is None:
-        return fallback
     return ctx.source_codes[row][1] if it.source_image else ctx.base_exp[it.identity_id]
 
 
