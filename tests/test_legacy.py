@@ -13,7 +13,7 @@ from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.core.legacy import checkpoint_config, drop_retired, stored_config
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = REPO / "checkpoints" / "cpu-64.pt"
+COMMITTED = REPO / "checkpoints" / "photo-sphere-64.pt"
 
 
 def _with_retired(**values: object) -> dict:
@@ -28,26 +28,25 @@ def _with_retired(**values: object) -> dict:
     return raw
 
 
-def test_committed_checkpoint_config_loads_and_drops_its_retired_fields(caplog: pytest.LogCaptureFixture) -> None:
+def test_committed_checkpoint_config_loads_with_its_recipe() -> None:
     ckpt = load_checkpoint(COMMITTED)
-    with caplog.at_level(logging.INFO, logger="pipeline.core.legacy"):
-        cfg = checkpoint_config(ckpt, str(COMMITTED))
-    assert cfg.model.edit_mask and cfg.train.balanced_targets and cfg.train.judge_soften == 0.5
-    note = caplog.text
-    assert "dropped retired config fields" in note
-    for name in ("model.id_spatial_channels", "train.balanced_classes", "train.loss.perceptual"):
-        assert name in note
+    cfg = checkpoint_config(ckpt, str(COMMITTED))
+    m, t = cfg.model, cfg.train
+    assert m.edit_mask and m.photo_skips and m.lean_generator and m.code_norm and t.feedback_reads == "codes"
+    assert t.balanced_targets and t.judge_soften == 0.5
     # Overrides apply on top of the stored config, as the CLI's --set does.
-    assert checkpoint_config(ckpt, "x", ["generate.composite=mask"]).generate.composite == "mask"
+    assert checkpoint_config(ckpt, "x", ["generate.composite=difference"]).generate.composite == "difference"
 
 
-def test_every_retired_field_is_dropped_and_has_its_page() -> None:
+def test_every_retired_field_is_dropped_and_has_its_page(caplog: pytest.LogCaptureFixture) -> None:
     raw = _with_retired(**{k.replace(".", "__"): v for k, v in ((k, d) for k, (d, _) in RETIRED_FIELDS.items())})
     clean, dropped = drop_retired(raw)
     assert set(dropped) == set(RETIRED_FIELDS)
     assert "id_spatial_channels" not in clean["model"] and "perceptual" not in clean["train"]["loss"]
     assert "id_spatial_channels" in raw["model"]  # the caller's dict is left as it was
-    stored_config(raw, "plan.json")  # all at their "off" values: reads as today's config
+    with caplog.at_level(logging.INFO, logger="pipeline.core.legacy"):
+        stored_config(raw, "plan.json")  # all at their "off" values: reads as today's config
+    assert "dropped retired config fields" in caplog.text and "train.loss.perceptual" in caplog.text
     for _, page in RETIRED_FIELDS.values():
         assert (REPO / page).is_file(), page
 

@@ -27,10 +27,12 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 
 # README path -> the tiny recipe's equivalent (relative paths resolve in the test's working folder).
 CHEAP_PATHS = {
+    "configs/photo-sphere-64.yaml": str(REPO / "configs" / "tiny.yaml"),
     "configs/cpu-64.yaml": str(REPO / "configs" / "tiny.yaml"),
     "data/procedural-64": "data/tiny-16",
     "runs/cpu-64/": "runs/tiny/",
-    "checkpoints/cpu-64.pt": "checkpoints/mine.pt",
+    "runs/photo-sphere-64/": "runs/tiny/",
+    "checkpoints/photo-sphere-64.pt": "checkpoints/mine.pt",
     "datasets/demo": "datasets/mine",  # the demo runs elsewhere; the walkthrough's own dataset stands in
 }
 GENERATE_FAST = [

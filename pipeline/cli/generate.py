@@ -11,7 +11,7 @@ import typer
 from pipeline.cli.app import USER_ERRORS, ConfigOpt, SetOpt, app, console, fail, guarded, load, os_error_line
 from pipeline.cli.progress import PhaseProgress, log_line, plain_output
 
-DEMO_CHECKPOINT = Path("checkpoints/cpu-64.pt")
+DEMO_CHECKPOINT = Path("checkpoints/photo-sphere-64.pt")
 # A few hundred images in a few minutes on 2 CPU cores: 7 expressions x 2 intensities x the train
 # identities of the embedded dataset (capped), plus a handful of novel identities; FID on a capped set.
 DEMO_SETTINGS = [
@@ -151,7 +151,7 @@ def demo(
     guarded(lambda: writable_folder(out, "--out"))  # before the training data is made
     if not checkpoint.is_file():
         console.print(
-            f"[bold red]error:[/] checkpoint {checkpoint} not found; train one (`fersynth train -c configs/cpu-64.yaml`) "
+            f"[bold red]error:[/] checkpoint {checkpoint} not found; train one (`fersynth train -c configs/photo-sphere-64.yaml`) "
             "or pass --checkpoint",
             soft_wrap=True,
         )
