@@ -1,13 +1,13 @@
 """The GAN's ground-truth figures against issue 3's floors (run by hand; prints figures).
 
-    python benchmarks/bench_gan.py [CHECKPOINT]   # default: runs/cpu-64/checkpoints/final.pt
+    python benchmarks/bench_gan.py [CHECKPOINT]   # default: runs/photo-sphere-64/checkpoints/final.pt
 
 Scores every (test identity, target expression) swap with `pipeline.evaluate.evaluate_checkpoint`
 (independent judges, exact procedural truth) and prints each figure beside its floor, plus the
 GAN stages' training time the checkpoint recorded (peak memory: run training under
 `/usr/bin/time -v`). Needs the checkpoint's dataset
-(`fersynth data make --config configs/cpu-64.yaml --out data/procedural-64`). A release checkpoint
-(`checkpoints/cpu-64.pt`) works too: it keeps the evaluation judges.
+(`fersynth data make --config configs/photo-sphere-64.yaml --out data/procedural-64`). A release checkpoint
+(`checkpoints/photo-sphere-64.pt`) works too: it keeps the evaluation judges.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     from pipeline.expressions import EXPRESSIONS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", nargs="?", type=Path, default=Path("runs/cpu-64/checkpoints/final.pt"))
+    ap.add_argument("checkpoint", nargs="?", type=Path, default=Path("runs/photo-sphere-64/checkpoints/final.pt"))
     ap.add_argument("--out", type=Path, default=None, help="where eval.json / swap_grid.png go")
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="config override, e.g. generate.composite=mask"

@@ -1,6 +1,6 @@
 """Seconds per GAN training step at each resolution of a recipe (run by hand; prints figures).
 
-    python benchmarks/bench_train.py --config configs/cpu-64.yaml --data data/procedural-64 [--steps 4]
+    python benchmarks/bench_train.py --config configs/photo-sphere-64.yaml --data data/procedural-64 [--steps 4]
 
 Needs the recipe's dataset (`fersynth data make --config ... --out ...`). Uses a throw-away run
 folder; the judges are trained for only a few steps, which does not change the step cost.
@@ -20,7 +20,7 @@ from pipeline.train.loop import Trainer
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/cpu-64.yaml")
+    ap.add_argument("--config", default="configs/photo-sphere-64.yaml")
     ap.add_argument("--data", default="data/procedural-64")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")

@@ -1,6 +1,6 @@
 """Multi-GPU (or multi-process CPU) training with torch DistributedDataParallel, started by torchrun.
 
-    torchrun --nproc_per_node=N -m pipeline.train.ddp --config configs/cpu-64.yaml [--set k=v ...]
+    torchrun --nproc_per_node=N -m pipeline.train.ddp --config configs/photo-sphere-64.yaml [--set k=v ...]
 
 What runs where:
 - Backend: nccl when CUDA is available (rank r uses GPU LOCAL_RANK), gloo on CPU.
