@@ -109,11 +109,6 @@ class ModelConfig(_Section):
         description="one styled conv per doubling and a strided photo path: about the cost of issue 29's "
         "editor U-Net per step, so the minutes buy several times the swaps",
     )
-    photo_full_skip: bool = Field(
-        False,
-        description="the photo path also feeds the output's own resolution (pix2pix's outermost skip), not "
-        "only the ones below it (model.photo_skips)",
-    )
     code_norm: bool = Field(
         False,
         description="codes on their sphere (PixelNorm): the encoder emits them so and the generator reads any "
@@ -190,8 +185,7 @@ class LossWeights(_Section):
         0.0,
         ge=0,
         description="swap-truth L1 (+ SSIM) of swaps drawn from the codes alone, no photo (what a novel identity "
-        "gets), on train.code_swap_share of the rows with a truth; for generators that read the photo "
-        "(model.photo_skips)",
+        "gets), on half the rows with a truth; for generators that read the photo (model.photo_skips)",
     )
     exp_code: float = Field(
         1.0, ge=0, description="cross-entropy of the expression probe on source and target codes (model.exp_code_probe)"
@@ -227,12 +221,6 @@ class TrainConfig(_Section):
         le=1.0,
         description="share of each batch also reconstructed from its codes alone (the recon, latent and "
         "adversarial terms of reconstructions); less leaves more of a step to the swaps",
-    )
-    code_swap_share: float = Field(
-        0.5,
-        gt=0,
-        le=1.0,
-        description="share of the rows with a swap truth also drawn from the codes alone (train.loss.code_swap_truth)",
     )
     # Recovering codes through a swap drawn over its photo pulls it back to the photo (issue 29's bisection).
     feedback_reads: Literal["all", "codes"] = Field(

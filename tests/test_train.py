@@ -658,17 +658,3 @@ def test_feedback_reading_codes_only_leaves_the_photo_swaps_to_their_truth(tiny_
     on_swap, on_codes = latents["codes"]
     # Reading only what the codes alone drew, its gradient never reaches the swaps over the photo.
     assert on_swap is None and on_codes is not None and on_codes.abs().sum() > 0
-
-
-def test_code_swap_share_sets_how_many_rows_the_codes_alone_draw(tiny_data: Path, tmp_path: Path) -> None:
-    drawn = {}
-    for share in (0.5, 0.25):
-        extra = (*PHOTO_SKIPS, "train.loss.code_swap_truth=10", "train.judge_steps=2", f"train.code_swap_share={share}")
-        trainer = Trainer(tiny_cfg(tiny_data, tmp_path / str(share), *extra))
-        trainer.run_judges()
-        batch = trainer.sample_batch(16, 16, 1.0)
-        r = trainer.objective.render(batch, 16, 1.0)
-        assert r.swap_codes is not None and r.codes_rows is not None
-        assert len(r.swap_codes) == len(r.codes_rows) == int(int(batch.valid.sum()) * share)
-        drawn[share] = len(r.codes_rows)
-    assert drawn[0.25] < drawn[0.5]

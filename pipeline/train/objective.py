@@ -62,7 +62,6 @@ class DecouplingObjective:
         self.w = cfg.train.loss
         self.full = cfg.model.max_resolution
         self.recon_share = cfg.train.recon_share
-        self.code_swap_share = cfg.train.code_swap_share
         # The feedback network reads the swaps too unless told to read only what the codes alone drew.
         self.feedback_reads_swaps = cfg.train.feedback_reads == "all" or not _reads_photo(nets.generator)
 
@@ -82,9 +81,9 @@ class DecouplingObjective:
         swap, rgb, mask = n.generator(w_id, w_exp_sw, res, alpha, source=batch.x, with_parts=True)
         r = Renders(w_id, w_exp, w_exp_sw, rec, swap, rgb, mask)
         if batch.truth is not None and self.w.code_swap_truth > 0 and _reads_photo(n.generator):
-            # Some rows with a truth keep the code-only path drawing expressions, not just reconstructions.
+            # Half the rows with a truth keep the code-only path drawing expressions, not just reconstructions.
             rows = torch.nonzero(batch.valid).squeeze(1)
-            r.codes_rows = rows[: max(1, int(len(rows) * self.code_swap_share))]
+            r.codes_rows = rows[: max(1, len(rows) // 2)]
             r.swap_codes = n.generator(w_id[r.codes_rows], w_exp_sw[r.codes_rows], res, alpha)
         return r
 
