@@ -40,7 +40,18 @@ from pipeline.quality.regions import changed_region
 from pipeline.train.data import TrainData, load_split
 from pipeline.train.losses import d_logistic, g_nonsaturating, latent_recovery, ssim_loss, weighted_l1
 
-PIECES = "probe gen-sphere enc-sphere ssim code-only recon latent latent-codes adv detach-id".split()  # noqa: SIM905
+PIECES = (
+    "probe",
+    "gen-sphere",
+    "enc-sphere",
+    "ssim",
+    "code-only",
+    "recon",
+    "latent",
+    "latent-codes",
+    "adv",
+    "detach-id",
+)
 ID_DIM, EXP_DIM = 64, 16
 CPU = torch.device("cpu")
 

@@ -381,11 +381,10 @@ def _novel_identity_scores(
             **{f"id_{k}": v for k, v in out.items()},
         }
 
-    neutral = codes["exp_neutral"].to(device)
+    g, composite, neutral = s.nets.generator_ema, s.cfg.generate.composite, codes["exp_neutral"].to(device)
 
     def render(ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         def draw(j: torch.Tensor) -> torch.Tensor:
-            g, composite = s.nets.generator_ema, s.cfg.generate.composite
             return render_from_codes(g, composite, ids[j // n_cls], s.targets[j % n_cls], neutral, full).clamp(-1, 1)
 
         return draw
