@@ -1,4 +1,4 @@
-"""Small I/O helpers every stage shares: atomic writes and content hashes."""
+"""Small I/O helpers every stage shares: atomic writes, content hashes, placing a file by link or copy."""
 
 from __future__ import annotations
 
@@ -77,3 +77,33 @@ def inside_root(root: Path, rel: str) -> Path:
     if not p.is_relative_to(root_r):
         raise ValueError(f"path {rel!r} escapes the dataset root {root}")
     return p
+
+
+def copy_hashing(src: Path, dst: Path) -> str:
+    """Copy `src` to `dst` with its times and mode; returns the sha256 of the bytes written (source read once)."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+    shutil.copystat(src, dst)
+    return h.hexdigest()
+
+
+def place_file(src: Path, dst: Path, *, link: bool = True, hashed: bool = False) -> tuple[str, str | None]:
+    """Put `src` at `dst`, making its folder: a hard link if asked and possible, else a copy with its
+    times and mode. Returns (how: "link" or "copy", the sha256 of `dst` when `hashed`, else None).
+
+    A hard link is safe to share with a published file: atomic writes replace files, never edit them.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return "link", sha256_file(dst) if hashed else None
+        except OSError:  # another file system, or links not allowed: fall back to a copy
+            pass
+    if hashed:
+        return "copy", copy_hashing(src, dst)
+    shutil.copy2(src, dst)
+    return "copy", None

@@ -31,7 +31,7 @@ from pipeline.generate import (
     load_plan,
     resolve_config,
 )
-from pipeline.generate.dataset import make_plan
+from pipeline.generate.planning import make_plan
 from pipeline.train.grids import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -540,14 +540,14 @@ def test_rejected_dataset_is_re_judged_without_re_rendering(
 
 
 def test_judged_alike_ignores_how_thresholds_were_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import manifests.reader as reader
-    from pipeline.generate.dataset import _judged_alike
+    import pipeline.generate.staging as staging_mod
+    from pipeline.generate.staging import _judged_alike
 
     cfg = load_config(None, ["quality.expression_threshold=0.7"])
     card = config_to_dict(cfg.quality)
     for k in ("calibration", "calibration_max_images"):  # a card written before these existed
         card.pop(k)
-    monkeypatch.setattr(reader, "read_dataset_meta", lambda final: {"thresholds": card})
+    monkeypatch.setattr(staging_mod, "read_dataset_meta", lambda final: {"thresholds": card})
     cfg.quality.calibration = {"checkpoint": {"applied": ["expression_threshold"]}}
     assert _judged_alike(tmp_path, cfg)  # a rerun of the same command stays a no-op
     cfg.quality.expression_threshold = 0.8

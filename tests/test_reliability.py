@@ -22,7 +22,8 @@ from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 from test_manifest import build_dataset
 from typer.testing import CliRunner
 
-import pipeline.generate.dataset as dataset_mod
+import pipeline.generate.planning as planning_mod
+import pipeline.generate.publishing as publishing_mod
 import pipeline.generate.shards as shards_mod
 from manifests.audit import audit_dataset
 from manifests.reader import read_manifest
@@ -152,7 +153,7 @@ def test_bad_out_is_one_line_and_exit_2_before_planning(
     def must_not_plan(*args: object, **kw: object) -> None:
         raise AssertionError("planned before checking --out")
 
-    monkeypatch.setattr(dataset_mod, "make_plan", must_not_plan)
+    monkeypatch.setattr(planning_mod, "make_plan", must_not_plan)
     out = tmp_path / "out"
     if kind == "regular file":
         out.write_text("not a folder\n")
@@ -323,11 +324,11 @@ def test_recovery_puts_the_old_dataset_back_when_the_new_one_is_not_complete(tmp
     staging.mkdir()  # no _SUCCESS: not a dataset that passed its gates
     neighbour = tmp_path / STAGING_DIR / ".old-ds-2-0123abcd"  # another dataset's (named ds-2): not ours
     neighbour.mkdir()
-    atomic_write_json(dataset_mod.publish_journal(final), {"final": "ds", "old": old.name, "new": "ds"})
-    assert "old dataset is back" in str(dataset_mod.recover_publish(staging, final))
+    atomic_write_json(publishing_mod.publish_journal(final), {"final": "ds", "old": old.name, "new": "ds"})
+    assert "old dataset is back" in str(publishing_mod.recover_publish(staging, final))
     assert (final / "_SUCCESS").is_file() and not old.exists()
-    assert not dataset_mod.publish_journal(final).exists()
-    assert dataset_mod.recover_publish(staging, final) is None  # nothing left to do
+    assert not publishing_mod.publish_journal(final).exists()
+    assert publishing_mod.recover_publish(staging, final) is None  # nothing left to do
     assert neighbour.is_dir()
 
 
@@ -362,13 +363,13 @@ def test_a_kill_while_writing_the_status_leaves_the_old_status_or_the_new(
     else:
         monkeypatch.setattr(writer_mod, "atomic_write_json", die)  # finalize writes _SUCCESS with it, last
     with pytest.raises(Killed):
-        dataset_mod.write_status(root, verdict, lambda: writer_mod.finalize(root, meta))
+        publishing_mod.write_status(root, verdict, lambda: writer_mod.finalize(root, meta))
     assert read_status(root).state == "rejected"  # the old status (and the new one when rejected again)
     assert audit_dataset(root).status == "rejected"
 
     monkeypatch.setattr(writer_mod, "write_card", real_card)
     monkeypatch.setattr(writer_mod, "atomic_write_json", real_json)
-    dataset_mod.write_status(root, verdict, lambda: writer_mod.finalize(root, meta))  # the rerun
+    publishing_mod.write_status(root, verdict, lambda: writer_mod.finalize(root, meta))  # the rerun
     assert read_status(root).state == ("published" if verdict_passed else "rejected")
     assert audit_dataset(root).ok, audit_dataset(root).problems
 

@@ -49,7 +49,7 @@ def test_training_runs_and_resumes_exactly(tiny_data: Path, tmp_path: Path) -> N
     assert 0.0 <= cal["expression_threshold"] <= 1.0 and -1.0 <= cal["embedder_identity_threshold"] <= 1.0
 
     # Generation takes the calibrated thresholds unless told to use the config's fixed ones.
-    from pipeline.generate.dataset import resolve_config
+    from pipeline.generate import resolve_config
 
     gen_cfg, _ = resolve_config(None, final)
     assert gen_cfg.quality.expression_threshold == round(cal["expression_threshold"], 4)

@@ -83,7 +83,7 @@ def _run(
     flow: bool,
 ) -> Any:
     from pipeline.generate import generate_dataset
-    from pipeline.generate.dataset import preflight_generate
+    from pipeline.generate.staging import preflight_generate
 
     guarded(lambda: preflight_generate(checkpoint, out))  # before the config, the checkpoint or the plan
     cfg = load(config, sets) if config is not None else None

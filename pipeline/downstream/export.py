@@ -23,7 +23,6 @@ failed or interrupted export leaves no half folder. OUT must be new or empty.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import uuid
@@ -41,7 +40,7 @@ from manifests.schema import LABEL_COLUMN, ManifestError, hf_label_metadata
 from manifests.status import changed_shards, require_published
 from pipeline.downstream.dataset import Filters, apply_filters
 from pipeline.expressions import EXPRESSION_INDEX, EXPRESSIONS
-from pipeline.io_utils import CHUNK, atomic_write_text, inside_root, sha256_file
+from pipeline.io_utils import atomic_write_text, inside_root, place_file
 
 # Columns carried into the HF export's metadata (besides file_name and label).
 HF_COLUMNS = ("expression", "identity_id", "identity_source", "intensity", "sample_id", "sha256")
@@ -93,29 +92,6 @@ def staged_out(out: Path) -> Iterator[Path]:
         raise
 
 
-def _copy_hashing(src: Path, dst: Path) -> str:
-    """Copy `src` to `dst` and return the sha256 of the bytes written, reading the source once."""
-    h = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-    shutil.copystat(src, dst)
-    return h.hexdigest()
-
-
-def _place(src: Path, dst: Path, link: bool) -> tuple[str, str]:
-    """Put `src` at `dst` (a hard link if asked and possible, else a copy); returns (how, sha256 of dst)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(src, dst)
-            return "link", sha256_file(dst)
-        except OSError:  # another file system, or links not allowed: fall back to a copy
-            pass
-    return "copy", _copy_hashing(src, dst)
-
-
 def _copy_images(root: Path, df: pd.DataFrame, out: Path, link: bool) -> tuple[list[str], dict[str, int]]:
     names: list[str] = []
     how = {"link": 0, "copy": 0}
@@ -128,7 +104,7 @@ def _copy_images(root: Path, df: pd.DataFrame, out: Path, link: bool) -> tuple[l
             )
         # sample_id is unique in a manifest, so the flat per-class name cannot collide.
         rel = f"{class_folder(expression)}/{sample_id}{src.suffix.lower() or '.png'}"
-        placed, sha = _place(src, out / rel, link)
+        placed, sha = place_file(src, out / rel, link=link, hashed=True)
         if sha != expected_sha:
             raise ManifestError(
                 f"{src}: sha256 differs from the manifest's (sample {sample_id}): the image changed after it was "
