@@ -15,10 +15,10 @@ import pytest
 from test_manifest import N_SHARDS, build_dataset, final_meta
 from typer.testing import CliRunner
 
-from manifests.audit import audit_dataset
 from manifests.card import CARD_JSON
 from manifests.schema import DATASET_METADATA_KEY, hf_label_metadata
 from manifests.writer import finalize, shard_path
+from pipeline.audit import audit_dataset
 from pipeline.cli import app
 from pipeline.expressions import EXPRESSIONS
 

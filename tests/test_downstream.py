@@ -207,7 +207,7 @@ def test_editing_an_export_never_touches_the_source(data: tuple[Path, Path], tmp
 
 
 def audit_problems(root: Path) -> set[str]:
-    from manifests.audit import audit_dataset
+    from pipeline.audit import audit_dataset
 
     return {p.code for p in audit_dataset(root).problems} - {"card_missing"}  # these test sets have no card
 

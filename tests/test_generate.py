@@ -16,9 +16,9 @@ import pytest
 from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 
 import pipeline.generate.shards as shards_mod
-from manifests.audit import audit_dataset
 from manifests.reader import read_manifest
 from manifests.writer import list_shards, shard_path
+from pipeline.audit import audit_dataset
 from pipeline.config import Config, ConfigError, config_to_dict, load_config
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.core.trained import load_trained

@@ -11,7 +11,7 @@ from fast_settings import FAST_USEFULNESS
 from typer.testing import CliRunner
 
 import pipeline.generate.shards as shards_mod
-from manifests.audit import audit_dataset
+from pipeline.audit import audit_dataset
 from pipeline.cli import app
 from pipeline.config import load_config
 

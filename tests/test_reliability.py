@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 import pipeline.generate.planning as planning_mod
 import pipeline.generate.publishing as publishing_mod
 import pipeline.generate.shards as shards_mod
-from manifests.audit import audit_dataset
 from manifests.reader import read_manifest
+from pipeline.audit import audit_dataset
 from pipeline.cli import app
 from pipeline.generate import STAGING_DIR, generate_dataset, load_plan
 

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from manifests.audit import AuditResult, audit_dataset
+from pipeline.audit import AuditResult, audit_dataset
 from pipeline.cli.app import app, fail, guarded
 
 # The summary is the command's output, so it goes to stdout (errors stay on the shared stderr console).

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from manifests.audit import unaccounted_files
 from manifests.layout import REJECTED_MARKER, SUCCESS_MARKER, TEMP_PREFIX
 from manifests.writer import read_shards_table
+from pipeline.audit import unaccounted_files
 from pipeline.io_utils import atomic_write_json
 
 STAGING_DIR = ".staging"

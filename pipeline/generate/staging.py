@@ -10,9 +10,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.audit import audit_dataset, unaccounted_files
 from manifests.layout import TEMP_PREFIX, shard_path
 from manifests.reader import read_dataset_meta
+from pipeline.audit import audit_dataset, unaccounted_files
 from pipeline.config import Config, config_to_dict
 from pipeline.generate.plan import SweepPlan, load_plan, plan_key_of, save_plan, update_plan_meta
 from pipeline.generate.publishing import STAGING_DIR, recover_publish

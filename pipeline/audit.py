@@ -10,6 +10,9 @@ text (only its presence is checked against the card); `AuditResult.stats["not_co
 
 Every finding is a `Problem` with a stable `code` so tools can act on it; the audit never stops at the
 first one (an auditor wants the full list), except for a folder that is not a dataset at all.
+
+It lives above `manifests/` (the data contract, which imports nothing of the pipeline) because it
+re-runs the quality gates (pipeline.quality.gates) on the manifest's rows and the card's thresholds.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from manifests.schema import (
 )
 from manifests.status import REJECTED, card_status, read_status
 from manifests.writer import IMAGEFOLDER_METADATA, MANIFEST_DIR, SUCCESS_MARKER, list_shards
+from pipeline.config import QualityConfig
 from pipeline.io_utils import inside_root, sha256_file
+from pipeline.quality.gates import evaluate_gates, gate_inputs_from_manifest
 
 # Float statistics in the card are rounded; anything beyond this is a real disagreement.
 TOLERANCE = 1e-5
@@ -436,9 +441,6 @@ def _check_card(root: Path, df: pd.DataFrame, add: Any) -> dict[str, Any]:
 def _recheck_gates(card: dict[str, Any], df: pd.DataFrame, path: str, add: Any) -> None:
     """Re-run the gates on the manifest's per-image scores, the card's metrics and its thresholds:
     a card whose gate values or verdicts the rows do not give is flagged (and a publish despite a failure)."""
-    from pipeline.config import QualityConfig
-    from pipeline.quality.gates import evaluate_gates, gate_inputs_from_manifest
-
     stated = {g.get("name"): g for g in card.get("gates", [])}
     if not stated:
         return
