@@ -39,11 +39,11 @@ from models import JudgePanel
 from pipeline.calibration import calibrate_expression_threshold, calibrate_expression_thresholds
 from pipeline.config import QualityConfig, config_to_dict, load_config, to_overrides
 from pipeline.core.checkpoint import load_checkpoint
+from pipeline.core.data import load_split, to_model_range
 from pipeline.core.legacy import checkpoint_config
 from pipeline.expressions import EXPRESSIONS
 from pipeline.judges import build_eval_judges, build_expression_judge, train_eval_judges, train_panel_members
 from pipeline.quality.gates import class_balance_ratio, evaluate_gates, gate_inputs_from_manifest, per_image_flags
-from pipeline.train.data import load_split, to_model_range
 
 
 def _png_batch(paths: list[Path]) -> torch.Tensor:

@@ -16,9 +16,9 @@ import json
 import torch
 
 from pipeline.core.checkpoint import load_checkpoint
+from pipeline.core.data import load_split
 from pipeline.core.legacy import checkpoint_config
 from pipeline.core.networks import build_networks
-from pipeline.train.data import load_split
 
 
 @torch.no_grad()

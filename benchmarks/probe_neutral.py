@@ -22,10 +22,10 @@ def main() -> None:
     import torch
 
     from pipeline.core.codes import encode_all
+    from pipeline.core.data import load_split
     from pipeline.core.trained import load_trained
     from pipeline.expressions import EXPRESSIONS
     from pipeline.judges import load_eval_judges
-    from pipeline.train.data import load_split
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", type=Path, default=Path("runs/cpu-64/checkpoints/final.pt"))

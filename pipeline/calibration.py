@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, ConfigError
+from pipeline.core.data import load_split
 from pipeline.expressions import EXPRESSIONS
 from pipeline.judges import load_gate_judges
 from pipeline.quality.facenet import IdentityScorer
-from pipeline.train.data import load_split
 
 LEGACY_EXPRESSION_KEEP = 0.95
 

@@ -23,6 +23,7 @@ import torch
 
 from pipeline.config import Config, config_to_dict
 from pipeline.core.codes import expression_target
+from pipeline.core.data import TrainData, load_split
 from pipeline.core.networks import Networks
 from pipeline.core.trained import load_trained
 from pipeline.expressions import EXPRESSIONS
@@ -35,7 +36,6 @@ from pipeline.quality.outside_judge import load_outside_judge
 from pipeline.quality.regions import changed_region, region_keys, region_scores
 from pipeline.quality.ssim import psnr_batch, ssim_batch
 from pipeline.swaps import draws_over_photo, render_from_codes, render_over_photo
-from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import compose_grid, save_png, to_uint8
 
 

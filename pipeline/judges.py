@@ -19,7 +19,7 @@ from torch import nn
 
 from models import ExpressionClassifier, IdentityEmbedder, JudgePanel
 from pipeline.config import Config
-from pipeline.train.data import TrainData
+from pipeline.core.data import TrainData
 
 # The independent pair's seed is the training seed plus this; panel member k's, plus k times PANEL_SEED_STEP more.
 SEED_OFFSET = 1000

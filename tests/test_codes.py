@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.core.codes import expression_target, fit_target_codes
-from pipeline.train.data import TrainData
+from pipeline.core.data import TrainData
 
 
 class _MeanColour(nn.Module):

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.train.data import TrainData
+from pipeline.core.checkpoint import CheckpointError, save_checkpoint
+from pipeline.core.data import TrainData, dataset_key, load_split
+from pipeline.core.trained import load_trained
 
 
 @torch.no_grad()
@@ -118,10 +120,6 @@ def refit_codes(checkpoint: Path, data_root: Path | None = None) -> dict[str, to
     untouched, so renders of a given code do not change). Refuses data other than what it was
     trained on. The checkpoint is rewritten atomically; its file hash changes.
     """
-    from pipeline.core.checkpoint import CheckpointError, save_checkpoint
-    from pipeline.core.trained import load_trained
-    from pipeline.train.data import dataset_key, load_split
-
     cfg, nets, ckpt = load_trained(checkpoint)
     root = Path(data_root or cfg.data.root)
     if dataset_key(root) != ckpt.get("data_key"):

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from pipeline.core.data import session_of
 from pipeline.generate.plan import base_image_paths
-from pipeline.train.data import session_of
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ import torch
 from manifests.layout import CODES_FILE, PLAN_FILE
 from manifests.schema import make_sample_id
 from pipeline.config import GenerateConfig
+from pipeline.core.data import session_of, to_model_range
 from pipeline.expressions import EXPRESSION_INDEX, check_expression_names
 from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
-from pipeline.train.data import session_of, to_model_range
 
 PLAN_FORMAT = "fersynth.generate.plan.v1"
 # Bump when the rendering recipe (code arithmetic, jitter, PNG encoding) changes pixels: it is part of

@@ -13,6 +13,7 @@ from pipeline.cache import load_tensors
 from pipeline.calibration import apply_calibration
 from pipeline.config import Config, config_to_dict, load_config, to_overrides
 from pipeline.core.checkpoint import CheckpointError, checkpoint_sha256, load_checkpoint
+from pipeline.core.data import dataset_key
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config
 from pipeline.core.trained import load_trained
@@ -32,7 +33,6 @@ from pipeline.generate.plan import (
 from pipeline.generate.staging import Prepared, check_dataset_name, dataset_lock, preflight_generate, stage
 from pipeline.quality.fid import require_fid_extractor
 from pipeline.swaps import draws_over_photo
-from pipeline.train.data import dataset_key
 
 
 def resolve_config(

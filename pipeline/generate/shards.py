@@ -35,6 +35,7 @@ from manifests.schema import parse_dataset_metadata
 from manifests.writer import shard_path, shard_problem, write_shard
 from pipeline.config import Config
 from pipeline.core.codes import expression_target
+from pipeline.core.data import session_of, to_model_range
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import stored_config
 from pipeline.expressions import EXPRESSIONS
@@ -47,7 +48,6 @@ from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
 from pipeline.quality.gates import per_image_flags
 from pipeline.quality.ssim import ssim_batch
 from pipeline.swaps import draws_over_photo, needs_photo_code, render_from_codes, render_over_photo
-from pipeline.train.data import session_of, to_model_range
 from pipeline.train.grids import to_uint8
 
 Progress = Callable[[int], None]  # called with the number of images just finished

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from models import OutsideExpressionJudge
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.core.data import TrainData, dataset_key, load_split
 from pipeline.judges import augment, judge_accuracy
-from pipeline.train.data import TrainData, dataset_key, load_split
 
 RECIPE = {"version": 1, "batch_size": 64, "lr": 2e-3, "seed": 7}
 

@@ -29,10 +29,10 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from manifests.layout import USEFULNESS_FILE as CACHE_FILE
 from models.judges import ExpressionClassifier
 from pipeline.cache import load_tensors, read_rgb_batch
+from pipeline.core.data import to_model_range
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import atomic_write_json
 from pipeline.judges import augment
-from pipeline.train.data import to_model_range
 
 
 class UsefulnessNotComputed(ValueError):

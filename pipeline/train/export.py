@@ -92,9 +92,9 @@ def export_release(
 
 def _panel_members(ckpt: dict, src: Path, size: int) -> list[dict[str, torch.Tensor]]:
     """The checkpoint's panel members beyond the independent judge, grown or cut to `size` in all."""
+    from pipeline.core.data import load_split
     from pipeline.core.legacy import checkpoint_config
     from pipeline.judges import train_panel_members
-    from pipeline.train.data import load_split
 
     have = list(ckpt["eval_judges"].get("panel") or [])
     if len(have) >= size - 1:

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from pipeline.config import Config, config_to_dict
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.core.codes import fit_target_codes
+from pipeline.core.data import TrainData, dataset_key, downsample, load_split
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config
 from pipeline.core.networks import Networks, autocast_dtype, build_networks, update_ema
 from pipeline.judges import train_judges
 from pipeline.locks import WriterLock, writer_lock
-from pipeline.train.data import TrainData, dataset_key, downsample, load_split
 from pipeline.train.objective import Batch, DecouplingObjective, to_full
 
 LAST = "last.pt"
