@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from test_manifest import N_SHARDS, build_dataset, final_meta
+from conftest import N_SHARDS, build_dataset, final_meta
 from typer.testing import CliRunner
 
 from manifests.card import CARD_JSON

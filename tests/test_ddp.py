@@ -10,21 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from pipeline.config import load_config
 from pipeline.train.ddp import LOG_FILE, read_log, train_ddp
 
-REPO = Path(__file__).resolve().parents[1]
 SETS = ["train.judge_steps=10", "train.stages=[{resolution: 4, steps: 12}, {resolution: 8, steps: 6, fade_steps: 3}]"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.procedural.dataset import make_dataset
-
-    root = tmp_path_factory.mktemp("ddp") / "tiny"
-    make_dataset(load_config(REPO / "configs" / "tiny.yaml").procedural, root, workers=1)
-    return root
 
 
 def _recon(run: Path, phase: str = "stage-4") -> list[float]:

@@ -5,101 +5,22 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import make_real, manifest_from_labels
 from torch.utils.data import ConcatDataset, DataLoader
 from typer.testing import CliRunner
 
-from manifests.labels import read_labels
-from manifests.schema import DATASET_METADATA_KEY, MANIFEST_SCHEMA_VERSION, ManifestError, make_sample_id
+from manifests.schema import DATASET_METADATA_KEY, MANIFEST_SCHEMA_VERSION, ManifestError
 from manifests.status import DatasetStatusError
-from manifests.writer import finalize, shard_path, write_shard
+from manifests.writer import shard_path
 from pipeline.adapters.labelmap import map_name
 from pipeline.cli import app
 from pipeline.config import load_config
 from pipeline.downstream import LabelledDataset, ManifestDataset, export_hf, export_imagefolder
 from pipeline.expressions import EXPRESSIONS
-
-REPO = Path(__file__).resolve().parents[1]
-CKPT = "c" * 64
-
-
-def make_real(root: Path, seed: int = 0, n_identities: int = 8) -> Path:
-    """A tiny procedural labelled dataset (configs/tiny.yaml settings) standing in for real photos."""
-    from pipeline.procedural.dataset import make_dataset
-
-    cfg = load_config(
-        REPO / "configs" / "tiny.yaml",
-        [f"procedural.seed={seed}", f"procedural.n_identities={n_identities}", "procedural.intensities=[0.5, 1.0]"],
-    )
-    make_dataset(cfg.procedural, root, workers=1)
-    return root
-
-
-def manifest_from_labels(
-    labels_root: Path,
-    out: Path,
-    *,
-    fail_every: int = 0,
-    n_shards: int = 2,
-    split: str | None = "train",
-    real_ids: bool = False,
-    novel_every: int = 0,
-) -> Path:
-    """A finished generated-dataset layout whose 'renders' are the images of a labelled dataset.
-
-    Every `fail_every`-th row is marked failed (expression check), to exercise gate filtering.
-    Identities are novel ('syn-<identity>') unless `real_ids`: then the labels' own identities
-    (`real:<split>`), except every `novel_every`-th row.
-    """
-    df, _ = read_labels(labels_root)
-    if split is not None:
-        df = df[df["split"] == split]
-    rows: list[dict[str, Any]] = []
-    for k, r in enumerate(df.itertuples(index=False)):
-        sid = make_sample_id(identity=r.identity, expression=r.expression, intensity=r.intensity, k=k)
-        rel = f"images/{r.expression}/{sid}.png"
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(labels_root / r.path, out / rel)
-        ok = not (fail_every and k % fail_every == fail_every - 1)
-        real = real_ids and not (novel_every and k % novel_every == novel_every - 1)
-        rows.append(
-            {
-                "sample_id": sid,
-                "file_name": rel,
-                "sha256": r.sha256,
-                "width": int(r.width),
-                "height": int(r.height),
-                "identity_id": r.identity if real else f"syn-{r.identity}",
-                "identity_source": f"real:{r.split}" if real else "novel",
-                "source_image": r.path if real else None,
-                "expression": r.expression,
-                "expression_index": EXPRESSIONS.index(r.expression),
-                "intensity": float(r.intensity),
-                "nuisance_seed": k,
-                "noise_seed": k,
-                "checkpoint_sha256": CKPT,
-                "checkpoint_step": 100,
-                "run_id": "run-test",
-                "identity_score": 0.9,
-                "identity_pass": True,
-                "expression_pred": r.expression if ok else "neutral",
-                "expression_p_target": 0.9 if ok else 0.1,
-                "expression_pass": ok,
-                "ssim_truth": None,
-                "face_found": None,
-                "all_pass": ok,
-            }
-        )
-    meta = {"run_id": "run-test", "checkpoint": {"sha256": CKPT, "step": 100}}
-    per = -(-len(rows) // n_shards)
-    for i in range(n_shards):
-        write_shard(out, i, n_shards, rows[i * per : (i + 1) * per], meta)
-    finalize(out, {**meta, "gates": [], "metrics": {}}, n_shards=n_shards, card=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 
 import pipeline.generate.shards as shards_mod
@@ -33,8 +34,6 @@ from pipeline.generate import (
 )
 from pipeline.generate.planning import make_plan
 from pipeline.train.grids import to_uint8
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

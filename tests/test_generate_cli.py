@@ -13,22 +13,6 @@ from typer.testing import CliRunner
 import pipeline.generate.shards as shards_mod
 from pipeline.audit import audit_dataset
 from pipeline.cli import app
-from pipeline.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from pipeline.procedural.dataset import make_dataset
-    from pipeline.train.loop import Trainer
-
-    base = tmp_path_factory.mktemp("cli")
-    data = base / "data"
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={data}", f"train.out_dir={base / 'run'}"])
-    make_dataset(cfg.procedural, data, workers=1)
-    return Trainer(cfg).train(), data
-
 
 FAST = [
     "generate.fid_max_images=8",
@@ -45,8 +29,8 @@ def _sets(*extra: str) -> list[str]:
     return out
 
 
-def test_generate_command_reports_a_rejection(tiny_ckpt: tuple[Path, Path], tmp_path: Path, fid_weights: Path) -> None:
-    ckpt, _ = tiny_ckpt
+def test_generate_command_reports_a_rejection(tiny: Path, tmp_path: Path, fid_weights: Path) -> None:
+    ckpt = tiny
     args = ["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path), "--name", "ds", *_sets()]
     res = CliRunner().invoke(app, [*args, "--set", f"quality.fid_weights={fid_weights}"])
     assert res.exit_code == 1, res.output
@@ -58,9 +42,9 @@ def test_generate_command_reports_a_rejection(tiny_ckpt: tuple[Path, Path], tmp_
 
 
 def test_demo_makes_missing_data_and_publishes(
-    tiny_ckpt: tuple[Path, Path], tmp_path: Path, fid_weights: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Path, tmp_path: Path, fid_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ckpt, data = tiny_ckpt
+    ckpt, data = tiny, tiny.parents[2] / "data"
     shutil.rmtree(data)  # demo must make it again, identical to what the checkpoint was trained on
     monkeypatch.setenv("FERSYNTH_FID_WEIGHTS", str(fid_weights))
 
@@ -86,7 +70,7 @@ def test_demo_makes_missing_data_and_publishes(
 
 
 def test_missing_fid_weights_stop_generation_before_rendering(
-    tiny_ckpt: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pipeline.quality.fid as fq
 
@@ -98,7 +82,7 @@ def test_missing_fid_weights_stop_generation_before_rendering(
         raise ConnectionError("no network")
 
     monkeypatch.setattr(fq, "_TorchmetricsDefaultFeatures", offline)
-    ckpt, _ = tiny_ckpt
+    ckpt = tiny
     res = CliRunner().invoke(app, ["demo", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *_sets()])
     assert res.exit_code == 2, res.output
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]  # the rest is the progress bar

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_run.py"
 MiB = 2**20
 

@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from pipeline.config import RETIRED_FIELDS, ConfigError, config_to_dict, load_config
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.core.legacy import checkpoint_config, drop_retired, stored_config
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "checkpoints" / "photo-sphere-64.pt"
 
 

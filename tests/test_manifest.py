@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from PIL import Image
+from conftest import CKPT, DATASET_META, N_SHARDS, build_dataset, final_meta, make_rows
 
 from manifests.card import CARD_JSON, CARD_MD, CROISSANT
 from manifests.reader import filter_manifest, read_dataset_meta, read_manifest
@@ -22,7 +22,6 @@ from manifests.schema import (
     MANIFEST_DIR,
     MANIFEST_SCHEMA_VERSION,
     ManifestError,
-    make_sample_id,
 )
 from manifests.writer import (
     COMMON_METADATA,
@@ -33,81 +32,8 @@ from manifests.writer import (
     shard_path,
     write_shard,
 )
-from pipeline.config import QualityConfig, config_to_dict
 from pipeline.expressions import EXPRESSIONS
 from pipeline.io_utils import sha256_file
-from pipeline.quality.gates import evaluate_gates, gate_inputs_from_manifest
-
-CKPT = "c" * 64
-N_SHARDS = 2
-DATASET_META: dict[str, Any] = {
-    "run_id": "run-test",
-    "checkpoint": {"sha256": CKPT, "step": 1200},
-    "training_data": {"labels_sha256": "d" * 64},
-    "splits": {"train": 3, "val": 1, "test": 1},
-    "config": {"render": {"intensities": [0.5, 1.0]}},
-}
-METRICS = {"fid": 41.5, "kid_mean": 0.012, "n_real": 8, "n_fake": 8}
-THRESHOLDS = QualityConfig(usefulness=False, pass_rate_floor=0.5, class_balance_tolerance=10.0, ssim_floor=0.0)
-
-
-def final_meta(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """What generation finalizes a dataset with: the gates computed from these rows, metrics and thresholds."""
-    gates = evaluate_gates(gate_inputs_from_manifest(pd.DataFrame(rows)), METRICS, THRESHOLDS).to_dict()["gates"]
-    return {**DATASET_META, "gates": gates, "metrics": METRICS, "thresholds": config_to_dict(THRESHOLDS)}
-
-
-def make_rows(root: Path, n: int = 8) -> list[dict[str, Any]]:
-    """n small PNGs on disk and their manifest rows (shard filled by the writer)."""
-    rows = []
-    for k in range(n):
-        expr = EXPRESSIONS[k % len(EXPRESSIONS)]
-        plan = {"identity": f"id{k % 3}", "expression": expr, "intensity": 1.0, "nuisance_seed": k, "noise_seed": k}
-        sid = make_sample_id(**plan)
-        rel = f"images/{expr}/{sid}.png"
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (16, 12), (k * 20, 100, 200 - k * 10)).save(path)
-        id_pass = None if k == 0 else k % 4 != 3
-        rows.append(
-            {
-                "sample_id": sid,
-                "file_name": rel,
-                "sha256": sha256_file(path),
-                "width": 16,
-                "height": 12,
-                "identity_id": plan["identity"],
-                "identity_source": "novel" if k % 2 else "real:test",
-                "source_image": None if k % 2 else f"faces/{k:03d}.png",
-                "expression": expr,
-                "expression_index": EXPRESSIONS.index(expr),
-                "intensity": 1.0,
-                "nuisance_seed": k,
-                "noise_seed": k,
-                "checkpoint_sha256": CKPT,
-                "checkpoint_step": 1200,
-                "run_id": "run-test",
-                "identity_score": None if k == 0 else 0.5 + k / 20,
-                "identity_pass": id_pass,
-                "expression_pred": expr,
-                "expression_p_target": 0.9,
-                "expression_pass": True,
-                "ssim_truth": 0.8 if k % 2 == 0 else None,
-                "face_found": True,
-                "all_pass": id_pass is not False,
-            }
-        )
-    return rows
-
-
-def build_dataset(root: Path, n: int = 8, finalize_it: bool = True) -> list[dict[str, Any]]:
-    rows = make_rows(root, n)
-    half = n // N_SHARDS
-    for i in range(N_SHARDS):
-        write_shard(root, i, N_SHARDS, rows[i * half : (i + 1) * half], DATASET_META)
-    if finalize_it:
-        finalize(root, final_meta(rows))
-    return rows
 
 
 @pytest.fixture

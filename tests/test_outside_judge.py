@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 import pipeline.quality.outside_judge as oj
 from models import ExpressionClassifier, OutsideExpressionJudge
 from pipeline.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_outside_judge_shares_no_layer_type_with_the_training_judges() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[1]
 FERSYNTH = str(Path(sys.executable).with_name("fersynth"))
 
 

@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 
 from manifests.layout import SUCCESS_MARKER
 
-REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 DEPLOYMENT = "generate-scheduled/fersynth-generate-pool"
 

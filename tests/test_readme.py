@@ -16,13 +16,13 @@ import click
 import numpy as np
 import pytest
 import typer
+from conftest import REPO
 from fast_settings import FAST_USEFULNESS
 from typer.testing import CliRunner
 
 import pipeline.generate.shards as shards_mod
 from pipeline.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 # README path -> the tiny recipe's equivalent (relative paths resolve in the test's working folder).

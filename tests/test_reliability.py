@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import REPO, build_dataset, final_meta
 from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
-from test_manifest import build_dataset
 from typer.testing import CliRunner
 
 import pipeline.generate.planning as planning_mod
@@ -29,8 +29,6 @@ from manifests.reader import read_manifest
 from pipeline.audit import audit_dataset
 from pipeline.cli import app
 from pipeline.generate import STAGING_DIR, generate_dataset, load_plan
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class Killed(BaseException):
@@ -341,8 +339,6 @@ def test_a_kill_while_writing_the_status_leaves_the_old_status_or_the_new(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verdict_passed: bool, killed_in: str
 ) -> None:
     """A set rejected before is re-judged; whatever the verdict and wherever the kill, it never reads published early."""
-    from test_manifest import final_meta
-
     import manifests.writer as writer_mod
     from manifests.status import read_status
 

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 from typer.testing import CliRunner
 
 from pipeline.config import ConfigError, load_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bad_cron_and_timezone_name_the_field() -> None:

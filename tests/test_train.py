@@ -10,24 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint
 from pipeline.expressions import EXPRESSIONS
 from pipeline.train.loop import Trainer, TrainingDiverged
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.procedural.dataset import make_dataset
-
-    # Two validation identities, so thresholds can be calibrated (same vs different identity).
-    cfg = load_config(REPO / "configs" / "tiny.yaml", ["procedural.val_fraction=0.25"])
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    make_dataset(cfg.procedural, root, workers=1)
-    return root
 
 
 def tiny_cfg(data: Path, out: Path, *extra: str) -> Config:

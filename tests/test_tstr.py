@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_downstream import make_real, manifest_from_labels
+from conftest import make_real, manifest_from_labels
 from typer.testing import CliRunner
 
 import pipeline.tstr as tstr_mod

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from pipeline.config import ConfigError, QualityConfig, load_config
 from pipeline.quality import usefulness as U
 from pipeline.quality.gates import evaluate_gates, per_image_flags
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = U.UsefulnessSettings(
     max_images=400, max_eval_images=300, steps=60, batch_size=32, eval_split="val", train_split="train", seed=0
 )
