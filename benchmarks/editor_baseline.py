@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from models.generator import Generator
 from pipeline.core.checkpoint import load_checkpoint
 from pipeline.core.codes import expression_target, fit_target_codes
+from pipeline.core.data import TrainData, load_split
 from pipeline.core.legacy import checkpoint_config
 from pipeline.core.networks import build_networks
 from pipeline.core.trained import load_trained
@@ -38,7 +39,6 @@ from pipeline.quality.outside_judge import load_outside_judge
 from pipeline.quality.regions import changed_region, region_scores
 from pipeline.quality.ssim import ssim_batch
 from pipeline.swaps import render_over_photo
-from pipeline.train.data import TrainData, load_split
 from pipeline.train.grids import to_uint8
 from pipeline.train.losses import weighted_l1
 
