@@ -36,8 +36,8 @@ from models.encoder import Encoder
 from models.feedback import FeedbackNetwork
 from models.generator import Generator
 from pipeline.core.codes import expression_target, fit_target_codes
+from pipeline.core.data import TrainData, load_split
 from pipeline.quality.regions import changed_region
-from pipeline.train.data import TrainData, load_split
 from pipeline.train.losses import d_logistic, g_nonsaturating, latent_recovery, ssim_loss, weighted_l1
 
 PIECES = (
