@@ -1,10 +1,9 @@
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from pipeline.config import ConfigError, load_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_load_and_override_applies() -> None:
