@@ -299,9 +299,8 @@ def write_run_config(spec: RunSpec, s: Session, data_dir: Path) -> tuple[Path, d
     train = raw.setdefault("train", {})
     train["stages"] = scaled_stages(config_to_dict(recipe.train)["stages"], spec.scale)
     if spec.scale > 1:
-        # As many checkpoints and sample grids as the 1x run: each one copies every network to the host.
+        # As many checkpoints as the 1x run: each one copies every network to the host.
         train["checkpoint_every"] = recipe.train.checkpoint_every * spec.scale
-        train["sample_every"] = recipe.train.sample_every * spec.scale
     train["out_dir"] = str(s.work / "runs" / spec.name)
     if s.device != "auto":
         train["device"] = s.device

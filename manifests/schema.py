@@ -155,13 +155,13 @@ def with_label(table: pa.Table, names: Sequence[str]) -> pa.Table:
 
 
 @dataclass(frozen=True)
-class RowIssue:
-    """One broken rule in manifest rows: a short code, a message, and the sample it concerns."""
+class Problem:
+    """One broken rule of a dataset: a short code, a message, the file and the sample it concerns."""
 
     code: str
     message: str
-    sample_id: str | None = None
-    file_name: str | None = None
+    path: str | None = None
+    sample: str | None = None
 
 
 def make_sample_id(**plan: Any) -> str:
@@ -269,15 +269,15 @@ def check_file_name(name: Any) -> str | None:
     return None
 
 
-def row_issues(df: pd.DataFrame, shard_index: int | None = None) -> list[RowIssue]:
+def row_issues(df: pd.DataFrame, shard_index: int | None = None) -> list[Problem]:
     """Value-level rules over typed manifest rows (types are `to_table`'s job). Empty list = valid."""
-    issues: list[RowIssue] = []
+    issues: list[Problem] = []
     if df.empty:
         return issues
 
     def add(code: str, mask: pd.Series, text: str) -> None:
         for _, r in df.loc[mask].iterrows():
-            issues.append(RowIssue(code, text.format(**r.to_dict()), r.get("sample_id"), r.get("file_name")))
+            issues.append(Problem(code, text.format(**r.to_dict()), r.get("file_name"), r.get("sample_id")))
 
     for col in ("sample_id", "file_name"):
         dup = df[col].duplicated(keep="first")
@@ -286,7 +286,7 @@ def row_issues(df: pd.DataFrame, shard_index: int | None = None) -> list[RowIssu
         why = check_file_name(name)
         if why:
             sample = df.loc[df["file_name"] == name, "sample_id"].iloc[0]
-            issues.append(RowIssue("path_escape", f"file_name {name!r} {why}", sample, name))
+            issues.append(Problem("path_escape", f"file_name {name!r} {why}", name, sample))
     add(
         "invalid_value",
         ~df["sha256"].astype(str).str.fullmatch(_HEX64.pattern),

@@ -100,7 +100,7 @@ def write_shard(
     if issues:
         more = f" (and {len(issues) - 1} more)" if len(issues) > 1 else ""
         first = issues[0]
-        raise ManifestError(f"{out}: sample {first.sample_id!r}: {first.message}{more}")
+        raise ManifestError(f"{out}: sample {first.sample!r}: {first.message}{more}")
     # Every image must already be on disk: the shard is the commit record for its images.
     for name in table.column("file_name").to_pylist():
         try:
@@ -216,7 +216,7 @@ def finalize(root: Path, dataset_meta: dict[str, Any], *, n_shards: int | None =
     table = read_shards_table(root)
     issues = row_issues(table.to_pandas())
     if issues:
-        raise ManifestError(f"{root}: {issues[0].message} (sample {issues[0].sample_id!r}); {len(issues)} issue(s)")
+        raise ManifestError(f"{root}: {issues[0].message} (sample {issues[0].sample!r}); {len(issues)} issue(s)")
 
     final_meta = dataset_metadata(dataset_meta, n_shards=n, n_rows=table.num_rows)
     final = parse_dataset_metadata(pa.schema([], metadata=final_meta), str(root))

@@ -43,6 +43,7 @@ from manifests.schema import (
     LABEL_COLUMN,
     MANIFEST_SCHEMA,
     ManifestError,
+    Problem,
     check_file_name,
     columns_of_version,
     hf_label_names,
@@ -63,14 +64,6 @@ NOT_COVERED = (SUCCESS_MARKER, f"the text of {REJECTED_MARKER} (its presence is 
 # Card fields that finalize also stores in manifest/_common_metadata (the two must agree), and what the
 # card writes for each when the dataset JSON has none.
 VERDICT_FIELDS: dict[str, Any] = {"status": None, "gates": [], "metrics": {}, "thresholds": {}}
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    message: str
-    path: str | None = None
-    sample: str | None = None
 
 
 @dataclass
@@ -116,7 +109,7 @@ def audit_dataset(root: Path, check_hashes: bool = True) -> AuditResult:
     result.stats = {"n_shards": len(shards), "n_rows": len(df), "hashes_checked": check_hashes}
     if not df.empty:
         for issue in row_issues(df):
-            add(Problem(issue.code, issue.message, issue.file_name, issue.sample_id))
+            add(issue)
         _check_files(root, df, check_hashes, add)
     for rel in unaccounted_files(root, df["file_name"]):
         add(Problem("stray_file", f"{rel!r} is neither in the manifest nor a dataset file", rel))

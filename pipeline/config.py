@@ -35,6 +35,10 @@ RETIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "train.loss.swap_change": (0.0, "docs/experiments/swap_change.md"),
     # Replaced, not measured: None means any stored value reads as today's (it changed no network or run).
     "tstr.seed": (None, "docs/tstr.md"),
+    # Read by nothing: the data's resolution is its own, samples come once per stage, the pool is prefect.yaml's.
+    "data.resolution": (None, "docs/code_layout.md"),
+    "train.sample_every": (None, "docs/code_layout.md"),
+    "schedule.work_pool": (None, "docs/scheduling.md"),
 }
 
 
@@ -84,10 +88,7 @@ class DataConfig(_Section):
     """Where the labelled training data lives (a folder made by `fersynth data make` or an adapter)."""
 
     root: Path = Path("data/procedural-64")
-    resolution: int = 64
     cache_dir: Path | None = Field(None, description="tensor cache folder; default <root>/.cache")
-
-    _res = field_validator("resolution")(lambda cls, v: _power_of_two(v))
 
 
 class ModelConfig(_Section):
@@ -255,7 +256,6 @@ class TrainConfig(_Section):
         3, ge=1, description="expression judges whose mean probability gates each render (the independent one + others)"
     )
     checkpoint_every: int = Field(200, ge=1)
-    sample_every: int = Field(500, ge=1)
     num_threads: int | None = Field(None, ge=1, le=256)
     channels_last: bool = Field(
         True,
@@ -566,7 +566,6 @@ class ScheduleConfig(_Section):
     checkpoint: Path | None = Field(None, description="generator checkpoint the scheduled runs render from")
     out: Path = Field(Path("datasets"), description="root folder the dataset versions are written under")
     name_prefix: str = Field("fersynth", min_length=1, description="dataset versions are <prefix>-<time>-<run id>")
-    work_pool: str = Field("fersynth-pool", min_length=1, description="work pool of the prefect.yaml deployment")
 
     @field_validator("cron")
     @classmethod

@@ -288,7 +288,7 @@ def test_evaluate_scores_swaps_against_truth_with_the_copy_source_reference(tiny
 
 
 def test_fitted_identity_codes_render_novel_identities(tiny_data: Path, tmp_path: Path) -> None:
-    from pipeline.core.codes import expression_target, sample_identities
+    from pipeline.core.codes import expression_target, sample_identity
     from pipeline.core.networks import build_networks
 
     cfg = tiny_cfg(tiny_data, tmp_path / "run")
@@ -299,7 +299,8 @@ def test_fitted_identity_codes_render_novel_identities(tiny_data: Path, tmp_path
     # Novel identities are drawn from the fitted Gaussian of identity codes and render.
     nets = build_networks(cfg, 1)
     nets.generator_ema.load_state_dict(ckpt["nets"]["generator_ema"])
-    w_id = sample_identities(codes, 3, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    w_id = torch.stack([sample_identity(codes, g) for _ in range(3)])
     w_exp = expression_target(codes, torch.tensor([0, 1, 2]), torch.ones(3))
     img = nets.generator_ema(w_id, w_exp, 16)
     assert img.shape == (3, 3, 16, 16) and torch.isfinite(img).all()

@@ -108,9 +108,10 @@ def expression_target(codes: dict[str, torch.Tensor], class_idx: torch.Tensor, i
     return out
 
 
-def sample_identities(codes: dict[str, torch.Tensor], n: int, generator: torch.Generator) -> torch.Tensor:
-    z = torch.randn(n, codes["id_mean"].shape[0], generator=generator)
-    return codes["id_mean"] + z @ codes["id_chol"].T
+def sample_identity(codes: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """One novel identity code from the Gaussian fitted to the training identities' w_id (float32, CPU)."""
+    mean, chol = codes["id_mean"].float().cpu(), codes["id_chol"].float().cpu()
+    return mean + chol @ torch.randn(mean.shape[0], generator=generator)
 
 
 def refit_codes(checkpoint: Path, data_root: Path | None = None) -> dict[str, torch.Tensor]:

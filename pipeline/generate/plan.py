@@ -31,6 +31,7 @@ import torch
 from manifests.layout import CODES_FILE, PLAN_FILE
 from manifests.schema import make_sample_id
 from pipeline.config import GenerateConfig
+from pipeline.core.codes import sample_identity
 from pipeline.core.data import session_of, to_model_range
 from pipeline.expressions import EXPRESSION_INDEX, check_expression_names
 from pipeline.io_utils import atomic_path, atomic_write_json, sha256_file
@@ -301,13 +302,10 @@ def identity_photos(labels: pd.DataFrame, identities: list[str]) -> dict[str, li
 
 def novel_identity_codes(codes: dict[str, torch.Tensor], n: int, seed: int) -> dict[str, np.ndarray]:
     """n identities from the fitted w_id Gaussian; identity k depends only on (seed, k), not on n."""
-    out = {}
-    mean, chol = codes["id_mean"].float().cpu(), codes["id_chol"].float().cpu()
-    for k in range(n):
-        g = torch.Generator().manual_seed(_seed("novel", seed, k))
-        z = torch.randn(mean.shape[0], generator=g)
-        out[f"novel-{seed}-{k:05d}"] = (mean + chol @ z).numpy()
-    return out
+    return {
+        f"novel-{seed}-{k:05d}": sample_identity(codes, torch.Generator().manual_seed(_seed("novel", seed, k))).numpy()
+        for k in range(n)
+    }
 
 
 def read_identity_file(path: Path) -> list[str]:

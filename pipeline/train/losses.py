@@ -48,7 +48,8 @@ def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """1 - SSIM (Wang et al. settings, as the evaluation uses) of images in [-1, 1].
 
     L1 alone settles on blurred averages; SSIM rewards the local contrast and structure that the
-    evaluation and the gates score.
+    evaluation and the gates score. The gates' SSIM (`pipeline.quality.ssim`, scikit-image) scores
+    uint8 images in numpy and passes no gradient, so the loss uses torchmetrics' with the same window.
     """
     # In float32 even under bf16 autocast: SSIM's variances are small differences of larger means,
     # which bfloat16's 8-bit mantissa cannot resolve.
