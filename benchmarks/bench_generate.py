@@ -42,7 +42,9 @@ def tiny_checkpoint(work: Path) -> Path:
 
 def one_size(checkpoint: Path, n: int, out: Path, with_finish: bool, batch_size: int) -> dict[str, float]:
     from pipeline.generate import finish, load_plan, prepare, render_shard
-    from pipeline.generate.shards import check_batch, get_context, render_items
+    from pipeline.generate.checks import check_batch
+    from pipeline.generate.context import get_context
+    from pipeline.generate.rendering import render_items
 
     n_real = 6  # real train identities (the tiny data has six), the rest novel so N can grow
     sets = [

@@ -77,13 +77,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def ideal_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny GAN cannot make recognisable expressions; stand in a classifier that always agrees."""
-    import pipeline.generate.shards as shards_mod
+    import pipeline.generate.checks as checks_mod
 
     def fake(classifier, images, target_idx, threshold=0.5, batch_size=64, device="auto"):
         t = np.asarray(target_idx)
         return t, np.full(len(t), 0.9), np.ones(len(t), bool)
 
-    monkeypatch.setattr(shards_mod, "expression_scores", fake)
+    monkeypatch.setattr(checks_mod, "expression_scores", fake)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ import pytest
 from conftest import REPO
 from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 
+import pipeline.generate.context as context_mod
+import pipeline.generate.rendering as rendering_mod
 import pipeline.generate.shards as shards_mod
 from manifests.reader import read_manifest
 from manifests.writer import list_shards, shard_path
@@ -210,10 +212,10 @@ def test_render_is_independent_of_batch_composition(tiny: Path) -> None:
     cfg = cfg_for(tiny, "generate.repeats=2")
     plan = make_plan(cfg, tiny, load_checkpoint(tiny))
     plan.meta["name"] = "x"
-    ctx = shards_mod.get_context(plan)
+    ctx = context_mod.get_context(plan)
     items = plan.items[:12]
-    together = shards_mod.render_items(ctx, plan, items)
-    alone = np.concatenate([shards_mod.render_items(ctx, plan, [it]) for it in reversed(items)])[::-1]
+    together = rendering_mod.render_items(ctx, plan, items)
+    alone = np.concatenate([rendering_mod.render_items(ctx, plan, [it]) for it in reversed(items)])[::-1]
     # Per-sample seeds make the codes identical; BLAS may still differ in the last float bit, which
     # can flip a rounding: allow at most one grey level.
     assert np.abs(together.astype(int) - alone.astype(int)).max() <= 1
@@ -251,10 +253,10 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
         assert '"session":0' in row["nuisance"]
     assert base_image_paths(labels, [real[0].identity_id]) == {real[0].identity_id: real[0].base_image}
 
-    ctx = shards_mod.get_context(plan)
+    ctx = context_mod.get_context(plan)
     items = [it for it in plan.items if it.identity_id in (real[0].identity_id, novel[0].identity_id)][:10]
-    mixed = shards_mod.render_items(ctx, plan, items)
-    alone = np.concatenate([shards_mod.render_items(ctx, plan, [it]) for it in items])
+    mixed = rendering_mod.render_items(ctx, plan, items)
+    alone = np.concatenate([rendering_mod.render_items(ctx, plan, [it]) for it in items])
     assert np.abs(mixed.astype(int) - alone.astype(int)).max() <= 1  # a batch's mix changes nothing
     head = ctx.generator.to_mask[-1]
     saved = head.bias.detach().clone(), head.weight.detach().clone()
@@ -262,7 +264,7 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
         with torch.no_grad():  # a mask that keeps every pixel: real renders are their base photo
             head.weight.zero_()
             head.bias.fill_(-50.0)
-        kept = shards_mod.render_items(ctx, plan, items)
+        kept = rendering_mod.render_items(ctx, plan, items)
     finally:
         with torch.no_grad():
             head.bias.copy_(saved[0])
@@ -273,7 +275,7 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
             assert np.abs(img.astype(int) - base.astype(int)).max() <= 1
         else:  # a novel identity has no photo: drawn from its codes alone, as before
             assert np.abs(img.astype(int) - base.astype(int)).mean() > 5
-    shards_mod._CONTEXTS.clear()
+    context_mod._CONTEXTS.clear()
 
 
 def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_over_that_render(
@@ -289,16 +291,16 @@ def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_ove
     gen_cfg = cfg_for(ckpt, "generate.identity_sources=[novel]", "generate.n_novel=1", "generate.composite=mask")
     plan = make_plan(gen_cfg, ckpt, load_checkpoint(ckpt))
     plan.meta["name"] = "x"
-    ctx = shards_mod.get_context(plan)
+    ctx = context_mod.get_context(plan)
     items = plan.items[:7]
-    w_id, w_exp = shards_mod.sample_codes(ctx, plan, items)
+    w_id, w_exp = rendering_mod.sample_codes(ctx, plan, items)
     head = ctx.generator.to_mask[-1]
     saved = head.bias.detach().clone(), head.weight.detach().clone()
     try:
         with torch.no_grad():  # a mask that keeps every pixel: each render is the identity's neutral render
             head.weight.zero_()
             head.bias.fill_(-50.0)
-            kept = shards_mod.render_items(ctx, plan, items)
+            kept = rendering_mod.render_items(ctx, plan, items)
             neutral = ctx.generator(w_id, ctx.codes["exp_neutral"].expand(len(items), -1), ctx.resolution, 1.0)
     finally:
         with torch.no_grad():
@@ -307,11 +309,11 @@ def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_ove
     assert len({it.expression for it in items}) > 1 and len({it.identity_id for it in items}) == 1
     assert np.abs(kept.astype(int) - to_uint8(neutral.clamp(-1, 1)).astype(int)).max() <= 1
     # With its mask open the expression is redrawn over that face, not drawn from the codes alone.
-    drawn = shards_mod.render_items(ctx, plan, items)
+    drawn = rendering_mod.render_items(ctx, plan, items)
     with torch.no_grad():
         alone = to_uint8(ctx.generator(w_id, w_exp, ctx.resolution, 1.0))
     assert np.abs(drawn.astype(int) - alone.astype(int)).mean() > 1
-    shards_mod._CONTEXTS.clear()
+    context_mod._CONTEXTS.clear()
 
 
 def test_difference_composite_draws_real_identities_over_their_photo_with_its_own_expression(tiny: Path) -> None:
@@ -324,10 +326,10 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
     real = [p for p in plan.identities if p.source.startswith("real")]
     novel = [p for p in plan.identities if p.source == "novel"]
     assert real and all(p.base_image for p in real) and all(p.base_image is None for p in novel)
-    ctx = shards_mod.get_context(plan)
+    ctx = context_mod.get_context(plan)
     items = [it for it in plan.items if it.identity_id in (real[0].identity_id, novel[0].identity_id)][:10]
-    got = shards_mod.render_items(ctx, plan, items)
-    w_id, w_exp = shards_mod.sample_codes(ctx, plan, items)
+    got = rendering_mod.render_items(ctx, plan, items)
+    w_id, w_exp = rendering_mod.sample_codes(ctx, plan, items)
     with torch.no_grad():
         photo = ctx.images[ctx.base_rows[real[0].identity_id]][None].float() / 127.5 - 1.0
         encoder = load_trained(Path(plan.meta["checkpoint"]["path"]))[1].encoder
@@ -338,7 +340,7 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
             else:
                 want = ctx.generator(w_id[i : i + 1], w_exp[i : i + 1], ctx.resolution, 1.0)
             assert np.abs(got[i].astype(int) - to_uint8(want.clamp(-1, 1))[0].astype(int)).max() <= 1, it.sample_id
-    shards_mod._CONTEXTS.clear()
+    context_mod._CONTEXTS.clear()
 
 
 def test_each_render_starts_from_the_next_of_its_identitys_photos_with_that_photos_codes(tiny: Path) -> None:
@@ -361,10 +363,10 @@ def test_each_render_starts_from_the_next_of_its_identitys_photos_with_that_phot
     assert all(it.source_image is None for it in plan.items if it.identity_source == "novel")
     assert len({it.sample_id for it in plan.items}) == len(plan.items)
 
-    ctx = shards_mod.get_context(plan)
+    ctx = context_mod.get_context(plan)
     items = [it for it in plan.items if it.identity_id == real[0]][:6]
     items.append(next(it for it in plan.items if it.identity_source == "novel"))
-    w_id, w_exp = shards_mod.sample_codes(ctx, plan, items)
+    w_id, w_exp = rendering_mod.sample_codes(ctx, plan, items)
     encoder = load_trained(Path(plan.meta["checkpoint"]["path"]))[1].encoder
     rows = [ctx.source_rows[it.source_image] for it in items[:-1]]
     with torch.no_grad():
@@ -372,13 +374,13 @@ def test_each_render_starts_from_the_next_of_its_identitys_photos_with_that_phot
     clean = [i for i, it in enumerate(items[:-1]) if it.repeat == 0]
     assert torch.allclose(w_id[clean], own_id[clean], atol=1e-4)  # the photo's own identity code, not the mean
     assert torch.allclose(w_id[-1], torch.from_numpy(plan.codes[items[-1].code_row]))
-    got = shards_mod.render_items(ctx, plan, items)
+    got = rendering_mod.render_items(ctx, plan, items)
     with torch.no_grad():
         for i in clean:
             photo = ctx.images[rows[i]][None].float() / 127.5 - 1.0
             want = ctx.generator.edit(own_id[i : i + 1], w_exp[i : i + 1], own_exp[i : i + 1], photo, ctx.resolution)[0]
             assert np.abs(got[i].astype(int) - to_uint8(want.clamp(-1, 1))[0].astype(int)).max() <= 1
-    shards_mod._CONTEXTS.clear()
+    context_mod._CONTEXTS.clear()
 
 
 def test_intensity_range_draws_each_renders_intensity(tiny: Path) -> None:

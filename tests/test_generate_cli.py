@@ -10,7 +10,7 @@ import pytest
 from fast_settings import FAST_USEFULNESS
 from typer.testing import CliRunner
 
-import pipeline.generate.shards as shards_mod
+import pipeline.generate.checks as checks_mod
 from pipeline.audit import audit_dataset
 from pipeline.cli import app
 
@@ -52,7 +52,7 @@ def test_demo_makes_missing_data_and_publishes(
         t = np.asarray(target_idx)
         return t, np.full(len(t), 0.9), np.ones(len(t), bool)
 
-    monkeypatch.setattr(shards_mod, "expression_scores", ideal)  # the tiny GAN cannot pass on its own
+    monkeypatch.setattr(checks_mod, "expression_scores", ideal)  # the tiny GAN cannot pass on its own
     lenient = _sets(
         "quality.embedder_identity_threshold=-1.0",
         "quality.ssim_floor=-1.0",

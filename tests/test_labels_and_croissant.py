@@ -21,7 +21,7 @@ from pipeline.weights import find_weight
 
 @pytest.fixture(scope="module")
 def published(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    import pipeline.generate.shards as shards_mod
+    import pipeline.generate.checks as checks_mod
     from pipeline.generate import generate_dataset
 
     fid = find_weight("fid")
@@ -34,7 +34,7 @@ def published(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
     sets = [*FAST_GENERATE, *FAST_USEFULNESS, *LENIENT_GATES, f"quality.fid_weights={fid.path}"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(shards_mod, "expression_scores", agree)
+        mp.setattr(checks_mod, "expression_scores", agree)
         result = generate_dataset(None, tiny, tmp_path_factory.mktemp("published"), overrides=sets, name="ds")
     assert result.published
     yield Path(result.dataset_dir)

@@ -20,7 +20,7 @@ from conftest import REPO
 from fast_settings import FAST_USEFULNESS
 from typer.testing import CliRunner
 
-import pipeline.generate.shards as shards_mod
+import pipeline.generate.checks as checks_mod
 from pipeline.cli import app
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -131,7 +131,7 @@ def test_readme_walkthrough_runs_on_the_tiny_recipe(
         t = np.asarray(target_idx)
         return t, np.full(len(t), 0.9), np.ones(len(t), bool)
 
-    monkeypatch.setattr(shards_mod, "expression_scores", ideal)  # the tiny GAN cannot pass on its own
+    monkeypatch.setattr(checks_mod, "expression_scores", ideal)  # the tiny GAN cannot pass on its own
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoints").mkdir()
     ran = []
