@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import REPO
 from fast_settings import FAST_GENERATE, FAST_USEFULNESS, LENIENT_GATES
 
@@ -222,7 +223,6 @@ def test_render_is_independent_of_batch_composition(tiny: Path) -> None:
 
 
 def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: Path, tmp_path: Path) -> None:
-    import torch
 
     from pipeline.core.checkpoint import load_checkpoint
     from pipeline.generate.plan import base_image_paths
@@ -281,7 +281,6 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
 def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_over_that_render(
     tiny: Path, tmp_path: Path
 ) -> None:
-    import torch
 
     from pipeline.train.loop import Trainer
 
@@ -317,7 +316,6 @@ def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_ove
 
 
 def test_difference_composite_draws_real_identities_over_their_photo_with_its_own_expression(tiny: Path) -> None:
-    import torch
 
     # Any checkpoint (the module's has no edit mask): real identities get a base photo, novel ones not.
     sets = ["generate.identity_sources=[real, novel]", "generate.n_novel=1", "generate.source_photos=first_neutral"]
@@ -344,7 +342,6 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
 
 
 def test_each_render_starts_from_the_next_of_its_identitys_photos_with_that_photos_codes(tiny: Path) -> None:
-    import torch
 
     from pipeline.generate.plan import identity_photos
 
@@ -414,6 +411,24 @@ def test_rejected_dataset_stays_in_staging(tiny: Path, tmp_path: Path, fast: lis
     marker = (staging / REJECTED_MARKER).read_text()
     assert "kid_mean" in marker
     assert (staging / "__quality_report" / "report.md").is_file()
+
+
+def test_one_generation_reads_and_hashes_its_checkpoint_once(
+    tiny: Path, tmp_path: Path, fast: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import pipeline.core.trained as trained
+
+    ckpt = Path(shutil.copy(tiny, tmp_path / "copy.pt"))  # a file this process has not opened yet
+    reads, loads = [], []
+    read, load = trained.read_checkpoint, torch.load
+    monkeypatch.setattr(trained, "read_checkpoint", lambda p: reads.append(p) or read(p))
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(f) or load(f, *a, **k))
+    result = generate_dataset(None, ckpt, tmp_path / "out", overrides=[*fast, *LENIENT_GATES], name="ds")
+    assert result.n_images > 0
+    assert reads == [ckpt]  # planning, rendering and checking share one read (and its sha256)
+    assert ckpt not in [Path(f) for f in loads if isinstance(f, (str, Path))]
 
 
 def test_published_dataset_is_readable_and_passes_the_audit(

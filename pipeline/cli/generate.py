@@ -145,7 +145,7 @@ def demo(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier demo dataset.")] = False,
 ) -> None:
     """From nothing to a published dataset: make the training data if missing, then generate a small set."""
-    from pipeline.core.checkpoint import load_checkpoint
+    from pipeline.core.trained import open_checkpoint
     from pipeline.preflight import writable_folder
 
     guarded(lambda: writable_folder(out, "--out"))  # before the training data is made
@@ -158,7 +158,7 @@ def demo(
         raise typer.Exit(code=2)
     from pipeline.core.legacy import checkpoint_config
 
-    ckpt = guarded(lambda: load_checkpoint(checkpoint))
+    ckpt = guarded(lambda: open_checkpoint(checkpoint)).payload  # read once: generation reuses it
     sets = [*DEMO_SETTINGS, *(set_ or [])]
     cfg = guarded(lambda: checkpoint_config(ckpt, str(checkpoint), sets))
     root = Path(cfg.data.root)

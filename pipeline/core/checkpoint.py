@@ -6,6 +6,8 @@ when opened. The config travels as a JSON string and is compared with the one a 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import re
 from pathlib import Path
@@ -35,8 +37,21 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    return _load(path, path, map_location)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], str]:
+    """(payload on the CPU, sha256 of the file) from one read of its bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    return _load(io.BytesIO(data), path, "cpu"), hashlib.sha256(data).hexdigest()
+
+
+def _load(source: Path | io.BytesIO, path: Path, map_location: str | torch.device) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(_refusal_line(path, exc)) from exc
     except Exception as exc:  # truncated zip, damaged archive...

@@ -13,11 +13,15 @@ import torch
 from torch import nn
 
 from manifests.labels import dataset_kind
+from pipeline.cache import load_tensors
 from pipeline.config import Config
+from pipeline.core.checkpoint import CheckpointError
 from pipeline.core.data import to_model_range
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import stored_config
+from pipeline.core.trained import open_checkpoint
 from pipeline.generate.plan import SweepPlan
+from pipeline.judges import load_gate_judges
 from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
 from pipeline.swaps import draws_over_photo, needs_photo_code
 
@@ -73,19 +77,15 @@ def get_context(plan: SweepPlan, device: torch.device | None = None) -> RenderCo
 
 
 def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderContext:
-    from pipeline.cache import load_tensors
-    from pipeline.core.checkpoint import CheckpointError, checkpoint_sha256
-    from pipeline.core.trained import load_trained
-    from pipeline.judges import load_gate_judges
-
     ckpt_path = Path(plan.meta["checkpoint"]["path"])
-    sha = checkpoint_sha256(ckpt_path)
+    opened = open_checkpoint(ckpt_path)  # the one planning read, in the same process
+    sha = opened.sha256
     if sha != plan.render_key["checkpoint_sha256"]:
         raise CheckpointError(
             f"{ckpt_path} changed since the plan was made (sha256 {sha[:12]} != {plan.render_key['checkpoint_sha256'][:12]}); "
             "rerun generation from scratch (overwrite) or restore the checkpoint"
         )
-    _, nets, ckpt = load_trained(ckpt_path, device=device)
+    nets, ckpt = opened.networks(device), opened.payload
     # NHWC convolutions render faster on CPU (oneDNN); the batch-independence test holds.
     nets.generator_ema.to(memory_format=torch.channels_last)
     clf, emb = load_gate_judges(cfg, ckpt, device)

@@ -12,11 +12,11 @@ from manifests.labels import read_labels
 from pipeline.cache import load_tensors
 from pipeline.calibration import apply_calibration
 from pipeline.config import Config, config_to_dict, load_config, to_overrides
-from pipeline.core.checkpoint import CheckpointError, checkpoint_sha256, load_checkpoint
+from pipeline.core.checkpoint import CheckpointError
 from pipeline.core.data import dataset_key
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config
-from pipeline.core.trained import load_trained
+from pipeline.core.trained import open_checkpoint
 from pipeline.generate.plan import (
     NOVEL_SOURCE,
     PlanError,
@@ -42,10 +42,11 @@ def resolve_config(
 
     Without `cfg` the checkpoint's own config is used (plus `overrides`): the model and data always
     match then. With `cfg`, its model section must equal the checkpoint's (CheckpointError names the
-    fields that differ) and its data must be the data the checkpoint was trained on.
+    fields that differ) and its data must be the data the checkpoint was trained on. The checkpoint
+    is read once per process (`open_checkpoint`): planning and rendering reuse it.
     """
-    ckpt = load_checkpoint(Path(checkpoint))
-    saved = checkpoint_config(ckpt, str(checkpoint))
+    opened = open_checkpoint(Path(checkpoint))
+    ckpt, saved = opened.payload, opened.config
     # Fields the user chose: in an override, or written in the config they passed.
     explicit = {
         o.split("=", 1)[0].strip().removeprefix("quality.") for o in overrides or [] if o.strip().startswith("quality.")
@@ -53,7 +54,8 @@ def resolve_config(
     if cfg is not None:
         explicit |= set(cfg.quality.model_fields_set)
     if cfg is None:
-        cfg = checkpoint_config(ckpt, str(checkpoint), overrides)
+        # A copy: calibration below writes into it, and the opened checkpoint's own config stays as stored.
+        cfg = checkpoint_config(ckpt, str(checkpoint), overrides) if overrides else saved.model_copy(deep=True)
     elif overrides:
         cfg = load_config(None, [*to_overrides(config_to_dict(cfg)), *overrides])
     # Compare through today's Config, so a model field added since the checkpoint was written (with
@@ -92,7 +94,8 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
     gen = cfg.generate
     data_key = _check_data(cfg, ckpt)
     res = cfg.model.max_resolution
-    sha = checkpoint_sha256(checkpoint)
+    opened = open_checkpoint(Path(checkpoint))
+    sha = opened.sha256
     labels, _ = read_labels(Path(cfg.data.root))
     split_of = dict(zip(labels["identity"], labels["split"], strict=True))
 
@@ -114,7 +117,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
     photos: dict[str, list[str]] = {}
     if wanted:
         device = resolve_device(gen.device, "generate.device")
-        _, nets, _ = load_trained(Path(checkpoint), device=device)
+        nets = opened.networks(device)
         images, frame = load_tensors(Path(cfg.data.root), res, cfg.data.cache_dir)
         sel = np.flatnonzero(frame["identity"].isin(wanted).to_numpy())
         codes = real_identity_codes(
