@@ -69,17 +69,17 @@ class OpenedCheckpoint:
             return self._nets[str(device)]
 
 
-_OPENED: dict[tuple[str, int, int], OpenedCheckpoint] = {}
+_OPENED: dict[tuple[str, int, int, int], OpenedCheckpoint] = {}
 _OPENED_LOCK = threading.RLock()
 
 
 def open_checkpoint(path: Path) -> OpenedCheckpoint:
-    """The checkpoint at `path`, read again only when the file changed (its mtime or size)."""
+    """The checkpoint at `path`, read again only when the file changed (replaced, or its mtime or size)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
     with _OPENED_LOCK:
         if key not in _OPENED:
             payload, sha = read_checkpoint(path)
