@@ -1,12 +1,14 @@
 """Prefect flow `train`: data prep -> judges -> one task per resolution stage -> evaluation -> report.
 
-Thin orchestration over pipeline.train: tasks pass the config and paths, never models. Each stage
-task rebuilds the trainer from the run folder's last checkpoint, so a killed flow run resumes
-at the step it reached when started again with the same config.
+Thin orchestration over pipeline.train's steps (the ones `fersynth train` runs): tasks pass the
+config and paths, never models. The tasks run one after another in the flow's process and share one
+trainer; a trainer built anew (a new flow run) resumes from the run folder's last checkpoint, so a
+killed flow run resumes at the step it reached when started again with the same config.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,24 @@ from prefect import flow, task
 from flows import artifacts
 from pipeline.cache import load_tensors
 from pipeline.config import Config, config_to_dict, load_config
-from pipeline.train.loop import run_folder_lock
+from pipeline.evaluate import evaluate_checkpoint
+from pipeline.train.loop import Trainer, run_folder_lock
+from pipeline.train.run import report_step, stage_step
+
+# The trainer of the run this process is training, by its config: the tasks of one flow run share it.
+_TRAINERS: dict[str, Trainer] = {}
 
 
 def _cfg(cfg_dict: dict[str, Any]) -> Config:
     return Config.model_validate(cfg_dict)
+
+
+def _trainer(cfg_dict: dict[str, Any]) -> Trainer:
+    key = json.dumps(cfg_dict, sort_keys=True, default=str)
+    if key not in _TRAINERS:
+        _TRAINERS.clear()  # one run at a time per process
+        _TRAINERS[key] = Trainer(_cfg(cfg_dict))
+    return _TRAINERS[key]
 
 
 @task(name="prepare-data", cache_result_in_memory=False)
@@ -31,20 +46,15 @@ def prepare_data(cfg_dict: dict[str, Any]) -> int:
 
 @task(name="train-judges", cache_result_in_memory=False)
 def judges_task(cfg_dict: dict[str, Any]) -> dict[str, float]:
-    from pipeline.train.loop import Trainer
-
-    return Trainer(_cfg(cfg_dict)).run_judges()
+    return _trainer(cfg_dict).run_judges()
 
 
 @task(name="train-stage", task_run_name="stage-{resolution}px", cache_result_in_memory=False)
 def stage_task(cfg_dict: dict[str, Any], stage_idx: int, resolution: int) -> dict[str, Any]:
-    from pipeline.train.loop import Trainer
-
-    trainer = Trainer(_cfg(cfg_dict))
+    trainer = _trainer(cfg_dict)
     if trainer.stage_idx > stage_idx:  # finished in an earlier (interrupted) flow run
         return trainer.stage_metrics[stage_idx]
-    summary = trainer.run_stage()
-    grid = trainer.sample_grid(trainer.out / "samples" / f"stage-{resolution:04d}.png")
+    summary, grid = stage_step(trainer)
     artifacts.table(f"train-stage-{resolution}", [summary], f"metrics of the {resolution} px stage")
     artifacts.png(f"train-samples-{resolution}", grid, f"samples after the {resolution} px stage")
     return summary
@@ -52,8 +62,6 @@ def stage_task(cfg_dict: dict[str, Any], stage_idx: int, resolution: int) -> dic
 
 @task(name="evaluate", cache_result_in_memory=False)
 def evaluate_task(checkpoint: str) -> dict[str, Any]:
-    from pipeline.evaluate import evaluate_checkpoint
-
     result = evaluate_checkpoint(Path(checkpoint))
     artifacts.table("train-evaluation", [result["metrics"]], "ground-truth swap evaluation on test identities")
     if result.get("grid"):
@@ -63,14 +71,8 @@ def evaluate_task(checkpoint: str) -> dict[str, Any]:
 
 @task(name="report", cache_result_in_memory=False)
 def report_task(cfg_dict: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
-    from pipeline.train.loop import Trainer
-    from pipeline.train.report import write_training_report
-
-    trainer = Trainer(_cfg(cfg_dict))
-    extra: dict[str, Any] = {"checkpoint": trainer.ckpt_dir / "final.pt"}
-    if evaluation:
-        extra.update({f"eval {k}": v for k, v in evaluation.items()})
-    path = write_training_report(trainer.out, trainer.stage_metrics, trainer.history, extra)
+    extra = {f"eval {k}": v for k, v in (evaluation or {}).items()}
+    path = report_step(_trainer(cfg_dict), extra)
     artifacts.markdown_file("train-report", path, "training report")
     return str(path)
 
@@ -84,7 +86,10 @@ def train_flow(
         cfg.train.out_dir = Path(out_dir)
     # The tasks run in this process, one after another: the flow holds the run folder's lock for them.
     with run_folder_lock(Path(cfg.train.out_dir)):
-        return _train(cfg, evaluate)
+        try:
+            return _train(cfg, evaluate)
+        finally:
+            _TRAINERS.clear()  # the networks and data go with the run
 
 
 def _train(cfg: Config, evaluate: bool) -> dict[str, Any]:

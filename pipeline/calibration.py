@@ -27,11 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from manifests.labels import dataset_kind, read_labels
+from pipeline.cache import load_tensors
 from pipeline.config import Config, ConfigError
 from pipeline.core.data import load_split
 from pipeline.expressions import EXPRESSIONS
 from pipeline.judges import load_gate_judges
-from pipeline.quality.facenet import IdentityScorer
+from pipeline.quality.facenet import IdentityScorer, make_identity_scorer, resolve_identity_backend
+from pipeline.quality.fid import kid_from_features
 
 LEGACY_EXPRESSION_KEEP = 0.95
 
@@ -283,9 +286,6 @@ def apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> 
 
 
 def _calibrate_facenet(cfg: Config) -> None:
-    from manifests.labels import dataset_kind, read_labels
-    from pipeline.cache import load_tensors
-    from pipeline.quality.facenet import make_identity_scorer, resolve_identity_backend
 
     q, root = cfg.quality, Path(cfg.data.root)
     if not (root / "labels.parquet").is_file():
@@ -317,7 +317,6 @@ def real_vs_real_kid(
     A class's KID gate is the set's ceiling plus this: small classes give noisy KIDs, and a render
     set must not fail for a difference two real samples of its size would show too.
     """
-    from pipeline.quality.fid import kid_from_features
 
     size = min(n, real_features.shape[0] // 2)
     if size < 2:

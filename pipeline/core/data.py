@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from manifests.labels import dataset_kind
+from manifests.labels import dataset_kind, read_labels
 from pipeline.cache import load_tensors
 from pipeline.expressions import EXPRESSIONS
 
@@ -107,9 +108,6 @@ def class_counts(data: TrainData, num_classes: int = len(EXPRESSIONS)) -> list[i
 
 def dataset_key(root: Path) -> str:
     """Content key of a labelled dataset: hash of its (path, sha256, split, expression) rows."""
-    import hashlib
-
-    from manifests.labels import read_labels
 
     frame, _ = read_labels(Path(root))
     h = hashlib.sha256()

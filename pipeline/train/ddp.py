@@ -148,7 +148,7 @@ def _train_rank(cfg: Config, out_dir: Path | None, rank: int, world: int, local:
             # Also a barrier: every rank finished its last step before rank 0 reports and all exit.
             result["ranks_in_sync"] = ranks_in_sync(trainer)
         if rank == 0:
-            from pipeline.train.report import write_training_report
+            from pipeline.train.report import write_training_report  # here: it loads matplotlib
 
             final = trainer.ckpt_dir / "final.pt"
             if not final.exists():

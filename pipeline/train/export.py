@@ -7,7 +7,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline.calibration import calibrate_thresholds
+from pipeline.config import ConfigError, config_to_dict
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.core.data import load_split
+from pipeline.core.legacy import checkpoint_config
+from pipeline.judges import train_panel_members
 
 KEEP_NETS = ("encoder", "generator_ema", "classifier", "embedder")
 KEEP_KEYS = (
@@ -53,12 +58,9 @@ def export_release(
 
     out = {k: ckpt[k] for k in KEEP_KEYS if k in ckpt}
     if overrides:
-        from pipeline.config import ConfigError, config_to_dict
-
         other = [o for o in overrides if not o.strip().startswith("quality.")]
         if other:  # the networks were trained with the stored model, data and train sections
             raise ConfigError(f"export --set takes gate settings (quality.*) only, got {', '.join(other)}")
-        from pipeline.core.legacy import checkpoint_config
 
         resolved = config_to_dict(checkpoint_config(ckpt, str(src), overrides))  # validates the values
         # Only the fields asked for change: the stored training config stays the record it is.
@@ -81,9 +83,6 @@ def export_release(
         **({"panel": [conv(m) for m in judges["panel"]]} if judges.get("panel") else {}),
     }
     if recalibrate or not ckpt.get("calibration"):  # runs finished before calibration existed: calibrate now
-        from pipeline.calibration import calibrate_thresholds
-        from pipeline.core.legacy import checkpoint_config
-
         # On the judges as released (float16 when `half`): the thresholds are for these weights.
         out["calibration"] = calibrate_thresholds(checkpoint_config(out, str(src)), out, torch.device("cpu"))
     out["release_of"] = str(Path(src).name)
@@ -92,9 +91,6 @@ def export_release(
 
 def _panel_members(ckpt: dict, src: Path, size: int) -> list[dict[str, torch.Tensor]]:
     """The checkpoint's panel members beyond the independent judge, grown or cut to `size` in all."""
-    from pipeline.core.data import load_split
-    from pipeline.core.legacy import checkpoint_config
-    from pipeline.judges import train_panel_members
 
     have = list(ckpt["eval_judges"].get("panel") or [])
     if len(have) >= size - 1:

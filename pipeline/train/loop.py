@@ -23,15 +23,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from pipeline.calibration import calibrate_thresholds
 from pipeline.config import Config, config_to_dict
 from pipeline.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.core.codes import fit_target_codes
+from pipeline.core.codes import expression_target, fit_target_codes
 from pipeline.core.data import TrainData, dataset_key, downsample, load_split
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config
 from pipeline.core.networks import Networks, autocast_dtype, build_networks, update_ema
-from pipeline.judges import train_judges
+from pipeline.judges import train_eval_judges, train_judges, train_panel_members
 from pipeline.locks import WriterLock, writer_lock
+from pipeline.train.grids import expression_grid, save_png
 from pipeline.train.objective import Batch, DecouplingObjective, to_full
 
 LAST = "last.pt"
@@ -314,7 +316,6 @@ class Trainer:
 
     def finalize(self) -> None:
         """After the last stage: target codes, and the independent judges used for scoring."""
-        from pipeline.judges import train_eval_judges, train_panel_members
 
         if not self.is_main:  # other ranks never save, so the codes and eval judges would be unused
             return
@@ -342,8 +343,6 @@ class Trainer:
     @torch.no_grad()
     def sample_grid(self, path: Path, n_identities: int = 6) -> Path:
         """Identities x expressions grid with the EMA generator at the current (or last) stage."""
-        from pipeline.core.codes import expression_target
-        from pipeline.train.grids import expression_grid, save_png
 
         full = self.cfg.model.max_resolution
         res = self.cfg.train.stages[max(self.stage_idx - 1, 0)].resolution  # the last stage trained
@@ -465,7 +464,6 @@ class Trainer:
 
 def _calibrate(cfg: Config, state: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
     """Real-val threshold calibration; None (with the reason logged) when there is no val split."""
-    from pipeline.calibration import calibrate_thresholds
 
     try:
         return calibrate_thresholds(cfg, state, device)

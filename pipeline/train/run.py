@@ -27,20 +27,34 @@ def _run_training(cfg: Config, progress: ProgressFn | None, out_dir: Path | None
     trainer = Trainer(cfg, out_dir, progress)
     trainer.run_judges()
     while not trainer.finished:
-        summary = trainer.run_stage()
-        trainer.sample_grid(trainer.out / "samples" / f"stage-{summary['resolution']:04d}.png")
+        stage_step(trainer)
+    extra = {
+        "device": trainer.device,
+        "wall seconds (this invocation)": round(time.perf_counter() - started, 1),
+        "peak RSS MB": round(peak_rss_mb()),
+    }
+    report = report_step(trainer, extra)
+    return {"checkpoint": str(final_checkpoint(trainer)), "report": str(report), "stages": trainer.stage_metrics}
+
+
+# The steps a training runs, shared by `run_training` and the Prefect flow (flows/train.py).
+
+
+def stage_step(trainer: Trainer) -> tuple[dict[str, Any], Path]:
+    """Train the next resolution stage, then draw its sample grid: (stage summary, grid path)."""
+    summary = trainer.run_stage()
+    grid = trainer.sample_grid(trainer.out / "samples" / f"stage-{summary['resolution']:04d}.png")
+    return summary, grid
+
+
+def final_checkpoint(trainer: Trainer) -> Path:
     final = trainer.ckpt_dir / "final.pt"
     if not final.exists():  # finished earlier; make sure the final checkpoint is there
         trainer.save("final.pt")
-    report = write_training_report(
-        trainer.out,
-        trainer.stage_metrics,
-        trainer.history,
-        {
-            "checkpoint": final,
-            "device": trainer.device,
-            "wall seconds (this invocation)": round(time.perf_counter() - started, 1),
-            "peak RSS MB": round(peak_rss_mb()),
-        },
-    )
-    return {"checkpoint": str(final), "report": str(report), "stages": trainer.stage_metrics}
+    return final
+
+
+def report_step(trainer: Trainer, extra: dict[str, Any]) -> Path:
+    """The training report (stage metrics, loss curves, `extra` rows) beside the run's checkpoints."""
+    rows = {"checkpoint": final_checkpoint(trainer), **extra}
+    return write_training_report(trainer.out, trainer.stage_metrics, trainer.history, rows)
