@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pipeline.core.checkpoint import CheckpointError
 from pipeline.core.data import to_model_range
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import stored_config
-from pipeline.core.trained import open_checkpoint
+from pipeline.core.trained import OpenedCheckpoint, open_checkpoint
 from pipeline.generate.plan import SweepPlan
 from pipeline.judges import load_gate_judges
 from pipeline.quality.facenet import IdentityScorer, make_identity_scorer
@@ -77,14 +78,7 @@ def get_context(plan: SweepPlan, device: torch.device | None = None) -> RenderCo
 
 
 def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderContext:
-    ckpt_path = Path(plan.meta["checkpoint"]["path"])
-    opened = open_checkpoint(ckpt_path)  # the one planning read, in the same process
-    sha = opened.sha256
-    if sha != plan.render_key["checkpoint_sha256"]:
-        raise CheckpointError(
-            f"{ckpt_path} changed since the plan was made (sha256 {sha[:12]} != {plan.render_key['checkpoint_sha256'][:12]}); "
-            "rerun generation from scratch (overwrite) or restore the checkpoint"
-        )
+    opened = _opened_checkpoint(plan)
     nets, ckpt = opened.networks(device), opened.payload
     # NHWC convolutions render faster on CPU (oneDNN); the batch-independence test holds.
     nets.generator_ema.to(memory_format=torch.channels_last)
@@ -103,29 +97,14 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         device=device,
         batch_size=cfg.generate.batch_size,
     )
-    thr = q.identity_threshold_for(scorer.name)
     codes = {k: v.to(device) for k, v in ckpt["codes"].items()}
-    present = (
-        codes["exp_present"].bool()
-        if "exp_present" in codes
-        else torch.ones(codes["exp_centroids"].shape[0], dtype=torch.bool)
+    base_rows, source_rows = _photo_rows(plan, labels, cfg.data.root)
+    photo_codes = functools.partial(
+        _photo_codes, nets.encoder, images, device=device, batch_size=cfg.generate.batch_size
     )
-    cent = codes["exp_centroids"][present]
-    # Jitter scales: the per-dimension spread of the class centroids (expression) and of the fitted
-    # identity Gaussian, so a jitter of 0.1 means "a tenth of the natural variation" in either code.
-    exp_scale = cent.std(0) if cent.shape[0] > 1 else torch.ones_like(cent[0])
-    id_scale = codes["id_chol"].square().sum(1).sqrt()
-    row_of_path = {p: i for i, p in enumerate(labels["path"])}
-    named = [p.base_image for p in plan.identities if p.base_image]
-    named += sorted({it.source_image for it in plan.items if it.source_image})
-    missing = [p for p in named if p not in row_of_path]
-    if missing:
-        raise ValueError(f"{cfg.data.root}: source photo(s) named in the plan are not in the data: {missing[:5]}")
-    base_rows = {p.identity_id: row_of_path[p.base_image] for p in plan.identities if p.base_image}
-    source_rows = {it.source_image: row_of_path[it.source_image] for it in plan.items if it.source_image}
     base_exp = {}
     if needs_photo_code(cfg.generate.composite):  # one pass per identity's base photo, not per render
-        base_codes = _photo_codes(nets.encoder, images, list(base_rows.values()), device, cfg.generate.batch_size)
+        base_codes = photo_codes(list(base_rows.values()))
         base_exp = {ident: base_codes[row][1] for ident, row in base_rows.items()}
     return RenderContext(
         cfg=cfg,
@@ -133,25 +112,61 @@ def _load_context(plan: SweepPlan, cfg: Config, device: torch.device) -> RenderC
         generator=nets.generator_ema,
         classifier=clf,
         scorer=scorer,
-        identity_threshold=thr,
+        identity_threshold=q.identity_threshold_for(scorer.name),
         codes=codes,
-        exp_scale=exp_scale,
-        id_scale=id_scale,
+        **_jitter_scales(codes),
         device=device,
         resolution=res,
         labels=labels,
         images=images,
         procedural=procedural,
-        checkpoint_sha256=sha,
+        checkpoint_sha256=opened.sha256,
         checkpoint_step=int(ckpt["global_step"]),
         base_rows=base_rows,
         base_exp=base_exp,
         over_photo=draws_over_photo(cfg.generate.composite, nets.generator_ema.has_mask),
         source_rows=source_rows,
-        source_codes=_photo_codes(
-            nets.encoder, images, sorted(set(source_rows.values())), device, cfg.generate.batch_size
-        ),
+        source_codes=photo_codes(sorted(set(source_rows.values()))),
     )
+
+
+def _opened_checkpoint(plan: SweepPlan) -> OpenedCheckpoint:
+    """The plan's checkpoint (the one planning read, in the same process), refused if it changed since."""
+    path = Path(plan.meta["checkpoint"]["path"])
+    opened = open_checkpoint(path)
+    want = plan.render_key["checkpoint_sha256"]
+    if opened.sha256 != want:
+        raise CheckpointError(
+            f"{path} changed since the plan was made (sha256 {opened.sha256[:12]} != {want[:12]}); "
+            "rerun generation from scratch (overwrite) or restore the checkpoint"
+        )
+    return opened
+
+
+def _jitter_scales(codes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-dimension spread of the class centroids (expression) and of the fitted identity Gaussian,
+    so a jitter of 0.1 means "a tenth of the natural variation" in either code."""
+    present = (
+        codes["exp_present"].bool()
+        if "exp_present" in codes
+        else torch.ones(codes["exp_centroids"].shape[0], dtype=torch.bool)
+    )
+    cent = codes["exp_centroids"][present]
+    exp_scale = cent.std(0) if cent.shape[0] > 1 else torch.ones_like(cent[0])
+    return {"exp_scale": exp_scale, "id_scale": codes["id_chol"].square().sum(1).sqrt()}
+
+
+def _photo_rows(plan: SweepPlan, labels: pd.DataFrame, root: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(identity -> row of its base photo, source photo path -> row) in the data's images."""
+    row_of_path = {p: i for i, p in enumerate(labels["path"])}
+    named = [p.base_image for p in plan.identities if p.base_image]
+    named += sorted({it.source_image for it in plan.items if it.source_image})
+    missing = [p for p in named if p not in row_of_path]
+    if missing:
+        raise ValueError(f"{root}: source photo(s) named in the plan are not in the data: {missing[:5]}")
+    base_rows = {p.identity_id: row_of_path[p.base_image] for p in plan.identities if p.base_image}
+    source_rows = {it.source_image: row_of_path[it.source_image] for it in plan.items if it.source_image}
+    return base_rows, source_rows
 
 
 @torch.no_grad()

@@ -163,23 +163,8 @@ def build_plan(
 
     `photos`: identity -> its photos (labels paths) that renders start from (generate.source_photos all).
     """
-    if not identities:
-        raise PlanError(
-            "the sweep has zero identities: check generate.identity_sources, generate.real_split (does that split "
-            "have identities?), generate.max_real_identities, generate.n_novel and generate.identity_file"
-        )
-    if codes.shape[0] != len(identities):
-        raise PlanError(f"{codes.shape[0]} identity codes for {len(identities)} identities")
-    ids = [p.identity_id for p in identities]
-    if len(set(ids)) != len(ids):
-        raise PlanError(f"identity ids repeat in the sweep: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    _check_sweep(gen, identities, codes)
     sweep = cells(gen)
-    slots = len(gen.intensities) * gen.repeats
-    if slots > 1 and gen.exp_jitter == 0 and gen.id_jitter == 0:
-        raise PlanError(
-            f"{slots} renders per identity and expression but generate.exp_jitter and generate.id_jitter are 0: "
-            "they would be identical images; set a jitter > 0, or repeats=1 (and one intensity if neutral is swept)"
-        )
     items: list[PlanItem] = []
     for ident in identities:
         own = (photos or {}).get(ident.identity_id)
@@ -190,38 +175,62 @@ def build_plan(
                 if cell_intensity is None
                 else cell_intensity
             )
-            fields = {
-                "render": render_key["id"],
-                "identity": ident.identity_id,
-                "source": ident.source,
-                "expression": expression,
-                "intensity": intensity,
-                "repeat": repeat,
-            }
-            if source_image is not None:
-                fields["source_image"] = source_image
-            sid = make_sample_id(**fields)
-            base = (render_key["id"], ident.identity_id, expression, intensity, repeat)
-            items.append(
-                PlanItem(
-                    sample_id=sid,
-                    file_name=f"images/{expression}/{sid}.png",
-                    identity_id=ident.identity_id,
-                    identity_source=ident.source,
-                    code_row=ident.code_row,
-                    expression=expression,
-                    expression_index=EXPRESSION_INDEX[expression],
-                    intensity=intensity,
-                    repeat=repeat,
-                    noise_seed=_seed("exp", *base),
-                    nuisance_seed=_seed("id", *base),
-                    source_image=source_image,
-                )
-            )
+            items.append(_item(render_key["id"], ident, expression, intensity, repeat, source_image))
     h = hashlib.sha256(json.dumps(render_key, sort_keys=True).encode())
     for it in items:
         h.update(it.sample_id.encode())
     return SweepPlan(h.hexdigest(), render_key, identities, items, gen.shard_size, codes.astype(np.float32), meta or {})
+
+
+def _check_sweep(gen: GenerateConfig, identities: list[PlannedIdentity], codes: np.ndarray) -> None:
+    if not identities:
+        raise PlanError(
+            "the sweep has zero identities: check generate.identity_sources, generate.real_split (does that split "
+            "have identities?), generate.max_real_identities, generate.n_novel and generate.identity_file"
+        )
+    if codes.shape[0] != len(identities):
+        raise PlanError(f"{codes.shape[0]} identity codes for {len(identities)} identities")
+    ids = [p.identity_id for p in identities]
+    if len(set(ids)) != len(ids):
+        raise PlanError(f"identity ids repeat in the sweep: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    slots = len(gen.intensities) * gen.repeats
+    if slots > 1 and gen.exp_jitter == 0 and gen.id_jitter == 0:
+        raise PlanError(
+            f"{slots} renders per identity and expression but generate.exp_jitter and generate.id_jitter are 0: "
+            "they would be identical images; set a jitter > 0, or repeats=1 (and one intensity if neutral is swept)"
+        )
+
+
+def _item(
+    render_id: str, ident: PlannedIdentity, expression: str, intensity: float, repeat: int, source_image: str | None
+) -> PlanItem:
+    """One planned render: its id (a hash of what defines it), file name and seeds."""
+    fields = {
+        "render": render_id,
+        "identity": ident.identity_id,
+        "source": ident.source,
+        "expression": expression,
+        "intensity": intensity,
+        "repeat": repeat,
+    }
+    if source_image is not None:
+        fields["source_image"] = source_image
+    sid = make_sample_id(**fields)
+    base = (render_id, ident.identity_id, expression, intensity, repeat)
+    return PlanItem(
+        sample_id=sid,
+        file_name=f"images/{expression}/{sid}.png",
+        identity_id=ident.identity_id,
+        identity_source=ident.source,
+        code_row=ident.code_row,
+        expression=expression,
+        expression_index=EXPRESSION_INDEX[expression],
+        intensity=intensity,
+        repeat=repeat,
+        noise_seed=_seed("exp", *base),
+        nuisance_seed=_seed("id", *base),
+        source_image=source_image,
+    )
 
 
 def make_render_key(
