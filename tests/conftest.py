@@ -63,9 +63,9 @@ def fid_weights() -> Path:
     return _local_weight("fid")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The final checkpoint of a tiny training run (configs/tiny.yaml), trained once per test module;
+    """The final checkpoint of a tiny training run (configs/tiny.yaml), trained once per test session;
     the data it was trained on is `tiny.parents[2] / "data"`."""
     base = tmp_path_factory.mktemp("tiny")
     data = base / "data"
@@ -86,10 +86,10 @@ def ideal_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(checks_mod, "expression_scores", fake)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny procedural labelled dataset (configs/tiny.yaml) with two validation identities, so
-    thresholds can be calibrated (same vs different identity); made once per test module."""
+    thresholds can be calibrated (same vs different identity); made once per test session."""
     cfg = load_config(REPO / "configs" / "tiny.yaml", ["procedural.val_fraction=0.25"])
     root = tmp_path_factory.mktemp("data") / "tiny"
     make_dataset(cfg.procedural, root, workers=1)
