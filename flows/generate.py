@@ -21,6 +21,7 @@ from prefect.states import Failed
 
 from flows import artifacts
 from pipeline.config import Config, config_to_dict
+from pipeline.generate import finish, pending_shards, prepare, publish, render_shard, resolve_config
 
 
 def _run_id() -> str:
@@ -35,10 +36,16 @@ _HELD_LOCKS: dict[str, Any] = {}
 
 
 @task(name="plan", cache_result_in_memory=False)
-def plan_task(cfg_dict: dict[str, Any], checkpoint: str, out: str, name: str | None, overwrite: bool) -> dict[str, Any]:
-    from pipeline.generate import pending_shards, prepare
-
-    prep = prepare(Config.model_validate(cfg_dict), Path(checkpoint), Path(out), name=name, overwrite=overwrite)
+def plan_task(
+    cfg_dict: dict[str, Any],
+    checkpoint: str,
+    out: str,
+    name: str | None,
+    overwrite: bool,
+    calibration: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    cfg = Config.model_validate(cfg_dict)
+    prep = prepare(cfg, Path(checkpoint), Path(out), name=name, overwrite=overwrite, calibration=calibration)
     _HELD_LOCKS[str(prep.staging)] = prep
     todo = [] if prep.published else pending_shards(prep.staging)
     return {
@@ -55,22 +62,16 @@ def plan_task(cfg_dict: dict[str, Any], checkpoint: str, out: str, name: str | N
 
 @task(name="render-shard", task_run_name="shard-{index}", cache_result_in_memory=False)
 def shard_task(staging: str, index: int, run_id: str) -> dict[str, Any]:
-    from pipeline.generate import render_shard
-
     return render_shard(Path(staging), index, run_id)
 
 
 @task(name="gates", cache_result_in_memory=False)
 def gates_task(staging: str, run_id: str) -> dict[str, Any]:
-    from pipeline.generate import finish
-
     return finish(None, Path(staging), run_id)
 
 
 @task(name="publish", cache_result_in_memory=False)
 def publish_task(staging: str, final: str, verdict: dict[str, Any], overwrite: bool) -> str:
-    from pipeline.generate import publish
-
     return str(publish(Path(staging), Path(final), verdict, overwrite))
 
 
@@ -81,9 +82,11 @@ def generate_flow(
     cfg_dict: dict[str, Any],
     name: str | None = None,
     overwrite: bool = False,
+    calibration: dict[str, Any] | None = None,
 ) -> Any:
+    """`cfg_dict` with `calibration`: a config resolved once (`run_generate_flow`); without it, resolved here."""
     run_id = _run_id()
-    prep = plan_task(cfg_dict, checkpoint, out, name, overwrite)
+    prep = plan_task(cfg_dict, checkpoint, out, name, overwrite, calibration)
     try:
         return _render_judge_publish(prep, run_id, overwrite)
     finally:
@@ -146,8 +149,14 @@ def run_generate_flow(
     return_state: bool = False,
 ) -> Any:
     """Resolve the config (checkpoint's own when `cfg` is None), pick the runner, run the flow."""
-    from pipeline.generate import resolve_config
-
-    cfg, _ = resolve_config(cfg, Path(checkpoint), overrides)
+    cfg, calibration = resolve_config(cfg, Path(checkpoint), overrides)
     f = generate_flow.with_options(task_runner=task_runner(cfg))
-    return f(str(checkpoint), str(out), config_to_dict(cfg), name=name, overwrite=overwrite, return_state=return_state)
+    return f(
+        str(checkpoint),
+        str(out),
+        config_to_dict(cfg),
+        name=name,
+        overwrite=overwrite,
+        calibration=calibration,
+        return_state=return_state,
+    )

@@ -15,7 +15,8 @@ The result is stored in the checkpoint (`calibration`) and used by generation un
 Photo datasets are judged for identity by FaceNet, whose threshold generation calibrates the same
 way on the dataset's photos (`calibrate_photo_identity_threshold`): FaceNet's weights are a
 generation-time input, not part of the checkpoint. `apply_calibration` puts both into the config a
-dataset is generated with.
+dataset is generated with and returns how they were found: data kept beside that config (plan.json,
+the card's `thresholds.calibration`), not a config field.
 """
 
 from __future__ import annotations
@@ -237,17 +238,16 @@ def calibrate_photo_identity_threshold(
 # --------------------------------------------------------------------------- into a generation config
 
 
-def apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> None:
+def apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """Use thresholds calibrated on real data, except where the user set a value explicitly: the
     judges' ones from the real validation split at training time (pipeline.calibration, in the
-    checkpoint) and, for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here. How each was
-    derived is recorded in `quality.calibration` (the dataset card shows it)."""
+    checkpoint) and, for photo data judged by FaceNet, FaceNet's identity threshold, calibrated here.
+
+    Returns how each was derived: data beside the config (the plan and the dataset card keep it)."""
     q = cfg.quality
-    if "calibration" in explicit:  # a config that was resolved before (the flow's): already done
-        return
-    q.calibration = {}
+    record: dict[str, Any] = {}
     if q.thresholds != "calibrated":
-        return
+        return record
     cal = ckpt.get("calibration") or {}
     if "expression_threshold" in cal:
         # Calibrations written before the setting existed kept 95%.
@@ -278,21 +278,23 @@ def apply_calibration(cfg: Config, ckpt: dict[str, Any], explicit: set[str]) -> 
             "expression_val_accuracy",
             "expression_val_pass_pooled",
         )
-        q.calibration["checkpoint"] = {**{k: cal[k] for k in keys if k in cal}, "applied": applied}
+        record["checkpoint"] = {**{k: cal[k] for k in keys if k in cal}, "applied": applied}
     elif "error" in cal:  # e.g. too few validation identities at training time: config values kept
-        q.calibration["checkpoint"] = {"error": cal["error"]}
+        record["checkpoint"] = {"error": cal["error"]}
     if "identity_threshold" not in explicit:
-        _calibrate_facenet(cfg)
+        record.update(_calibrate_facenet(cfg))
+    return record
 
 
-def _calibrate_facenet(cfg: Config) -> None:
-
+def _calibrate_facenet(cfg: Config) -> dict[str, Any]:
+    """{"facenet": how its threshold was found} for photo data judged by FaceNet (the threshold goes into
+    `cfg`), else {}."""
     q, root = cfg.quality, Path(cfg.data.root)
     if not (root / "labels.parquet").is_file():
-        return  # _check_data names the problem when the plan is made
+        return {}  # _check_data names the problem when the plan is made
     kind = dataset_kind(read_labels(root)[0])
     if resolve_identity_backend(q.identity_backend, kind) != "facenet":
-        return
+        return {}
     images, frame = load_tensors(root, cfg.model.max_resolution, cfg.data.cache_dir)
     scorer = make_identity_scorer(
         "facenet", kind, facenet_weights=q.facenet_weights, detect=q.face_detection, device=q.device
@@ -302,10 +304,9 @@ def _calibrate_facenet(cfg: Config) -> None:
     try:
         info = calibrate_photo_identity_threshold(scorer, images, frame["identity"].tolist(), q.calibration_max_images)
     except ValueError as exc:  # too few faces or people: keep the config value, say why
-        q.calibration["facenet"] = {"error": f"{root}: {exc}; config value kept"}
-        return
+        return {"facenet": {"error": f"{root}: {exc}; config value kept"}}
     q.identity_threshold = round(float(info["identity_threshold"]), 4)
-    q.calibration["facenet"] = {"split": "all", **info}
+    return {"facenet": {"split": "all", **info}}
 
 
 def real_vs_real_kid(

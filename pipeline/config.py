@@ -39,6 +39,8 @@ RETIRED_FIELDS: dict[str, tuple[Any, str]] = {
     "data.resolution": (None, "docs/code_layout.md"),
     "train.sample_every": (None, "docs/code_layout.md"),
     "schedule.work_pool": (None, "docs/scheduling.md"),
+    # An output, not a setting: how thresholds were calibrated lives beside the config (plan.json, the card).
+    "quality.calibration": (None, "docs/dataset-format.md"),
 }
 
 
@@ -367,10 +369,6 @@ class QualityConfig(_Section):
         300,
         ge=4,
         description="real photos FaceNet's identity threshold is calibrated on (photo data; ~2-4 img/s on CPU)",
-    )
-    calibration: dict[str, Any] = Field(
-        default_factory=dict,
-        description="written by generation, not read: how the calibrated thresholds were derived (for the card)",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)

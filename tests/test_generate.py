@@ -117,19 +117,18 @@ def test_photo_data_gets_a_facenet_threshold_calibrated_on_its_photos(
     frame, meta = read_labels(root)
     write_labels(root, pd.DataFrame(frame).assign(source="folder"), meta)
     sets = [f"data.root={root}", "quality.face_detection=false", f"quality.facenet_weights={facenet_weights}"]
-    cfg, _ = resolve_config(None, tiny, sets)
-    cal = cfg.quality.calibration
+    cfg, cal = resolve_config(None, tiny, sets)
     assert cal["facenet"]["n_identities"] == 8 and cal["facenet"]["n_faces"] == len(frame), cal
     assert cfg.quality.identity_threshold == round(cal["facenet"]["identity_threshold"], 4) != 0.5
     # The tiny run has one validation identity, too few for the judges' own calibration: recorded too.
     assert "different pairs, got 7 and 0" in cal["checkpoint"]["error"]
-    # The flow hands the resolved config on as a dict: resolved again, it keeps values and record.
+    # A resolved config handed on as a dict keeps its values when resolved again.
     again, _ = resolve_config(Config.model_validate(config_to_dict(cfg)), tiny)
     assert again.quality == cfg.quality
     # An explicit value wins and nothing is calibrated for it; procedural data never asks FaceNet.
-    explicit, _ = resolve_config(None, tiny, [*sets, "quality.identity_threshold=0.42"])
-    assert explicit.quality.identity_threshold == 0.42 and "facenet" not in explicit.quality.calibration
-    assert "facenet" not in resolve_config(None, tiny)[0].quality.calibration
+    explicit, explicit_cal = resolve_config(None, tiny, [*sets, "quality.identity_threshold=0.42"])
+    assert explicit.quality.identity_threshold == 0.42 and "facenet" not in explicit_cal
+    assert "facenet" not in resolve_config(None, tiny)[1]
 
 
 def test_checkpoint_config_mismatch_is_refused(tiny: Path, tmp_path: Path) -> None:
@@ -561,10 +560,10 @@ def test_judged_alike_ignores_how_thresholds_were_found(monkeypatch: pytest.Monk
 
     cfg = load_config(None, ["quality.expression_threshold=0.7"])
     card = config_to_dict(cfg.quality)
-    for k in ("calibration", "calibration_max_images"):  # a card written before these existed
-        card.pop(k)
+    card.pop("calibration_max_images")  # a card written before it existed
     monkeypatch.setattr(staging_mod, "read_dataset_meta", lambda final: {"thresholds": card})
-    cfg.quality.calibration = {"checkpoint": {"applied": ["expression_threshold"]}}
     assert _judged_alike(tmp_path, cfg)  # a rerun of the same command stays a no-op
+    card["calibration"] = {"checkpoint": {"applied": ["expression_threshold"]}}  # how they were found
+    assert _judged_alike(tmp_path, cfg)
     cfg.quality.expression_threshold = 0.8
     assert not _judged_alike(tmp_path, cfg)  # another threshold: the dataset must be judged again

@@ -249,15 +249,17 @@ def test_calibrated_per_class_thresholds_apply_unless_a_threshold_is_fixed() -> 
         "expression_thresholds": {"neutral": 0.7, "happy": 0.95},
     }
 
+    records = []
+
     def resolved(*overrides: str, calibration: dict = cal) -> QualityConfig:
         cfg = load_config(overrides=list(overrides))
         explicit = {o.split("=")[0].removeprefix("quality.") for o in overrides} | {"identity_threshold"}
-        apply_calibration(cfg, {"calibration": calibration}, explicit)
+        records.append(apply_calibration(cfg, {"calibration": calibration}, explicit))
         return cfg.quality
 
     q = resolved()
     assert q.expression_thresholds == {"neutral": 0.7, "happy": 0.95} and q.expression_threshold_for("sad") == 0.9
-    assert "expression_thresholds" in q.calibration["checkpoint"]["applied"]
+    assert "expression_thresholds" in records[-1]["checkpoint"]["applied"]
     assert resolved("quality.expression_calibration=pooled").expression_thresholds == {}
     fixed = resolved("quality.expression_threshold=0.8")  # one number asked for: it holds for every class
     assert fixed.expression_thresholds == {} and fixed.expression_threshold == 0.8
@@ -269,15 +271,17 @@ def test_calibrated_per_class_thresholds_apply_unless_a_threshold_is_fixed() -> 
 def test_the_thresholds_keep_what_they_were_calibrated_to_keep_and_another_keep_asks_for_recalibration() -> None:
     from pipeline.calibration import LEGACY_EXPRESSION_KEEP, apply_calibration
 
+    records = []
+
     def resolved(cal: dict, *overrides: str) -> QualityConfig:
         cfg = load_config(overrides=list(overrides))
         explicit = {o.split("=")[0].removeprefix("quality.") for o in overrides} | {"identity_threshold"}
-        apply_calibration(cfg, {"calibration": cal}, explicit)
+        records.append(apply_calibration(cfg, {"calibration": cal}, explicit))
         return cfg.quality
 
     cal = {"expression_threshold": 0.9, "embedder_identity_threshold": 0.4, "expression_keep": 0.99}
     q = resolved(cal)
-    assert q.expression_keep == 0.99 and q.calibration["checkpoint"]["expression_keep"] == 0.99
+    assert q.expression_keep == 0.99 and records[-1]["checkpoint"]["expression_keep"] == 0.99
     assert resolved(cal, "quality.expression_keep=0.99").expression_threshold == 0.9
     # Before the setting existed, calibration kept 95%: the card must say so, not today's default.
     older = {k: v for k, v in cal.items() if k != "expression_keep"}

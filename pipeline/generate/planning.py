@@ -38,7 +38,7 @@ from pipeline.swaps import draws_over_photo
 def resolve_config(
     cfg: Config | None, checkpoint: Path, overrides: list[str] | None = None
 ) -> tuple[Config, dict[str, Any]]:
-    """The config to generate with and the loaded checkpoint.
+    """The config to generate with, its thresholds calibrated, and how they were (`apply_calibration`).
 
     Without `cfg` the checkpoint's own config is used (plus `overrides`): the model and data always
     match then. With `cfg`, its model section must equal the checkpoint's (CheckpointError names the
@@ -69,8 +69,7 @@ def resolve_config(
     ]
     if diffs:
         raise CheckpointError(f"{checkpoint} was trained with another model config: " + "; ".join(diffs))
-    apply_calibration(cfg, ckpt, explicit)
-    return cfg, ckpt
+    return cfg, apply_calibration(cfg, ckpt, explicit)
 
 
 def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
@@ -89,8 +88,12 @@ def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
     return key
 
 
-def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | None = None) -> SweepPlan:
-    """Resolve identities (encoding real ones with the checkpoint's encoder) and expand the sweep."""
+def make_plan(
+    cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | None = None, calibration: dict | None = None
+) -> SweepPlan:
+    """Resolve identities (encoding real ones with the checkpoint's encoder) and expand the sweep.
+
+    `calibration`: how the config's thresholds were calibrated (`resolve_config`), kept beside it."""
     gen = cfg.generate
     data_key = _check_data(cfg, ckpt)
     res = cfg.model.max_resolution
@@ -147,6 +150,7 @@ def make_plan(cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | N
         "checkpoint": {"path": str(Path(checkpoint).resolve()), "sha256": sha, "step": int(ckpt["global_step"])},
         "data": {"root": str(Path(cfg.data.root).resolve()), "key": data_key},
         "config": config_to_dict(cfg),
+        "calibration": calibration or {},
     }
     return build_plan(gen, identities, codes_arr, render_key, meta, photos)
 
@@ -159,20 +163,24 @@ def prepare(
     name: str | None = None,
     overwrite: bool = False,
     overrides: list[str] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Prepared:
     """Plan the sweep and set up (or resume) its staging folder; never touches a published dataset.
 
-    Returns holding the dataset's one-writer lock (taken before planning when the name is known,
+    `calibration` given: `cfg` was resolved already (`resolve_config`; the flow does that once) and this
+    is how. Returns holding the dataset's one-writer lock (taken before planning when the name is known,
     right after it otherwise); the caller gives it back with `Prepared.release()` once published.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     preflight_generate(checkpoint, out)
-    cfg, ckpt = resolve_config(cfg, checkpoint, overrides)
+    if calibration is None or cfg is None:
+        cfg, calibration = resolve_config(cfg, checkpoint, overrides)
+    ckpt = open_checkpoint(checkpoint).payload
     require_fid_extractor(cfg.quality.fid_weights, cfg.quality.fid_torch_fidelity_weights)  # before any rendering
     name = name or cfg.generate.name
     lock = dataset_lock(out, check_dataset_name(name)).acquire() if name else None
     try:
-        plan = make_plan(cfg, checkpoint, ckpt)
+        plan = make_plan(cfg, checkpoint, ckpt, calibration=calibration)
         name = check_dataset_name(name or f"fersynth-{plan.key[:10]}")
         lock = lock or dataset_lock(out, name).acquire()
         prep = stage(cfg, plan, out, name, overwrite)

@@ -240,7 +240,11 @@ def _dataset_meta(
         "run_id": run_id,
         "gates": gates,
         "metrics": _json_safe(metrics),
-        "thresholds": config_to_dict(cfg.quality),
+        # How each threshold was found beside its value: a plan from before that lived in the config.
+        "thresholds": {
+            **config_to_dict(cfg.quality),
+            "calibration": plan.meta.get("calibration", plan.meta["config"]["quality"].get("calibration", {})),
+        },
         "checkpoint": plan.meta["checkpoint"],
         "training_data": {"root": plan.meta["data"]["root"], "data_key": plan.meta["data"]["key"]},
         "splits": {"identities_from": cfg.generate.real_split, "fid_reference": cfg.generate.fid_split},

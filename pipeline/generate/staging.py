@@ -141,8 +141,8 @@ def sweep_unplanned(staging: Path, plan: SweepPlan) -> list[str]:
 
 def _judged_alike(final: Path, cfg: Config) -> bool:
     """The published dataset was judged with the thresholds asked for now (else it must be redone)."""
-    # The calibration record and its sample size say how thresholds were found, not what they are:
-    # a dataset published before they existed is still judged alike.
+    # The card's calibration record and its sample size say how thresholds were found, not what they
+    # are: a dataset published before they existed is still judged alike.
     record = ("calibration", "calibration_max_images")
     try:
         theirs = read_dataset_meta(final).get("thresholds") or {}
