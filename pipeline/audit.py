@@ -438,8 +438,10 @@ def _recheck_gates(card: dict[str, Any], df: pd.DataFrame, path: str, add: Any) 
     if not stated:
         return
     try:
-        # A card older than the usefulness gate has no such threshold: its gate did not exist then.
-        cfg = QualityConfig(**{"usefulness": False, **card.get("thresholds", {})})
+        # A card older than the usefulness gate has no such threshold: its gate did not exist then. Its
+        # calibration record says how thresholds were found, not what they are.
+        thresholds = {k: v for k, v in card.get("thresholds", {}).items() if k != "calibration"}
+        cfg = QualityConfig(**{"usefulness": False, **thresholds})
     except ValueError as exc:
         add(Problem("card_mismatch", f"card thresholds cannot be read back: {exc}".splitlines()[0], path))
         return

@@ -28,7 +28,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("useful") / "data"
     cfg = load_config(
         REPO / "configs" / "tiny.yaml",
-        [f"data.root={root}", "procedural.n_identities=60", "procedural.resolution=32", "data.resolution=32"],
+        [f"data.root={root}", "procedural.n_identities=60", "procedural.resolution=32"],
     )
     make_dataset(cfg.procedural, root, workers=1)
     return root
