@@ -30,6 +30,7 @@ from prefect import flow
 from prefect.schedules import Cron
 from prefect.states import Failed
 
+import flows.generate
 from pipeline.config import Config, ConfigError, config_to_dict, load_config
 
 FLOW_NAME = "generate-scheduled"
@@ -57,8 +58,6 @@ def scheduled_generate_flow(
     config: str | None = None, overrides: list[str] | None = None, cfg_dict: dict[str, Any] | None = None
 ) -> Any:
     """Generate one new dataset version from `schedule.checkpoint` into `schedule.out`."""
-    from flows.generate import run_generate_flow
-
     cfg = Config.model_validate(cfg_dict) if cfg_dict is not None else load_config(config, overrides or [])
     sched = cfg.schedule
     if sched.checkpoint is None:
@@ -72,7 +71,9 @@ def scheduled_generate_flow(
     print(f"dataset version {name} -> {target}")
     # return_state: a rejected dataset ends the subflow Failed; this run then fails with the subflow's
     # one-line reason (returning the state itself would give Prefect's "1/1 states failed.").
-    state = run_generate_flow(cfg, sched.checkpoint, sched.out, name=name, overwrite=False, return_state=True)
+    state = flows.generate.run_generate_flow(
+        cfg, sched.checkpoint, sched.out, name=name, overwrite=False, return_state=True
+    )
     if not hasattr(state, "is_completed"):  # a plain value (tests stand in a fake subflow)
         return state
     if not state.is_completed():

@@ -15,14 +15,13 @@ from prefect import flow, task
 
 from flows import artifacts
 from pipeline.config import Config, TstrConfig, load_config
+from pipeline.tstr import jobs, prepare_run, report, result_from_dict, result_to_dict, run_arm
 
 
 @task(name="tstr-arm", task_run_name="{recipe}-seed{seed}-{arm}", cache_result_in_memory=False)
 def arm_task(
     recipe: str, seed: int, arm: str, synthetic: str | None, real: str, tstr_dict: dict[str, Any], out: str
 ) -> dict[str, Any]:
-    from pipeline.tstr import result_to_dict, run_arm
-
     cfg = TstrConfig.model_validate(tstr_dict)
     r, new = run_arm(recipe, seed, arm, Path(synthetic) if synthetic else None, Path(real), cfg, Path(out))
     print(f"{recipe} seed {seed} {arm}: accuracy {r.accuracy:.4f} macro F1 {r.macro_f1:.4f}{'' if new else ' (done)'}")
@@ -31,8 +30,6 @@ def arm_task(
 
 @task(name="tstr-report", cache_result_in_memory=False)
 def report_task(results: list[dict[str, Any]], out: str) -> dict[str, str]:
-    from pipeline.tstr import report, result_from_dict
-
     rep = report(Path(out), [result_from_dict(r) for r in results])
     for t in rep["targets"]:
         print(t["line"])
@@ -53,8 +50,6 @@ def tstr_flow(
     cfg_dict: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """TSTR of `synthetic` (a generated dataset) against `real` (a labelled dataset)."""
-    from pipeline.tstr import jobs, prepare_run
-
     cfg = Config.model_validate(cfg_dict) if cfg_dict is not None else load_config(config, overrides or [])
     tstr_dict = cfg.tstr.model_dump(mode="json")
     out_dir = str(out or cfg.tstr.out_dir)

@@ -1,4 +1,7 @@
-"""`fersynth` command line. Each module registers its commands on the shared app."""
+"""`fersynth` command line. Each module registers its commands on the shared app.
+
+Commands import the pipeline inside their bodies: `fersynth --help`, a mistyped option or a bad
+path answers without loading torch or Prefect."""
 
 from pipeline.cli import (  # noqa: F401  (registers commands)
     audit,
