@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from manifests.labels import read_labels
@@ -88,6 +89,24 @@ def _check_data(cfg: Config, ckpt: dict[str, Any]) -> str:
     return key
 
 
+def _real_identities(cfg: Config, labels: pd.DataFrame, split_of: dict[str, str]) -> list[str]:
+    """The real identities the sweep draws: a split's (generate.identity_sources real) and a file's (file)."""
+    gen = cfg.generate
+    wanted: list[str] = []
+    if "real" in gen.identity_sources:
+        names = sorted(labels.loc[labels["split"] == gen.real_split, "identity"].unique())
+        wanted += names[: gen.max_real_identities] if gen.max_real_identities else names
+    if "file" in gen.identity_sources:
+        if gen.identity_file is None:
+            raise PlanError("generate.identity_sources has 'file' but generate.identity_file is not set")
+        listed = read_identity_file(gen.identity_file)
+        unknown = [i for i in listed if i not in split_of]
+        if unknown:
+            raise PlanError(f"{gen.identity_file}: identity id(s) not in {cfg.data.root}: {unknown[:10]}")
+        wanted += [i for i in listed if i not in wanted]
+    return wanted
+
+
 def make_plan(
     cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | None = None, calibration: dict | None = None
 ) -> SweepPlan:
@@ -101,20 +120,7 @@ def make_plan(
     sha = opened.sha256
     labels, _ = read_labels(Path(cfg.data.root))
     split_of = dict(zip(labels["identity"], labels["split"], strict=True))
-
-    wanted: list[str] = []
-    if "real" in gen.identity_sources:
-        names = sorted(labels.loc[labels["split"] == gen.real_split, "identity"].unique())
-        wanted += names[: gen.max_real_identities] if gen.max_real_identities else names
-    if "file" in gen.identity_sources:
-        if gen.identity_file is None:
-            raise PlanError("generate.identity_sources has 'file' but generate.identity_file is not set")
-        listed = read_identity_file(gen.identity_file)
-        unknown = [i for i in listed if i not in split_of]
-        if unknown:
-            raise PlanError(f"{gen.identity_file}: identity id(s) not in {cfg.data.root}: {unknown[:10]}")
-        wanted += [i for i in listed if i not in wanted]
-
+    wanted = _real_identities(cfg, labels, split_of)
     identities: list[PlannedIdentity] = []
     rows: list[np.ndarray] = []
     photos: dict[str, list[str]] = {}
