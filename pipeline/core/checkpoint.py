@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.io_utils import atomic_path, sha256_file
+from pipeline.io_utils import atomic_path
 
 FORMAT = "fersynth.checkpoint.v1"
 # torch's refusal of a pickled object names it after "WeightsUnpickler error:" amid advice that does not apply here.
@@ -79,7 +79,3 @@ def _first_line(exc: BaseException) -> str:
     """The first sentence of `exc`: torch's further sentences are advice for other situations."""
     line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
     return line.split(". ", 1)[0].rstrip(".")
-
-
-def checkpoint_sha256(path: Path) -> str:
-    return sha256_file(path)
