@@ -1,5 +1,5 @@
-"""What the tests share: the repository root, a temporary Prefect home, offline weights, tiny labelled data,
-a tiny trained checkpoint, an ideal judge, and builders of small datasets (a finished manifest, a
+"""What the tests share: the repository root, a temporary Prefect home and one Prefect server, offline
+weights, tiny labelled data, a tiny trained checkpoint, an ideal judge, and builders of small datasets (a finished manifest, a
 procedural stand-in for real photos, a generated-dataset layout made of its images).
 
 Test modules import the constants and builders from here (`from conftest import REPO, build_dataset`);
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from local_prefect import prefect_server as start_prefect_server
 from PIL import Image
 
 from manifests.labels import read_labels
@@ -51,6 +53,24 @@ def _prefect_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     # The flow tests start Prefect's ephemeral server; its 20 s default start-up wait timed out on a
     # 2-core machine busy with a training run (the tests themselves were fine).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API URL of one real `prefect server` for the whole session (in the session's PREFECT_HOME)."""
+    log = tmp_path_factory.mktemp("prefect-server") / "server.log"
+    with start_prefect_server(log, REPO) as url:
+        yield url
+
+
+@pytest.fixture
+def prefect_api(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This test's flows, clients and child processes talk to the session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        yield prefect_server
 
 
 @pytest.fixture

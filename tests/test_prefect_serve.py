@@ -45,12 +45,18 @@ def test_serve_never_takes_the_work_pool_deployments_name(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_stops_cleanly_on_a_signal(sig: signal.Signals, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "on_server"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["SIGTERM-ephemeral", "SIGINT-server"]
+)
+def test_serve_stops_cleanly_on_a_signal(
+    sig: signal.Signals, on_server: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     ckpt = tmp_path / "final.pt"
     ckpt.write_bytes(b"x")  # serve only checks that the file is there; no run fires before the stop
-    # No PREFECT_API_URL: Prefect's ephemeral API, in the session's temporary PREFECT_HOME.
+    # Both ways a user runs it: Prefect's ephemeral API (no PREFECT_API_URL) and a running server.
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if on_server:
+        env["PREFECT_API_URL"] = request.getfixturevalue("prefect_server")
     args = [FERSYNTH, "serve", "--set", "schedule.cron=0 3 1 1 *", "--set", f"schedule.checkpoint={ckpt}"]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

@@ -254,7 +254,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, lock_holder) 
 
 
 def test_generate_as_a_flow_refuses_a_held_dataset_in_one_line(
-    tiny: Path, tmp_path: Path, sets: list[str], lock_holder
+    tiny: Path, tmp_path: Path, sets: list[str], lock_holder, prefect_api: str
 ) -> None:
     holder = lock_holder(tmp_path / STAGING_DIR / "ds", "generation of dataset 'ds'")
     args = ["generate", "--flow", "--checkpoint", str(tiny), "--out", str(tmp_path), "--name", "ds", *cli_args(sets)]

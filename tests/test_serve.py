@@ -39,9 +39,8 @@ def test_prefect_yaml_is_a_work_pool_deployment() -> None:
     load_config(None, [f"schedule.cron={dep['schedules'][0]['cron']}"])  # the YAML's cron parses too
 
 
-def test_deployment_and_schedule_registered(tmp_path: Path) -> None:
+def test_deployment_and_schedule_registered(tmp_path: Path, prefect_api: str) -> None:
     from prefect import get_client
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.serve import FLOW_NAME, build_deployment
 
@@ -55,14 +54,13 @@ def test_deployment_and_schedule_registered(tmp_path: Path) -> None:
             f"schedule.out={tmp_path / 'datasets'}",
         ],
     )
-    with prefect_test_harness(server_startup_timeout=60):
-        dep_id = build_deployment(cfg).apply()
-        with get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name(f"{FLOW_NAME}/weekly-faces")
-            assert dep.id == dep_id
-            (sched,) = dep.schedules
-            assert sched.active and sched.schedule.cron == "30 4 * * 1" and sched.schedule.timezone == "Europe/Paris"
-            assert dep.parameters["cfg_dict"]["schedule"]["out"] == str(tmp_path / "datasets")
+    dep_id = build_deployment(cfg).apply()
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(f"{FLOW_NAME}/weekly-faces")
+        assert dep.id == dep_id
+        (sched,) = dep.schedules
+        assert sched.active and sched.schedule.cron == "30 4 * * 1" and sched.schedule.timezone == "Europe/Paris"
+        assert dep.parameters["cfg_dict"]["schedule"]["out"] == str(tmp_path / "datasets")
 
 
 def test_cli_serve_refuses_missing_schedule() -> None:

@@ -651,10 +651,8 @@ def test_feedback_reading_codes_only_leaves_the_photo_swaps_to_their_truth(tiny_
 
 @pytest.mark.slow
 def test_training_flow_runs_the_same_steps_with_one_trainer(
-    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: str
 ) -> None:
-    from prefect.testing.utilities import prefect_test_harness
-
     import flows.train as train_flows
 
     built = []
@@ -666,8 +664,7 @@ def test_training_flow_runs_the_same_steps_with_one_trainer(
 
     monkeypatch.setattr(train_flows, "Trainer", Counted)
     sets = [f"data.root={tiny.parents[2] / 'data'}", f"train.out_dir={tmp_path / 'flow'}"]  # the tiny run's data
-    with prefect_test_harness(server_startup_timeout=60):
-        result = train_flows.train_flow(str(REPO / "configs" / "tiny.yaml"), sets, evaluate=False)
+    result = train_flows.train_flow(str(REPO / "configs" / "tiny.yaml"), sets, evaluate=False)
     assert built == [1]  # judges, every stage and the report share one trainer
     flow_ckpt, plain_ckpt = load_checkpoint(Path(result["checkpoint"])), load_checkpoint(tiny)
     assert flow_ckpt["global_step"] == plain_ckpt["global_step"] == 22

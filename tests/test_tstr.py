@@ -206,32 +206,30 @@ def test_labels_reach_the_arms_and_the_metrics(data: tuple[Path, Path]) -> None:
     assert m["per_class_accuracy"]["happy"] == 1.0 and m["per_class_accuracy"]["sad"] == 0.0
 
 
-def test_flow_publishes_artifacts(data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_flow_publishes_artifacts(data: tuple[Path, Path], tmp_path: Path, prefect_api: str) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
     from prefect.client.schemas.sorting import ArtifactSort
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.tstr import tstr_flow
     from pipeline.config import config_to_dict, load_config
 
     real, syn = data
     cfg = load_config(None, [*FAST, "tstr.steps=1", "tstr.arms=[synthetic, real-small+synthetic]"])
-    with prefect_test_harness(server_startup_timeout=60):
-        result = tstr_flow(str(syn), str(real), out=str(tmp_path / "r"), cfg_dict=config_to_dict(cfg))
-        with get_client(sync_client=True) as client:
-            # Every filter spelled out: this Prefect's server rejects the client's null defaults (422).
-            found = {
-                a.key: a
-                for a in client.read_artifacts(
-                    artifact_filter=ArtifactFilter(),
-                    flow_run_filter=FlowRunFilter(),
-                    task_run_filter=TaskRunFilter(),
-                    sort=ArtifactSort.CREATED_DESC,
-                    offset=0,
-                    limit=50,
-                )
-            }
+    result = tstr_flow(str(syn), str(real), out=str(tmp_path / "r"), cfg_dict=config_to_dict(cfg))
+    with get_client(sync_client=True) as client:
+        # Every filter spelled out: this Prefect's server rejects the client's null defaults (422).
+        found = {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.CREATED_DESC,
+                offset=0,
+                limit=50,
+            )
+        }
     assert [r["arm"] for r in result["rows"]] == ["synthetic", "real-small+synthetic"]
     assert {"tstr-table", "tstr-report", "tstr-plot"} <= set(found), sorted(found)
     assert "data:image/png;base64," in found["tstr-plot"].data
