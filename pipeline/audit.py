@@ -141,17 +141,11 @@ def _check_shards(root: Path, shards: list[tuple[int, int, Path]], add: Any) -> 
     if not shards:
         add(Problem("no_manifest", f"no {MANIFEST_DIR}/part-*.parquet beside the card", str(root)))
     for index, _, path in shards:
-        try:
-            table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            add(Problem("unreadable_shard", f"cannot read: {exc}", str(path)))
+        read = _read_with_meta(path, add, "unreadable_shard", "schema_version")
+        if read is None:
             continue
-        try:
-            version = parse_dataset_metadata(table.schema, str(path))["schema_version"]
-        except ManifestError as exc:
-            add(Problem("schema_version", str(exc), str(path)))
-            continue
-        if not _schema_ok(table.schema, path, add, columns_of_version(version)):
+        table, meta = read
+        if not _schema_ok(table.schema, path, add, columns_of_version(meta["schema_version"])):
             continue
         frame = _as_current_schema(table).to_pandas()
         wrong = frame["shard"] != index
@@ -159,6 +153,20 @@ def _check_shards(root: Path, shards: list[tuple[int, int, Path]], add: Any) -> 
             add(Problem("shard_mismatch", f"{int(wrong.sum())} row(s) name another shard than {index}", str(path)))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def _read_with_meta(path: Path, add: Any, unreadable: str, bad_meta: str) -> tuple[pa.Table, dict[str, Any]] | None:
+    """The Parquet table at `path` and its fersynth metadata, or None once the reason is reported."""
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        add(Problem(unreadable, f"cannot read: {exc}", str(path)))
+        return None
+    try:
+        return table, parse_dataset_metadata(table.schema, str(path))
+    except ManifestError as exc:
+        add(Problem(bad_meta, str(exc), str(path)))
+        return None
 
 
 def _as_current_schema(table: pa.Table) -> pa.Table:
@@ -293,16 +301,10 @@ def _check_imagefolder_copy(root: Path, df: pd.DataFrame, add: Any) -> None:
     if not path.is_file():
         add(Problem("metadata_mismatch", f"no {IMAGEFOLDER_METADATA} (the Hugging Face ImageFolder view)", str(path)))
         return
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        add(Problem("metadata_mismatch", f"cannot read: {exc}", str(path)))
+    read = _read_with_meta(path, add, "metadata_mismatch", "metadata_mismatch")
+    if read is None:
         return
-    try:
-        meta = parse_dataset_metadata(table.schema, str(path))
-    except ManifestError as exc:
-        add(Problem("metadata_mismatch", str(exc), str(path)))
-        return
+    table, meta = read
     expected = [*columns_of_version(meta["schema_version"]), LABEL_COLUMN]
     if table.schema.names == expected[:-1]:
         add(Problem("metadata_mismatch", f"{IMAGEFOLDER_METADATA} has no {LABEL_COLUMN!r} column (finalized by an "

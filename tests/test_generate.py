@@ -24,7 +24,7 @@ from manifests.reader import read_manifest
 from manifests.writer import list_shards, shard_path
 from pipeline.audit import audit_dataset
 from pipeline.config import Config, ConfigError, config_to_dict, load_config
-from pipeline.core.checkpoint import CheckpointError, load_checkpoint
+from pipeline.core.checkpoint import CheckpointError
 from pipeline.core.trained import load_trained
 from pipeline.generate import (
     REJECTED_MARKER,
@@ -58,8 +58,6 @@ def manifest_of(root: Path) -> pd.DataFrame:
 
 
 def test_plan_is_deterministic_and_balanced(tiny: Path) -> None:
-    from pipeline.core.checkpoint import load_checkpoint
-
     sets = [
         "generate.identity_sources=[real, novel]",
         "generate.n_novel=3",
@@ -67,8 +65,7 @@ def test_plan_is_deterministic_and_balanced(tiny: Path) -> None:
         "generate.repeats=2",
     ]
     cfg = cfg_for(tiny, *sets)
-    ckpt = load_checkpoint(tiny)
-    a, b = make_plan(cfg, tiny, ckpt), make_plan(cfg, tiny, ckpt)
+    a, b = make_plan(cfg, tiny), make_plan(cfg, tiny)
     assert a.key == b.key
     assert [i.sample_id for i in a.items] == [i.sample_id for i in b.items]
     np.testing.assert_array_equal(a.codes, b.codes)
@@ -80,12 +77,11 @@ def test_plan_is_deterministic_and_balanced(tiny: Path) -> None:
     assert len({(i.noise_seed, i.nuisance_seed) for i in a.items}) == len(a.items)
     assert {i.identity_source for i in a.items} == {"real:train", "novel"}
     # A different seed changes novel identities and seeds, hence the ids.
-    c = make_plan(cfg_for(tiny, *sets, "generate.seed=1"), tiny, ckpt)
+    c = make_plan(cfg_for(tiny, *sets, "generate.seed=1"), tiny)
     assert not {i.sample_id for i in c.items} & {i.sample_id for i in a.items}
 
 
 def test_unknown_expression_and_zero_identities_are_clear_errors(tiny: Path, tmp_path: Path) -> None:
-    from pipeline.core.checkpoint import load_checkpoint
     from pipeline.generate.plan import check_expressions
 
     with pytest.raises(ConfigError, match=r"generate\.expressions.*unknown expression.*'joy'"):
@@ -96,13 +92,13 @@ def test_unknown_expression_and_zero_identities_are_clear_errors(tiny: Path, tmp
     empty.write_text("# nobody\n")
     cfg = cfg_for(tiny, "generate.identity_sources=[file]", f"generate.identity_file={empty}")
     with pytest.raises(PlanError, match="zero identities"):
-        make_plan(cfg, tiny, load_checkpoint(tiny))
+        make_plan(cfg, tiny)
     (tmp_path / "bad.txt").write_text("id00001\nnobody\n")
     cfg = cfg_for(tiny, "generate.identity_sources=[file]", f"generate.identity_file={tmp_path / 'bad.txt'}")
     with pytest.raises(PlanError, match="nobody"):
-        make_plan(cfg, tiny, load_checkpoint(tiny))
+        make_plan(cfg, tiny)
     with pytest.raises(PlanError, match="identical images"):
-        make_plan(cfg_for(tiny, "generate.repeats=2", "generate.exp_jitter=0"), tiny, load_checkpoint(tiny))
+        make_plan(cfg_for(tiny, "generate.repeats=2", "generate.exp_jitter=0"), tiny)
 
 
 def test_photo_data_gets_a_facenet_threshold_calibrated_on_its_photos(
@@ -207,10 +203,8 @@ def test_disk_full_fails_the_shard_cleanly_and_a_rerun_completes(
 
 
 def test_render_is_independent_of_batch_composition(tiny: Path) -> None:
-    from pipeline.core.checkpoint import load_checkpoint
-
     cfg = cfg_for(tiny, "generate.repeats=2")
-    plan = make_plan(cfg, tiny, load_checkpoint(tiny))
+    plan = make_plan(cfg, tiny)
     plan.meta["name"] = "x"
     ctx = context_mod.get_context(plan)
     items = plan.items[:12]
@@ -222,8 +216,6 @@ def test_render_is_independent_of_batch_composition(tiny: Path) -> None:
 
 
 def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: Path, tmp_path: Path) -> None:
-
-    from pipeline.core.checkpoint import load_checkpoint
     from pipeline.generate.plan import base_image_paths
     from pipeline.train.loop import Trainer
 
@@ -240,7 +232,7 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
         "generate.composite=mask",
         "generate.source_photos=first_neutral",
     )
-    plan = make_plan(gen_cfg, ckpt, load_checkpoint(ckpt))
+    plan = make_plan(gen_cfg, ckpt)
     plan.meta["name"] = "x"
     labels = pd.read_parquet(Path(data) / "labels.parquet")
     real = [p for p in plan.identities if p.source.startswith("real")]
@@ -280,14 +272,13 @@ def test_edit_mask_checkpoint_draws_real_identities_over_their_base_photo(tiny: 
 def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_over_that_render(
     tiny: Path, tmp_path: Path
 ) -> None:
-
     from pipeline.train.loop import Trainer
 
     sets = [f"train.out_dir={tmp_path / 'run'}", "model.edit_mask=true", "model.photo_skips=true"]
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={cfg_for(tiny).data.root}", *sets])
     ckpt = Trainer(cfg).train()
     gen_cfg = cfg_for(ckpt, "generate.identity_sources=[novel]", "generate.n_novel=1", "generate.composite=mask")
-    plan = make_plan(gen_cfg, ckpt, load_checkpoint(ckpt))
+    plan = make_plan(gen_cfg, ckpt)
     plan.meta["name"] = "x"
     ctx = context_mod.get_context(plan)
     items = plan.items[:7]
@@ -315,10 +306,9 @@ def test_a_photo_reading_generator_draws_novel_identities_neutral_first_then_ove
 
 
 def test_difference_composite_draws_real_identities_over_their_photo_with_its_own_expression(tiny: Path) -> None:
-
     # Any checkpoint (the module's has no edit mask): real identities get a base photo, novel ones not.
     sets = ["generate.identity_sources=[real, novel]", "generate.n_novel=1", "generate.source_photos=first_neutral"]
-    plan = make_plan(cfg_for(tiny, *sets), tiny, load_checkpoint(tiny))
+    plan = make_plan(cfg_for(tiny, *sets), tiny)
     plan.meta["name"] = "x"
     real = [p for p in plan.identities if p.source.startswith("real")]
     novel = [p for p in plan.identities if p.source == "novel"]
@@ -341,11 +331,10 @@ def test_difference_composite_draws_real_identities_over_their_photo_with_its_ow
 
 
 def test_each_render_starts_from_the_next_of_its_identitys_photos_with_that_photos_codes(tiny: Path) -> None:
-
     from pipeline.generate.plan import identity_photos
 
     sets = ["generate.identity_sources=[real, novel]", "generate.n_novel=1", "generate.repeats=3"]
-    plan = make_plan(cfg_for(tiny, *sets), tiny, load_checkpoint(tiny))
+    plan = make_plan(cfg_for(tiny, *sets), tiny)
     plan.meta["name"] = "x"
     labels = pd.read_parquet(Path(cfg_for(tiny).data.root) / "labels.parquet")
     real = [p.identity_id for p in plan.identities if p.source.startswith("real")]
@@ -380,16 +369,12 @@ def test_each_render_starts_from_the_next_of_its_identitys_photos_with_that_phot
 
 
 def test_intensity_range_draws_each_renders_intensity(tiny: Path) -> None:
-    plan = make_plan(
-        cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.repeats=2"), tiny, load_checkpoint(tiny)
-    )
+    plan = make_plan(cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.repeats=2"), tiny)
     expressive = [it.intensity for it in plan.items if it.expression != "neutral"]
     assert all(0.4 <= t <= 0.9 for t in expressive) and len(set(expressive)) > len(expressive) // 2
     assert all(it.intensity == 0.0 for it in plan.items if it.expression == "neutral")
     assert len(set(plan.class_counts().values())) == 1  # still balanced
-    again = make_plan(
-        cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.repeats=2"), tiny, load_checkpoint(tiny)
-    )
+    again = make_plan(cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.repeats=2"), tiny)
     assert [it.intensity for it in again.items] == [it.intensity for it in plan.items]
     with pytest.raises(ConfigError, match="not both"):
         cfg_for(tiny, "generate.intensity_range=[0.4, 0.9]", "generate.intensities=[0.5]")
@@ -461,7 +446,7 @@ def test_published_dataset_is_readable_and_passes_the_audit(
 
 
 def test_flow_publishes_and_fails_on_a_rejected_dataset(
-    tiny: Path, tmp_path: Path, fast: list[str], ideal_classifier: None
+    tiny: Path, tmp_path: Path, fast: list[str], ideal_classifier: None, prefect_api: str
 ) -> None:
     from flows.generate import run_generate_flow
 
@@ -484,7 +469,7 @@ def test_flow_publishes_and_fails_on_a_rejected_dataset(
 
 
 @pytest.mark.slow
-def test_dask_runner_gives_the_same_dataset(tiny: Path, tmp_path: Path, fast: list[str]) -> None:
+def test_dask_runner_gives_the_same_dataset(tiny: Path, tmp_path: Path, fast: list[str], prefect_api: str) -> None:
     pytest.importorskip("prefect_dask")
     from flows.generate import run_generate_flow
 

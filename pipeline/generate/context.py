@@ -66,12 +66,12 @@ _CONTEXT_LOCK = threading.Lock()
 
 def get_context(plan: SweepPlan, device: torch.device | None = None) -> RenderContext:
     """The (cached) context for a plan: thread tasks in one process share one model copy."""
-    cfg = stored_config(plan.meta["config"], f"plan {plan.key}")
-    dev = device or resolve_device(cfg.generate.device, "generate.device")
     # The config is part of the key: thresholds and the identity backend live in the context.
-    key = (plan.key + json.dumps(plan.meta["config"], sort_keys=True), str(dev))
+    key = (plan.key + json.dumps(plan.meta["config"], sort_keys=True), str(device))
     with _CONTEXT_LOCK:
         if key not in _CONTEXTS:
+            cfg = stored_config(plan.meta["config"], f"plan {plan.key}")
+            dev = device or resolve_device(cfg.generate.device, "generate.device")
             _CONTEXTS.clear()  # one plan at a time per process: do not pile up models
             _CONTEXTS[key] = _load_context(plan, cfg, dev)
         return _CONTEXTS[key]

@@ -107,17 +107,15 @@ def _real_identities(cfg: Config, labels: pd.DataFrame, split_of: dict[str, str]
     return wanted
 
 
-def make_plan(
-    cfg: Config, checkpoint: Path, ckpt: dict[str, Any], name: str | None = None, calibration: dict | None = None
-) -> SweepPlan:
+def make_plan(cfg: Config, checkpoint: Path, name: str | None = None, calibration: dict | None = None) -> SweepPlan:
     """Resolve identities (encoding real ones with the checkpoint's encoder) and expand the sweep.
 
     `calibration`: how the config's thresholds were calibrated (`resolve_config`), kept beside it."""
     gen = cfg.generate
+    opened = open_checkpoint(Path(checkpoint))
+    ckpt, sha = opened.payload, opened.sha256
     data_key = _check_data(cfg, ckpt)
     res = cfg.model.max_resolution
-    opened = open_checkpoint(Path(checkpoint))
-    sha = opened.sha256
     labels, _ = read_labels(Path(cfg.data.root))
     split_of = dict(zip(labels["identity"], labels["split"], strict=True))
     wanted = _real_identities(cfg, labels, split_of)
@@ -181,12 +179,11 @@ def prepare(
     preflight_generate(checkpoint, out)
     if calibration is None or cfg is None:
         cfg, calibration = resolve_config(cfg, checkpoint, overrides)
-    ckpt = open_checkpoint(checkpoint).payload
     require_fid_extractor(cfg.quality.fid_weights, cfg.quality.fid_torch_fidelity_weights)  # before any rendering
     name = name or cfg.generate.name
     lock = dataset_lock(out, check_dataset_name(name)).acquire() if name else None
     try:
-        plan = make_plan(cfg, checkpoint, ckpt, calibration=calibration)
+        plan = make_plan(cfg, checkpoint, calibration=calibration)
         name = check_dataset_name(name or f"fersynth-{plan.key[:10]}")
         lock = lock or dataset_lock(out, name).acquire()
         prep = stage(cfg, plan, out, name, overwrite)
