@@ -257,6 +257,13 @@ class TrainConfig(_Section):
     judge_panel: int = Field(
         3, ge=1, description="expression judges whose mean probability gates each render (the independent one + others)"
     )
+    # None for a stored config of its day: those judges trained at the rule below, whatever it gave them.
+    eval_judge_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="batch of the independent judges and the gate panel, so scoring does not move with the GAN's "
+        "batch; None: twice train.batch_size, at most 128",
+    )
     checkpoint_every: int = Field(200, ge=1)
     num_threads: int | None = Field(None, ge=1, le=256)
     channels_last: bool = Field(

@@ -136,19 +136,25 @@ def build_eval_judges(cfg: Config, n_identities: int) -> tuple[ExpressionClassif
     return clf, emb
 
 
+def eval_judge_batch(cfg: Config) -> int:
+    """The batch the independent judges and the panel train at."""
+    return cfg.train.eval_judge_batch_size or min(cfg.train.batch_size * 2, 128)
+
+
 def train_eval_judges(
     cfg: Config,
     data: TrainData,
     device: torch.device,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
+    torch.manual_seed(cfg.train.seed + SEED_OFFSET)  # their initial weights: the same judges for the same GAN
     clf, emb = build_eval_judges(cfg, len(data.identity_names))
     stats = train_judges(
         clf,
         emb,
         data,
         cfg.train.judge_steps,
-        min(cfg.train.batch_size * 2, 128),
+        eval_judge_batch(cfg),
         device,
         cfg.train.seed + SEED_OFFSET,
         progress,
@@ -187,7 +193,7 @@ def train_panel_members(
         seed = cfg.train.seed + SEED_OFFSET + k * PANEL_SEED_STEP
         torch.manual_seed(seed)  # each member's initial weights
         clf = build_expression_judge(cfg)
-        batch = min(cfg.train.batch_size * 2, 128)
+        batch = eval_judge_batch(cfg)
         train_judges(clf, None, data, cfg.train.judge_steps, batch, device, seed, progress, cfg.train.judge_soften)
         members.append(clf.state_dict())
     return members

@@ -1,10 +1,18 @@
-"""The judges: softened training copies teach them expressions, not sharpness; a panel votes by mean probability."""
+"""The judges: softened training copies teach them expressions, not sharpness; a panel votes by mean probability;
+the scoring judges train at their own batch and seed, not the GAN's."""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import pytest
+import torch
+from conftest import REPO
+
+import pipeline.judges as judges
 from models import ExpressionClassifier, JudgePanel
+from pipeline.config import load_config
+from pipeline.core.data import load_split
 from pipeline.judges import augment
 
 
@@ -48,3 +56,28 @@ def test_a_panel_reads_as_one_classifier_whose_probabilities_are_the_members_mea
         assert torch.allclose(torch.softmax(panel(x), 1), mean, atol=1e-6)
         # each member alone would vote otherwise on some image: the panel is not its first member
         assert not torch.allclose(torch.softmax(panel(x), 1), torch.softmax(members[0](x), 1))
+
+
+def test_scoring_judges_keep_their_batch_and_weights_whatever_the_gans_batch(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["train.judge_steps=2", "train.judge_panel=2"]
+    tiny = REPO / "configs" / "tiny.yaml"
+    stored = load_config(tiny, [*base, "train.batch_size=8"])
+    own = load_config(tiny, [*base, "train.batch_size=8", "train.eval_judge_batch_size=32"])
+    other_gan = load_config(tiny, [*base, "train.batch_size=4", "train.eval_judge_batch_size=32"])
+    # A stored config without the field: its judges trained at twice the GAN's batch, as it says.
+    assert judges.eval_judge_batch(stored) == 16 and judges.eval_judge_batch(own) == 32
+    data = load_split(tiny_data, stored.model.max_resolution, "train")
+    cpu = torch.device("cpu")
+    torch.manual_seed(1)  # whatever the global generator holds, the same config gives the same judges
+    a = judges.train_eval_judges(own, data, cpu)
+    torch.manual_seed(2)
+    b = judges.train_eval_judges(other_gan, data, cpu)
+    for k, v in a["classifier"].items():
+        assert torch.equal(v, b["classifier"][k]), k
+    batches: list[int] = []
+    real_train = judges.train_judges
+    monkeypatch.setattr(judges, "train_judges", lambda *args, **kw: batches.append(args[4]) or real_train(*args, **kw))
+    judges.train_panel_members(own, data, cpu, 2)
+    assert batches == [32]
