@@ -34,6 +34,9 @@ def test_committed_checkpoint_config_loads_with_its_recipe() -> None:
     m, t = cfg.model, cfg.train
     assert m.edit_mask and m.photo_skips and m.lean_generator and m.code_norm and t.feedback_reads == "codes"
     assert t.balanced_targets and t.judge_soften == 0.5
+    # It is the run of the recipe the README names, field for field (only the run folder differs).
+    recipe = load_config(REPO / "configs" / "photo-sphere-64.yaml", [f"train.out_dir={t.out_dir}"])
+    assert (cfg.model, cfg.train) == (recipe.model, recipe.train)
     # Overrides apply on top of the stored config, as the CLI's --set does.
     assert checkpoint_config(ckpt, "x", ["generate.composite=difference"]).generate.composite == "difference"
 
