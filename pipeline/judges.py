@@ -136,9 +136,14 @@ def build_eval_judges(cfg: Config, n_identities: int) -> tuple[ExpressionClassif
     return clf, emb
 
 
+def judge_batch(cfg: Config) -> int:
+    """The batch the training-time judges train at: twice the GAN's, at most 128."""
+    return min(cfg.train.batch_size * 2, 128)
+
+
 def eval_judge_batch(cfg: Config) -> int:
-    """The batch the independent judges and the panel train at."""
-    return cfg.train.eval_judge_batch_size or min(cfg.train.batch_size * 2, 128)
+    """The batch the independent judges and the panel train at (a stored config without its own: the rule above)."""
+    return cfg.train.eval_judge_batch_size or judge_batch(cfg)
 
 
 def train_eval_judges(

@@ -1,6 +1,7 @@
 """What the tests share: the repository root, a temporary Prefect home and one Prefect server, offline
-weights, tiny labelled data, a tiny trained checkpoint, an ideal judge, and builders of small datasets (a finished manifest, a
-procedural stand-in for real photos, a generated-dataset layout made of its images).
+weights, tiny labelled data, a tiny trained checkpoint, an ideal judge, and builders of small datasets
+(a finished manifest, a procedural stand-in for real photos, a generated-dataset layout made of its
+images).
 
 Test modules import the constants and builders from here (`from conftest import REPO, build_dataset`);
 no test module imports another.

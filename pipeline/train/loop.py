@@ -31,7 +31,7 @@ from pipeline.core.data import TrainData, dataset_key, downsample, load_split
 from pipeline.core.device import resolve_device
 from pipeline.core.legacy import checkpoint_config
 from pipeline.core.networks import Networks, autocast_dtype, build_networks, update_ema
-from pipeline.judges import train_eval_judges, train_judges, train_panel_members
+from pipeline.judges import judge_batch, train_eval_judges, train_judges, train_panel_members
 from pipeline.locks import WriterLock, writer_lock
 from pipeline.train.grids import expression_grid, save_png
 from pipeline.train.objective import Batch, DecouplingObjective, to_full
@@ -257,7 +257,7 @@ class Trainer:
             self.nets.embedder,
             self.data,
             t.judge_steps,
-            min(t.batch_size * 2, 128),
+            judge_batch(self.cfg),
             self.device,
             t.seed + 1,
             report,
