@@ -8,6 +8,7 @@ stores it in the final checkpoint, and generation, evaluation and calibration lo
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -152,20 +153,26 @@ def train_eval_judges(
     device: torch.device,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    torch.manual_seed(cfg.train.seed + SEED_OFFSET)  # their initial weights: the same judges for the same GAN
-    clf, emb = build_eval_judges(cfg, len(data.identity_names))
-    stats = train_judges(
-        clf,
-        emb,
-        data,
-        cfg.train.judge_steps,
-        eval_judge_batch(cfg),
-        device,
-        cfg.train.seed + SEED_OFFSET,
-        progress,
-        cfg.train.judge_soften,
-    )
+    with _own_rng(device):
+        torch.manual_seed(cfg.train.seed + SEED_OFFSET)  # their initial weights: the same judges for the same GAN
+        clf, emb = build_eval_judges(cfg, len(data.identity_names))
+        stats = train_judges(
+            clf,
+            emb,
+            data,
+            cfg.train.judge_steps,
+            eval_judge_batch(cfg),
+            device,
+            cfg.train.seed + SEED_OFFSET,
+            progress,
+            cfg.train.judge_soften,
+        )
     return {"classifier": clf.state_dict(), "embedder": emb.state_dict(), "stats": stats}
+
+
+def _own_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """Seed torch's global generator inside, and give the caller's state back afterwards."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def load_eval_judges(
@@ -196,10 +203,11 @@ def train_panel_members(
     members = []
     for k in range(1, size):
         seed = cfg.train.seed + SEED_OFFSET + k * PANEL_SEED_STEP
-        torch.manual_seed(seed)  # each member's initial weights
-        clf = build_expression_judge(cfg)
-        batch = eval_judge_batch(cfg)
-        train_judges(clf, None, data, cfg.train.judge_steps, batch, device, seed, progress, cfg.train.judge_soften)
+        with _own_rng(device):
+            torch.manual_seed(seed)  # each member's initial weights
+            clf = build_expression_judge(cfg)
+            batch = eval_judge_batch(cfg)
+            train_judges(clf, None, data, cfg.train.judge_steps, batch, device, seed, progress, cfg.train.judge_soften)
         members.append(clf.state_dict())
     return members
 

@@ -71,7 +71,9 @@ def test_scoring_judges_keep_their_batch_and_weights_whatever_the_gans_batch(
     data = load_split(tiny_data, stored.model.max_resolution, "train")
     cpu = torch.device("cpu")
     torch.manual_seed(1)  # whatever the global generator holds, the same config gives the same judges
+    caller = torch.get_rng_state()
     a = judges.train_eval_judges(own, data, cpu)
+    assert torch.equal(torch.get_rng_state(), caller)  # and the caller's generator is left as it was
     torch.manual_seed(2)
     b = judges.train_eval_judges(other_gan, data, cpu)
     for k, v in a["classifier"].items():
@@ -79,5 +81,6 @@ def test_scoring_judges_keep_their_batch_and_weights_whatever_the_gans_batch(
     batches: list[int] = []
     real_train = judges.train_judges
     monkeypatch.setattr(judges, "train_judges", lambda *args, **kw: batches.append(args[4]) or real_train(*args, **kw))
+    caller = torch.get_rng_state()
     judges.train_panel_members(own, data, cpu, 2)
-    assert batches == [32]
+    assert batches == [32] and torch.equal(torch.get_rng_state(), caller)
