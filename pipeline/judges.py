@@ -201,12 +201,12 @@ def train_panel_members(
 ) -> list[dict[str, torch.Tensor]]:
     """The expression classifiers that join the independent one in a panel of `size` (own seeds, same recipe)."""
     members = []
+    batch = eval_judge_batch(cfg)
     for k in range(1, size):
         seed = cfg.train.seed + SEED_OFFSET + k * PANEL_SEED_STEP
         with _own_rng(device):
             torch.manual_seed(seed)  # each member's initial weights
             clf = build_expression_judge(cfg)
-            batch = eval_judge_batch(cfg)
             train_judges(clf, None, data, cfg.train.judge_steps, batch, device, seed, progress, cfg.train.judge_soften)
         members.append(clf.state_dict())
     return members
