@@ -152,18 +152,7 @@ class StageConfig(_Section):
         "(0: constant); a final polish for the encoder, which has no EMA copy",
     )
 
-    adv_steps: int | None = Field(
-        None,
-        ge=1,
-        description="with train.loss.adv > 0, the adversary plays only over the stage's last adv_steps steps "
-        "(unset: all of them); early on it costs the changed region more than it gives",
-    )
-
     _res = field_validator("resolution")(lambda cls, v: _power_of_two(v, lo=4))
-
-    def adversary_on(self, step: int) -> bool:
-        """Whether the adversary plays at `step` (0-based) of this stage (given train.loss.adv > 0)."""
-        return self.adv_steps is None or step >= self.steps - self.adv_steps
 
     def lr_scale(self, step: int) -> float:
         """Multiplier of every learning rate at `step` (0-based) of this stage."""

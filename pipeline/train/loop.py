@@ -275,7 +275,7 @@ class Trainer:
             return {}
         stage = self.stage
         sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)  # per term: the adversary's play only some steps
+        count = 0
         started = time.perf_counter()
         while self.stage_step < stage.steps:
             self._scale_lr(stage.lr_scale(self.stage_step))
@@ -284,7 +284,7 @@ class Trainer:
             self.global_step += 1
             for k, v in m.items():
                 sums[k] += v
-                counts[k] += 1
+            count += 1
             if self.global_step % 25 == 0:
                 self.history.append({"step": self.global_step, "resolution": stage.resolution, **m})
             if self.progress:
@@ -292,7 +292,7 @@ class Trainer:
             if self.stage_step % self.cfg.train.checkpoint_every == 0 and self.stage_step < stage.steps:
                 self.save()
         summary: dict[str, Any] = {"resolution": stage.resolution, "steps": stage.steps}
-        summary.update({k: v / counts[k] for k, v in sums.items()})
+        summary.update({k: v / max(count, 1) for k, v in sums.items()})
         summary["seconds"] = time.perf_counter() - started
         summary.update(self.quick_eval(stage.resolution))
         self.stage_metrics.append(summary)
@@ -391,13 +391,11 @@ class Trainer:
         batch = self.sample_batch(self.stage.batch_size or self.cfg.train.batch_size, res, alpha)
         renders = self.objective.render(batch, res, alpha)
         terms_d: dict[str, torch.Tensor] = {}
-        # Without an adversary the discriminator is never trained.
-        adversary = self.cfg.train.loss.adv > 0 and self.stage.adversary_on(self.stage_step)
-        if adversary:
+        if self.cfg.train.loss.adv > 0:  # without an adversary the discriminator is never trained
             with_r1 = self.cfg.train.loss.r1 > 0 and self.global_step % self.objective.R1_EVERY == 0
             loss_d, terms_d = self.objective.discriminator_phase(batch, renders, res, alpha, with_r1)
             self._optimise(self.opt_d, loss_d)
-        loss_g, terms_g = self.objective.generator_phase(batch, renders, res, alpha, adversary=adversary)
+        loss_g, terms_g = self.objective.generator_phase(batch, renders, res, alpha)
         self._optimise(self.opt_g, loss_g)
         # EMA warm-up per stage: a fixed decay would average in the untrained layers that every new
         # resolution adds for many steps; ramping the decay follows them quickly at first.

@@ -102,16 +102,13 @@ class DecouplingObjective:
             loss = loss + 0.5 * w.r1 * self.R1_EVERY * terms["r1"]
         return loss, terms
 
-    def generator_phase(
-        self, batch: Batch, r: Renders, res: int, alpha: float, adversary: bool = True
-    ) -> tuple[torch.Tensor, Terms]:
-        """Total loss of generator, encoder and feedback, and its terms (plus `swap_acc`, a readout);
-        `adversary` False leaves the adversarial terms out whatever their weight (a stage's adv_steps)."""
+    def generator_phase(self, batch: Batch, r: Renders, res: int, alpha: float) -> tuple[torch.Tensor, Terms]:
+        """Total loss of generator, encoder and feedback, and its terms (plus `swap_acc`, a readout)."""
         n, w = self.nets, self.w
         terms: Terms = {}
         k = len(r.rec)
         loss = w.recon * _put(terms, "recon", F.l1_loss(r.rec, batch.x[:k]))
-        if w.adv > 0 and adversary:
+        if w.adv > 0:
             n.discriminator.requires_grad_(False)
             d_fake, cls_fake = n.discriminator(torch.cat([r.rec, r.swap]), res, alpha)
             terms["g_adv"] = L.g_nonsaturating(d_fake)
