@@ -196,6 +196,12 @@ class LossWeights(_Section):
     ssim: float = Field(
         0.0, ge=0, description="1 - SSIM added to the reconstruction and swap-truth terms (stages >= 16 px)"
     )
+    ssim_changed_weight: float = Field(
+        0.0,
+        ge=0,
+        description="extra weight of the swap-truth SSIM on the pixels the swap must change, as changed_weight is "
+        "for the L1: 0 averages SSIM over the whole image, where the unchanged pixels are most of it",
+    )
     mask: float = Field(
         0.1,
         ge=0,

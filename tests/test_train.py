@@ -517,12 +517,36 @@ def test_changed_region_weight_puts_the_swap_truth_loss_where_the_expression_cha
     torch.testing.assert_close(weighted_l1(on_mouth, truth, torch.ones_like(weight)), F.l1_loss(on_mouth, truth))
 
 
+def test_changed_region_weight_puts_the_ssim_loss_where_the_expression_changes() -> None:
+    from pipeline.quality.regions import changed_region
+    from pipeline.train.losses import ssim_loss
+
+    torch.manual_seed(0)
+    source = torch.rand(1, 3, 32, 32) * 2 - 1
+    truth = source.clone()
+    truth[..., 20:26, 10:22] = -truth[..., 20:26, 10:22]  # the mouth changes
+    weight = 1.0 + 10.0 * changed_region(truth, source)
+    blur_mouth, blur_hair = truth.clone(), truth.clone()
+    blur_mouth[..., 20:26, 10:22] = 0.0  # structure lost on the mouth ...
+    blur_hair[..., 2:8, 10:22] = 0.0  # ... or as much of it where the expression leaves the face alone
+    assert float(ssim_loss(blur_mouth, truth, weight)) > 3 * float(ssim_loss(blur_hair, truth, weight))
+    plain = float(ssim_loss(blur_mouth, truth))
+    assert abs(float(ssim_loss(blur_mouth, truth, torch.ones_like(weight))) - plain) < 1e-5
+    assert abs(plain - float(ssim_loss(blur_hair, truth))) < 0.05  # unweighted, the two errors cost alike
+
+
 def test_photo_skips_recipe_trains_without_zero_weight_terms_and_evaluates(tiny_data: Path, tmp_path: Path) -> None:
     from pipeline.evaluate import evaluate_checkpoint
 
     zero = ("train.loss.adv=0", "train.loss.swap_cls=0", "train.loss.cycle=0", "train.loss.identity=0")
     cfg = tiny_cfg(
-        tiny_data, tmp_path / "run", *PHOTO_SKIPS, "train.loss.changed_weight=10", "train.loss.code_swap_truth=5", *zero
+        tiny_data,
+        tmp_path / "run",
+        *PHOTO_SKIPS,
+        "train.loss.changed_weight=10",
+        "train.loss.ssim_changed_weight=10",
+        "train.loss.code_swap_truth=5",
+        *zero,
     )
     trainer = Trainer(cfg)
     trainer.run_judges()
@@ -532,7 +556,15 @@ def test_photo_skips_recipe_trains_without_zero_weight_terms_and_evaluates(tiny_
     m = trainer.train_step(16, 1.0)
     # A term weighted 0 is not computed, and without an adversary the discriminator never moves.
     assert not {"g_adv", "d_adv", "swap_cls", "cycle", "identity"} & set(m)
-    assert {"swap_truth", "swap_truth_raw", "swap_truth_codes", "latent", "mask"} <= set(m)
+    assert {
+        "swap_truth",
+        "swap_truth_raw",
+        "swap_truth_codes",
+        "swap_ssim",
+        "swap_ssim_codes",
+        "latent",
+        "mask",
+    } <= set(m)
     assert all(torch.equal(v, disc[k]) for k, v in trainer.nets.discriminator.state_dict().items())
     final = Trainer(cfg, tmp_path / "full").train()
     metrics = evaluate_checkpoint(final, out_dir=tmp_path / "eval")["metrics"]

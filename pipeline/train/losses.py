@@ -44,15 +44,20 @@ def weighted_l1(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor) ->
     return ((fake - real).abs() * weight).mean() / weight.mean()
 
 
-def ssim_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def ssim_loss(fake: torch.Tensor, real: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """1 - SSIM (Wang et al. settings, as the evaluation uses) of images in [-1, 1].
 
     L1 alone settles on blurred averages; SSIM rewards the local contrast and structure that the
     evaluation and the gates score. The gates' SSIM (`pipeline.quality.ssim`, scikit-image) scores
     uint8 images in numpy and passes no gradient, so the loss uses torchmetrics' with the same window.
+    With a per-pixel `weight` (N, 1, H, W) the SSIM map is averaged under it, normalised by its mean
+    as `weighted_l1` is; without one, plainly over the image.
     """
     # In float32 even under bf16 autocast: SSIM's variances are small differences of larger means,
     # which bfloat16's 8-bit mantissa cannot resolve.
     with torch.autocast(fake.device.type, enabled=False):
-        ssim = structural_similarity_index_measure((fake.float() + 1) / 2, (real.float() + 1) / 2, data_range=1.0)
-    return 1.0 - ssim
+        fake01, real01 = (fake.float() + 1) / 2, (real.float() + 1) / 2
+        if weight is None:
+            return 1.0 - structural_similarity_index_measure(fake01, real01, data_range=1.0)
+        _, ssim_px = structural_similarity_index_measure(fake01, real01, data_range=1.0, return_full_image=True)
+        return ((1.0 - ssim_px) * weight.float()).mean() / weight.float().mean()

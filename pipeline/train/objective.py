@@ -140,12 +140,14 @@ class DecouplingObjective:
             swaps = {"": (r.swap, 1.0)}
             if r.swap_mask is not None and w.raw_truth > 0:
                 swaps["_raw"] = (r.swap_rgb, w.raw_truth)
-            weight = 1.0 + w.changed_weight * changed_region(batch.truth, batch.x[batch.valid])
+            changed = changed_region(batch.truth, batch.x[batch.valid])
+            weight = 1.0 + w.changed_weight * changed
+            ssim_weight = 1.0 + w.ssim_changed_weight * changed if w.ssim_changed_weight > 0 else None
             for suffix, (render, share) in swaps.items():
                 terms[f"swap_truth{suffix}"] = L.weighted_l1(render[batch.valid], batch.truth, weight)
                 loss = loss + share * w.swap_truth * terms[f"swap_truth{suffix}"]
                 if use_ssim:
-                    terms[f"swap_ssim{suffix}"] = L.ssim_loss(render[batch.valid], batch.truth)
+                    terms[f"swap_ssim{suffix}"] = L.ssim_loss(render[batch.valid], batch.truth, ssim_weight)
                     loss = loss + share * w.ssim * terms[f"swap_ssim{suffix}"]
         encoder = getattr(n.encoder, "module", n.encoder)  # the plain module under DistributedDataParallel
         if encoder.exp_probe is not None and w.exp_code > 0:
@@ -155,11 +157,12 @@ class DecouplingObjective:
             loss = loss + w.exp_code * terms["exp_code"]
         if r.swap_codes is not None:
             truth = batch.truth[: len(r.codes_rows)]  # truths are the valid rows in order
-            weight = 1.0 + w.changed_weight * changed_region(truth, batch.x[r.codes_rows])
-            terms["swap_truth_codes"] = L.weighted_l1(r.swap_codes, truth, weight)
+            changed = changed_region(truth, batch.x[r.codes_rows])
+            terms["swap_truth_codes"] = L.weighted_l1(r.swap_codes, truth, 1.0 + w.changed_weight * changed)
             loss = loss + w.code_swap_truth * terms["swap_truth_codes"]
             if use_ssim:
-                terms["swap_ssim_codes"] = L.ssim_loss(r.swap_codes, truth)
+                ssim_weight = 1.0 + w.ssim_changed_weight * changed if w.ssim_changed_weight > 0 else None
+                terms["swap_ssim_codes"] = L.ssim_loss(r.swap_codes, truth, ssim_weight)
                 loss = loss + w.ssim * terms["swap_ssim_codes"]
         if r.swap_mask is not None:
             # GANimation's mask penalty: where the source already looks right, keep its pixels.
