@@ -140,9 +140,7 @@ class DecouplingObjective:
             swaps = {"": (r.swap, 1.0)}
             if r.swap_mask is not None and w.raw_truth > 0:
                 swaps["_raw"] = (r.swap_rgb, w.raw_truth)
-            changed = changed_region(batch.truth, batch.x[batch.valid])
-            weight = 1.0 + w.changed_weight * changed
-            ssim_weight = 1.0 + w.ssim_changed_weight * changed if w.ssim_changed_weight > 0 else None
+            weight, ssim_weight = self.region_weights(batch.truth, batch.x[batch.valid])
             for suffix, (render, share) in swaps.items():
                 terms[f"swap_truth{suffix}"] = L.weighted_l1(render[batch.valid], batch.truth, weight)
                 loss = loss + share * w.swap_truth * terms[f"swap_truth{suffix}"]
@@ -157,11 +155,10 @@ class DecouplingObjective:
             loss = loss + w.exp_code * terms["exp_code"]
         if r.swap_codes is not None:
             truth = batch.truth[: len(r.codes_rows)]  # truths are the valid rows in order
-            changed = changed_region(truth, batch.x[r.codes_rows])
-            terms["swap_truth_codes"] = L.weighted_l1(r.swap_codes, truth, 1.0 + w.changed_weight * changed)
+            weight, ssim_weight = self.region_weights(truth, batch.x[r.codes_rows])
+            terms["swap_truth_codes"] = L.weighted_l1(r.swap_codes, truth, weight)
             loss = loss + w.code_swap_truth * terms["swap_truth_codes"]
             if use_ssim:
-                ssim_weight = 1.0 + w.ssim_changed_weight * changed if w.ssim_changed_weight > 0 else None
                 terms["swap_ssim_codes"] = L.ssim_loss(r.swap_codes, truth, ssim_weight)
                 loss = loss + w.ssim * terms["swap_ssim_codes"]
         if r.swap_mask is not None:
@@ -170,6 +167,13 @@ class DecouplingObjective:
             loss = loss + w.mask * terms["mask"]
         terms["swap_acc"] = (swap_logits.argmax(1) == batch.y_sw).float().mean()
         return loss, terms
+
+    def region_weights(self, truth: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-pixel weights of a swap's L1 and SSIM to its truth, heavier where the expression changes;
+        the SSIM's is None (its plain mean) without `train.loss.ssim_changed_weight`."""
+        changed = changed_region(truth, source)
+        ssim_w = self.w.ssim_changed_weight
+        return 1.0 + self.w.changed_weight * changed, (1.0 + ssim_w * changed if ssim_w > 0 else None)
 
     def latent_recovery(self, r: Renders, fb_sw: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """The feedback network gives back the codes of the reconstructions and of the swaps: of every
