@@ -130,6 +130,7 @@ def evaluate_checkpoint(
         "judge_id_top1_real": float((((real_emb @ protos.T).argmax(1)).cpu() == test.identity).float().mean()),
         "outside_judge_acc_real": judge_accuracy(outside, test, device),
         **{f"outside_judge_{k}": v for k, v in outside_stats.items()},
+        **_truth_readings({"expr_acc": clf, "expr_acc_outside": outside}, test, src, n_cls, full, device, batch_size),
     }
     metrics = _summarise(setup, scores, judges_on_real)
     per_class = scores.all("correct").reshape(-1, n_cls).mean(0)
@@ -514,6 +515,40 @@ def _swap_grid(test: TrainData, src_rows, renders, top, n_cls, full, device, pat
     return save_png(compose_grid(rows, ["source", *EXPRESSIONS[:n_cls]], labels), path)
 
 
+def _truth_readings(
+    judges: dict[str, torch.nn.Module],
+    test: TrainData,
+    rows: torch.Tensor,
+    n_cls: int,
+    res: int,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, float]:
+    """How each judge reads the real photos the swaps are drawn toward: what a render identical to its truth scores.
+
+    ``rows`` are the top-intensity photos, each the truth of one swap from every source of its face.
+    """
+    labels = test.labels[rows]
+    out: dict[str, float] = {}
+    for key, judge in judges.items():
+        pred = torch.cat(
+            [
+                judge(test.batch(rows[i : i + batch_size], res, 1.0, device)).argmax(1).cpu()
+                for i in range(0, len(rows), batch_size)
+            ]
+        )
+        hit = (pred == labels).float()
+        out[f"truth_{key}"] = float(hit.mean())
+        out.update(
+            {
+                f"truth_{key}_{name}": float(hit[labels == c].mean())
+                for c, name in enumerate(EXPRESSIONS[:n_cls])
+                if (labels == c).any()
+            }
+        )
+    return out
+
+
 def _markdown(result: dict[str, Any]) -> str:
     m = result["metrics"]
     lines = [
@@ -525,7 +560,7 @@ def _markdown(result: dict[str, Any]) -> str:
     lines += ["| metric | value |", "|---|---|"] + [
         f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in m.items()
     ]
-    lines += _region_markdown(m) + _leak_markdown(result["leak_table"]) + _novel_markdown(m)
+    lines += _region_markdown(m) + _per_class_markdown(m) + _leak_markdown(result["leak_table"]) + _novel_markdown(m)
     if result["warnings"]:
         lines += ["", "## Warnings", *[f"- {w}" for w in result["warnings"]]]
     lines += ["", "![swap grid](swap_grid.png)", ""]
@@ -552,6 +587,27 @@ def _region_markdown(m: dict[str, Any]) -> list[str]:
     for label, suffix in kinds:
         if f"l1_changed{suffix}" in m:
             lines.append(f"| {label} | " + " | ".join(f"{m[f'{a}_{b}{suffix}']:.3f}" for a, b in keys) + " |")
+    return lines
+
+
+def _per_class_markdown(m: dict[str, Any]) -> list[str]:
+    """Each judge's reading of the swaps per target class beside its reading of their true photos."""
+    names = [n for n in EXPRESSIONS if f"truth_expr_acc_outside_{n}" in m]
+    if not names:
+        return []
+    lines = [
+        "",
+        "## Expression read per target class: swaps beside their true photos",
+        "",
+        "A judge's reading of the real photos the swaps are drawn toward is what a render identical to its truth scores.",
+        "",
+        "| target | independent judge: swaps / truths | outside judge: swaps / truths |",
+        "|---|---|---|",
+    ]
+    for n in [*names, "all"]:
+        sfx = "" if n == "all" else f"_{n}"
+        cells = [f"{m[f'expr_acc{j}{sfx}']:.3f} / {m[f'truth_expr_acc{j}{sfx}']:.3f}" for j in ("", "_outside")]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return lines
 
 

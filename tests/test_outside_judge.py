@@ -40,3 +40,10 @@ def test_outside_judge_is_trained_once_per_dataset_and_cached(tiny: Path, monkey
     path.write_bytes(path.read_bytes()[:100])
     oj.load_outside_judge(root, res, 7, torch.device("cpu"), steps=3)
     assert calls == [3, 4, 3]
+
+
+def test_outside_judge_batches_draw_every_class_equally_often() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 90)  # one class 9 times rarer, as neutral is in the procedural data
+    weights = oj.class_balanced_weights(labels)
+    drawn = labels[torch.multinomial(weights, 20_000, replacement=True, generator=torch.Generator().manual_seed(0))]
+    assert abs(float((drawn == 0).float().mean()) - 0.5) < 0.02

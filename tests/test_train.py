@@ -570,6 +570,11 @@ def test_photo_skips_recipe_trains_without_zero_weight_terms_and_evaluates(tiny_
     metrics = evaluate_checkpoint(final, out_dir=tmp_path / "eval")["metrics"]
     for key in ("expr_acc", "expr_acc_outside", "expr_acc_outside_happy", "outside_judge_acc_real", "ssim_changed"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    # Beside each judge's reading of the swaps, its reading of their true photos: what a render identical to its truth scores.
+    for judge in ("expr_acc", "expr_acc_outside"):
+        per_class = [metrics[f"truth_{judge}_{name}"] for name in EXPRESSIONS]
+        assert all(0.0 <= v <= 1.0 for v in per_class), judge
+        assert abs(sum(per_class) / 7 - metrics[f"truth_{judge}"]) < 1e-6  # every class has as many truths
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,15 @@ from pipeline.core.checkpoint import CheckpointError, load_checkpoint, save_chec
 from pipeline.core.data import TrainData, dataset_key, load_split
 from pipeline.judges import augment, judge_accuracy
 
-RECIPE = {"version": 1, "batch_size": 64, "lr": 2e-3, "seed": 7}
+# Batches draw every class equally often: neutral is the rarest class of the procedural data, and a
+# judge fitted to that prior reads real neutral faces as other classes (docs/experiments/outside_judge.md).
+RECIPE = {"version": 2, "batch_size": 64, "lr": 2e-3, "seed": 7, "balanced": True}
+
+
+def class_balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-image sampling weights under which every class present is drawn equally often."""
+    counts = torch.bincount(labels)
+    return 1.0 / counts[labels].double()
 
 
 @torch.enable_grad()  # evaluation calls this from inside its no-grad scope
@@ -36,17 +44,23 @@ def train_outside_judge(
     device: torch.device,
     steps: int,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    recipe: dict | None = None,
 ) -> OutsideExpressionJudge:
     """Fit the judge on ``data`` (sharp images, ordinary augmentation); returned in eval mode, frozen."""
-    gen = torch.Generator().manual_seed(RECIPE["seed"])
-    torch.manual_seed(RECIPE["seed"])
+    recipe = recipe or RECIPE
+    gen = torch.Generator().manual_seed(recipe["seed"])
+    torch.manual_seed(recipe["seed"])
     judge = OutsideExpressionJudge(num_classes).to(device).train()
-    opt = torch.optim.AdamW(judge.parameters(), lr=RECIPE["lr"], weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=RECIPE["lr"], total_steps=steps, pct_start=0.15)
+    opt = torch.optim.AdamW(judge.parameters(), lr=recipe["lr"], weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.15)
     res = data.images.shape[-1]
+    weights = class_balanced_weights(data.labels) if recipe.get("balanced") else None
     acc = 0.0
     for step in range(steps):
-        idx = torch.randint(0, data.n, (RECIPE["batch_size"],), generator=gen)
+        if weights is None:  # version 1: images drawn as the data falls
+            idx = torch.randint(0, data.n, (recipe["batch_size"],), generator=gen)
+        else:
+            idx = torch.multinomial(weights, recipe["batch_size"], replacement=True, generator=gen)
         x = augment(data.batch(idx, res, 1.0, device), gen, soften=0.0)
         flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
