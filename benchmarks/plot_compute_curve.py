@@ -40,12 +40,17 @@ def point_from_eval(design: str, minutes: float, eval_dir: Path) -> dict[str, st
     }
 
 
+def point_key(row: dict[str, str]) -> tuple[str, float]:
+    """A point is one design at one number of minutes: the CSV's order and identity."""
+    return row["design"], float(row["minutes"])
+
+
 def write_points(path: Path, rows: list[dict[str, str]]) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
         w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["design"], float(r["minutes"]))))
+        w.writerows(sorted(rows, key=point_key))
     tmp.replace(path)
 
 
@@ -82,11 +87,11 @@ def main() -> None:
     rows = read_points(args.points)
     for design, minutes, eval_dir in args.add:
         new = point_from_eval(design, float(minutes), Path(eval_dir))
-        rows = [r for r in rows if (r["design"], float(r["minutes"])) != (design, float(minutes))] + [new]
+        rows = [r for r in rows if point_key(r) != point_key(new)] + [new]
     if args.add:
         write_points(args.points, rows)
     plot(rows, args.out)
-    for r in sorted(rows, key=lambda r: (r["design"], float(r["minutes"]))):
+    for r in sorted(rows, key=point_key):
         print(", ".join(f"{k}={r[k]}" for k in FIELDS))
     print(f"plot: {args.out}")
 
